@@ -1,1 +1,199 @@
-//! placeholder
+//! The node: one stateless member of the cluster.
+//!
+//! `run` wires the pieces — Postgres pool and migrations, Redis lease, location registry and bus, the batched
+//! writer, the router and bus tasks, the HTTP server — and drains them in order when the shutdown token fires:
+//! stop accepting, kick every connection (`draining`), let the writer commit what is queued, let the router
+//! publish it, release the lease, exit.
+
+pub mod accounts;
+pub mod auth;
+pub mod config;
+pub mod delivery;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod ws;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::KickReason;
+use router::lease::LeaseState;
+use router::{Bus, LocationRegistry, NodeLease, RedisSettings};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::delivery::LocalSessions;
+use crate::state::NodeState;
+use crate::store::writer::{self, WriterSettings};
+
+/// Runs the node until `shutdown` fires, then drains. Returns an error only for start-up failures.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let prometheus = metrics::install().map_err(anyhow::Error::msg).context("installing the metrics recorder")?;
+    let metrics = metrics::Metrics::new(&config.node_name);
+    let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
+    info!(node_id, listen = %config.listen, "starting");
+
+    let pool = store::pool(&config.postgres_url, config.postgres_pool).context("postgres configuration")?;
+    let applied = migrate_with_retry(&pool).await?;
+    info!(applied, "migrations applied");
+
+    let settings = RedisSettings {
+        url: config.redis_url.clone(),
+        command_timeout: Duration::from_millis(config.redis_timeout_ms),
+        pubsub_buffer: config.pubsub_buffer,
+    };
+    let redis = router::connect(&settings).await.context("connecting to redis")?;
+    let lease = NodeLease::new(redis.clone(), node_id.clone(), config.lease_ttl());
+    lease.refresh().await.context("taking the node lease")?;
+    let locations = LocationRegistry::new(redis.clone(), Duration::from_millis(500));
+    let bus = Bus::new(redis.clone());
+    let sessions = Arc::new(LocalSessions::default());
+
+    let stop_background = CancellationToken::new();
+    let (bus_tx, bus_rx) = mpsc::channel(config.pubsub_buffer);
+    let subscriber = router::bus::subscribe(&settings, &node_id, bus_tx, stop_background.clone())
+        .await
+        .context("subscribing to the node channel")?;
+    let bus_consumer = tokio::spawn(delivery::run_bus_consumer(bus_rx, sessions.clone(), metrics.clone()));
+
+    let (committed_tx, committed_rx) = mpsc::channel(1024);
+    let drain_writer = CancellationToken::new();
+    let (writer, writer_task) = writer::spawn(
+        pool.clone(),
+        WriterSettings {
+            batch_rows: config.writer_batch_rows,
+            flush_interval: Duration::from_micros(config.writer_flush_us),
+            queue: config.writer_queue,
+        },
+        committed_tx,
+        metrics.clone(),
+        drain_writer.clone(),
+    );
+    let router_task = tokio::spawn(delivery::run_router(
+        committed_rx,
+        sessions.clone(),
+        locations.clone(),
+        bus.clone(),
+        node_id.clone(),
+        config.compress_threshold,
+        metrics.clone(),
+    ));
+
+    let auth = auth::Authenticator::new(
+        &config.token_secret,
+        Duration::from_secs(config.token_ttl_secs),
+        config.argon2_memory_kib,
+        config.argon2_iterations,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let state = Arc::new(NodeState::new(
+        config,
+        node_id.clone(),
+        pool,
+        redis,
+        auth,
+        sessions.clone(),
+        locations,
+        bus,
+        writer,
+        metrics,
+        prometheus.clone(),
+    ));
+    let lease_task = tokio::spawn(keep_lease(lease.clone(), state.clone(), stop_background.clone()));
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            prometheus.run_upkeep();
+        }
+    });
+    info!(listen = %state.config.listen, "ready");
+
+    http::serve(listener, state.clone(), shutdown.clone()).await;
+
+    // Drain: decide (token fired), tell (kick), wait (bounded by the grace period).
+    let grace = Duration::from_secs(state.config.drain_grace_secs);
+    let deadline = tokio::time::Instant::now() + grace;
+    state.draining.store(true, Ordering::Release);
+    let kicked = sessions.kick_all(KickReason::Draining);
+    info!(kicked, "draining");
+    state.connections.close();
+    if tokio::time::timeout_at(deadline, state.connections.wait()).await.is_err() {
+        warn!("connections still open at the end of the grace period");
+    }
+    drain_writer.cancel();
+    if tokio::time::timeout_at(deadline, writer_task).await.is_err() {
+        warn!("writer did not finish in the grace period; unacknowledged messages will be retried by clients");
+    }
+    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), router_task).await;
+    stop_background.cancel();
+    let _ = lease_task.await;
+    if let Err(error) = lease.release().await {
+        warn!(%error, "could not release the lease; it will expire");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), subscriber).await;
+    bus_consumer.abort();
+    upkeep.abort();
+    info!("stopped");
+    Ok(())
+}
+
+/// Postgres may still be starting (local cluster, container start order): retry for a while.
+async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> anyhow::Result<usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store::schema::migrate(pool).await {
+            Ok(applied) => return Ok(applied),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                warn!(%error, "postgres not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context("applying migrations"),
+        }
+    }
+}
+
+/// Refreshes the lease every third of its TTL. If it had lapsed (the node was paused, or Redis lost it), other
+/// nodes may have dropped this node's devices: every connection is kicked so clients reconnect and resync.
+async fn keep_lease(lease: NodeLease, state: Arc<NodeState>, stop: CancellationToken) {
+    let period = lease.ttl() / 3;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_success = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match lease.refresh().await {
+            Ok(LeaseState::Held) => {
+                last_success = tokio::time::Instant::now();
+                state.lease_ok.store(true, Ordering::Release);
+                ::metrics::gauge!("im_node_lease_held").set(1.0);
+            }
+            Ok(LeaseState::Reacquired) => {
+                last_success = tokio::time::Instant::now();
+                state.lease_ok.store(true, Ordering::Release);
+                ::metrics::counter!("im_node_lease_lapses_total").increment(1);
+                let kicked = state.sessions.kick_all(KickReason::LeaseLost);
+                warn!(kicked, "lease had lapsed; connections kicked so clients resync");
+            }
+            Err(error) => {
+                warn!(%error, "lease refresh failed");
+                if last_success.elapsed() >= lease.ttl() {
+                    state.lease_ok.store(false, Ordering::Release);
+                    ::metrics::gauge!("im_node_lease_held").set(0.0);
+                }
+            }
+        }
+    }
+}

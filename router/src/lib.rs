@@ -1,1 +1,88 @@
-//! placeholder
+//! The Redis side of the cluster.
+//!
+//! Three pieces, each over one Redis deployment:
+//! - `lease`: every node holds a lease (a member of a sorted set scored by its expiry, in Redis' own clock); a node
+//!   whose lease lapsed is dead to the others.
+//! - `locations`: the user → {device → node} registry, written on connect, removed on disconnect only while it
+//!   still points at the remover, and read through the lease set so a dead node's entries are ignored.
+//! - `bus`: one pub/sub channel per node; a publish carries one already-encoded frame for many local users, so a
+//!   message costs one publish per target node, not per recipient.
+//!
+//! This crate knows nothing of sessions, sockets or Postgres. Redis pub/sub is at-most-once: nothing here may be
+//! relied on for completeness, which comes from the store and `sync`.
+
+pub mod bus;
+pub mod lease;
+pub mod locations;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+
+pub use bus::{Bus, BusMessage};
+pub use lease::NodeLease;
+pub use locations::LocationRegistry;
+
+/// What can go wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("bus message: {0}")]
+    Envelope(String),
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// How long one command may wait (including while reconnecting) before it fails.
+    pub command_timeout: Duration,
+    /// Capacity of the pub/sub receive buffer; fred's default of 32 drops messages under load.
+    pub pubsub_buffer: usize,
+}
+
+/// Builds a client with the settings every router client shares: bounded command time, endless reconnects with
+/// backoff, and a large pub/sub buffer.
+pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, RouterError> {
+    let config = Config::from_url(&settings.url)?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = settings.command_timeout;
+            perf.broadcast_channel_capacity = settings.pubsub_buffer;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = settings.command_timeout;
+            // Commands are not retried across reconnects more than once: a re-sent PUBLISH is a duplicate.
+            conn.max_command_attempts = 1;
+        })
+        // max_attempts 0 = reconnect forever; 100 ms doubling up to 2 s.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    Ok(builder)
+}
+
+/// Connects a command client, waiting at most `settings.command_timeout` for the first connection.
+pub async fn connect(settings: &RedisSettings) -> Result<Client, RouterError> {
+    let client = builder(settings)?.build()?;
+    client.connect();
+    match tokio::time::timeout(settings.command_timeout * 5, client.wait_for_connect()).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(RouterError::Redis(fred::error::Error::new(
+                ErrorKind::Timeout,
+                format!("could not connect to {} in time", settings.url),
+            )))
+        }
+    }
+    Ok(client)
+}
+
+/// The Redis client type the node passes around (re-exported so the node needs no direct fred dependency).
+pub use fred::clients::Client as RedisClient;
+
+/// Round-trips a PING (readiness checks).
+pub async fn ping(client: &Client) -> Result<(), RouterError> {
+    let _: String = client.ping(None).await?;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The node's whole configuration: one struct, every field a flag with an `IM_*` environment variable and a default.
+//!
+//! Nothing else in the node reads the environment. `validate` runs before any port is bound, so a bad setting stops
+//! the process with a message instead of surfacing later as a strange failure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A node of the clustered IM server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "node", version, about)]
+pub struct Config {
+    /// Address to listen on for HTTP, WebSocket and metrics.
+    #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+
+    /// A human-readable name for this node, used in logs and the `hello` frame. The cluster identity is this name
+    /// plus a random suffix, so a restarted node never inherits its predecessor's registrations.
+    #[arg(long, env = "IM_NODE_NAME", default_value = "node")]
+    pub node_name: String,
+
+    /// Redis URL (redis://[user:pass@]host:port/db).
+    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Postgres connection string (key=value or postgres:// URL).
+    #[arg(long, env = "IM_POSTGRES_URL", default_value = "host=127.0.0.1 port=5432 user=im dbname=im")]
+    pub postgres_url: String,
+
+    /// Size of the Postgres connection pool (the writer uses one connection; sync, accounts and hello the rest).
+    #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
+    pub postgres_pool: usize,
+
+    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes.
+    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: String,
+
+    /// How long a session token stays valid, in seconds.
+    #[arg(long, env = "IM_TOKEN_TTL_SECS", default_value_t = 86_400)]
+    pub token_ttl_secs: u64,
+
+    /// Argon2 memory cost in KiB for password hashes (OWASP's minimum recommendation is 19456).
+    #[arg(long, env = "IM_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2 iterations.
+    #[arg(long, env = "IM_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Node lease time-to-live in milliseconds; refreshed every third of it. A node silent for longer is dead.
+    #[arg(long, env = "IM_LEASE_TTL_MS", default_value_t = 6_000)]
+    pub lease_ttl_ms: u64,
+
+    /// Timeout of one Redis command, in milliseconds.
+    #[arg(long, env = "IM_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+
+    /// Capacity of the Redis pub/sub receive buffer (messages); overflow is counted and recovered through sync.
+    #[arg(long, env = "IM_PUBSUB_BUFFER", default_value_t = 65_536)]
+    pub pubsub_buffer: usize,
+
+    /// Largest WebSocket message accepted, in bytes (also the cap on a reassembled fragmented message). Larger:
+    /// close 1009.
+    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Largest frame body after zstd decompression, in bytes.
+    #[arg(long, env = "IM_MAX_DECOMPRESSED_BYTES", default_value_t = 256 * 1024)]
+    pub max_decompressed_bytes: usize,
+
+    /// Deepest MessagePack nesting accepted.
+    #[arg(long, env = "IM_MAX_DEPTH", default_value_t = 16)]
+    pub max_depth: usize,
+
+    /// Most entries in one MessagePack array or map.
+    #[arg(long, env = "IM_MAX_COLLECTION_LEN", default_value_t = 1024)]
+    pub max_collection_len: usize,
+
+    /// Longest message body, in bytes of UTF-8.
+    #[arg(long, env = "IM_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Server frames whose MessagePack body is at least this many bytes are zstd-compressed (when that makes them
+    /// smaller). Measured: below ~200 bytes zstd without a dictionary makes chat frames bigger.
+    #[arg(long, env = "IM_COMPRESS_THRESHOLD", default_value_t = 256)]
+    pub compress_threshold: usize,
+
+    /// Frames queued for one connection before it is disconnected as a slow consumer.
+    #[arg(long, env = "IM_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Seconds between server WebSocket pings.
+    #[arg(long, env = "IM_PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ping_interval_secs: u32,
+
+    /// A connection that sends nothing (pongs included) for this many seconds is closed.
+    #[arg(long, env = "IM_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u32,
+
+    /// Seconds a client has to send its HTTP request headers.
+    #[arg(long, env = "IM_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+
+    /// Sends per second one connection may make (sustained).
+    #[arg(long, env = "IM_SEND_RATE", default_value_t = 50.0)]
+    pub send_rate: f64,
+
+    /// Sends one connection may make in a burst above the sustained rate.
+    #[arg(long, env = "IM_SEND_BURST", default_value_t = 200.0)]
+    pub send_burst: f64,
+
+    /// Most messages committed in one writer transaction.
+    #[arg(long, env = "IM_WRITER_BATCH_ROWS", default_value_t = 1000)]
+    pub writer_batch_rows: usize,
+
+    /// Longest a message waits for its batch to fill before the writer commits, in microseconds.
+    #[arg(long, env = "IM_WRITER_FLUSH_US", default_value_t = 1000)]
+    pub writer_flush_us: u64,
+
+    /// Messages waiting for the writer before senders are slowed down.
+    #[arg(long, env = "IM_WRITER_QUEUE", default_value_t = 20_000)]
+    pub writer_queue: usize,
+
+    /// Most conversations listed in the `hello` frame.
+    #[arg(long, env = "IM_HELLO_CONVERSATIONS", default_value_t = 1000)]
+    pub hello_conversations: i64,
+
+    /// Most messages one `sync` returns.
+    #[arg(long, env = "IM_MAX_SYNC_LIMIT", default_value_t = 500)]
+    pub max_sync_limit: u32,
+
+    /// Seconds a draining node waits for connections to close and the writer to flush before it exits anyway.
+    #[arg(long, env = "IM_DRAIN_GRACE_SECS", default_value_t = 10)]
+    pub drain_grace_secs: u64,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
+    #[arg(long, env = "IM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Checks relations between settings; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.token_secret.len() < 32 {
+            return Err("--token-secret must be at least 32 bytes".into());
+        }
+        if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
+            return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
+        }
+        if self.lease_ttl_ms < 1_000 {
+            return Err("--lease-ttl-ms must be at least 1000".into());
+        }
+        if self.max_message_bytes < 64 || self.max_decompressed_bytes < self.max_body_bytes {
+            return Err("--max-message-bytes must be >= 64 and --max-decompressed-bytes >= --max-body-bytes".into());
+        }
+        if self.max_depth < 2 || self.max_collection_len < 16 {
+            return Err("--max-depth must be >= 2 and --max-collection-len >= 16".into());
+        }
+        if self.outbound_queue == 0 || self.writer_queue == 0 || self.writer_batch_rows == 0 {
+            return Err("queue sizes and --writer-batch-rows must be positive".into());
+        }
+        if self.ping_interval_secs == 0 || self.idle_timeout_secs <= self.ping_interval_secs {
+            return Err("--idle-timeout-secs must be greater than --ping-interval-secs (> 0)".into());
+        }
+        if self.send_rate <= 0.0 || self.send_burst < 1.0 {
+            return Err("--send-rate must be > 0 and --send-burst >= 1".into());
+        }
+        if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
+            return Err("--max-sync-limit and --hello-conversations must be positive, --postgres-pool >= 2".into());
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> common::Limits {
+        common::Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_depth: self.max_depth,
+            max_collection_len: self.max_collection_len,
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secret_is_checked() {
+        let config = Config::parse_from(["node", "--token-secret", &"s".repeat(32)]);
+        assert_eq!(config.validate(), Ok(()));
+        let short = Config::parse_from(["node", "--token-secret", "short"]);
+        assert!(short.validate().is_err());
+    }
+}

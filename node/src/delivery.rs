@@ -1,0 +1,328 @@
+//! Delivery: this node's connected devices, and getting committed messages to every device that should see them.
+//!
+//! `LocalSessions` maps user → this node's connected devices, each with its `Outbox` (a bounded queue of encoded
+//! frames plus a kick switch). The router task takes committed batches from the writer in commit order, pushes
+//! each message to local devices directly, and publishes it once per other node that has a recipient device
+//! (found in the Redis location registry). The bus task does the local half for messages other nodes published.
+//!
+//! Nothing here retries: a push that cannot happen (device gone, node gone, pub/sub dropped it) is recovered by
+//! the client's `sync`. A full outbox never blocks delivery: its connection is kicked as a slow consumer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::frame::{Ack, ErrorFrame, Kick};
+use common::ids::UserId;
+use common::{KickReason, ServerFrame};
+use router::{Bus, BusMessage, LocationRegistry};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::{self, Metrics};
+use crate::store::writer::{AckSink, Committed};
+
+/// What a connection's writer task sends.
+pub enum Outbound {
+    /// An encoded protocol frame, sent as one binary WebSocket message.
+    Frame(Bytes),
+    /// The answer to a client's ping.
+    Pong(Bytes),
+}
+
+/// The sending side of one connection: a bounded frame queue and a switch that closes the connection.
+pub struct Outbox {
+    tx: mpsc::Sender<Outbound>,
+    closed: CancellationToken,
+    kick_reason: AtomicU8,
+    compress_threshold: usize,
+    metrics: Metrics,
+}
+
+const NO_KICK: u8 = u8::MAX;
+const KICK_REASONS: [KickReason; 6] = [
+    KickReason::Draining,
+    KickReason::Replaced,
+    KickReason::SlowConsumer,
+    KickReason::IdleTimeout,
+    KickReason::LeaseLost,
+    KickReason::ProtocolError,
+];
+
+impl Outbox {
+    pub fn new(capacity: usize, compress_threshold: usize, metrics: Metrics) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let outbox = Outbox { tx, closed: CancellationToken::new(), kick_reason: AtomicU8::new(NO_KICK), compress_threshold, metrics };
+        (Arc::new(outbox), rx)
+    }
+
+    /// Queues an encoded frame. A full queue kicks the connection (slow consumer); returns whether it was queued.
+    pub fn push(&self, frame: Bytes) -> bool {
+        self.push_outbound(Outbound::Frame(frame))
+    }
+
+    /// Queues a pong (same queue, so a client that stops reading cannot make pongs pile up elsewhere).
+    pub fn pong(&self, payload: Bytes) -> bool {
+        self.push_outbound(Outbound::Pong(payload))
+    }
+
+    fn push_outbound(&self, outbound: Outbound) -> bool {
+        match self.tx.try_send(outbound) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.kick(KickReason::SlowConsumer) {
+                    ::metrics::counter!("im_slow_consumer_disconnects_total").increment(1);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Encodes and queues a server frame.
+    pub fn send(&self, frame: &ServerFrame) -> bool {
+        match common::encode(frame, self.compress_threshold) {
+            Ok(bytes) => self.push(Bytes::from(bytes)),
+            Err(error) => {
+                warn!(%error, "could not encode a server frame");
+                false
+            }
+        }
+    }
+
+    /// Sends an `error` frame.
+    pub fn error(&self, frame: ErrorFrame) -> bool {
+        metrics::error_frame(frame.code);
+        self.send(&ServerFrame::Error(frame))
+    }
+
+    /// Asks the connection to close with `reason`; the first reason wins. Returns whether this call decided it.
+    pub fn kick(&self, reason: KickReason) -> bool {
+        let code = KICK_REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8;
+        let decided = self.kick_reason.compare_exchange(NO_KICK, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        self.closed.cancel();
+        decided
+    }
+
+    /// Why the connection is being closed, if it is.
+    pub fn kicked(&self) -> Option<KickReason> {
+        KICK_REASONS.get(self.kick_reason.load(Ordering::Acquire) as usize).copied()
+    }
+
+    /// Resolves once the connection must close.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// The `kick` frame for the reason this connection is closing.
+    pub fn kick_frame(reason: KickReason) -> ServerFrame {
+        let msg = match reason {
+            KickReason::Draining => "node shutting down: reconnect to any node and sync",
+            KickReason::Replaced => "this device connected again elsewhere",
+            KickReason::SlowConsumer => "outbound queue full: reconnect and sync",
+            KickReason::IdleTimeout => "nothing received within the idle timeout",
+            KickReason::LeaseLost => "node lost its cluster lease: reconnect and sync",
+            KickReason::ProtocolError => "protocol error",
+        };
+        ServerFrame::Kick(Kick { reason, msg: msg.into() })
+    }
+}
+
+impl AckSink for Outbox {
+    fn answer(&self, outcome: Result<Ack, ErrorFrame>, received_at: Instant) {
+        match outcome {
+            Ok(ack) => {
+                self.metrics.ack_latency.record(received_at.elapsed().as_secs_f64());
+                self.send(&ServerFrame::Ack(ack));
+            }
+            Err(frame) => {
+                self.error(frame);
+            }
+        }
+    }
+}
+
+struct LocalDevice {
+    device: Arc<str>,
+    conn_id: u64,
+    outbox: Arc<Outbox>,
+}
+
+/// This node's connected devices.
+#[derive(Default)]
+pub struct LocalSessions {
+    by_user: Mutex<HashMap<UserId, Vec<LocalDevice>>>,
+}
+
+impl LocalSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<LocalDevice>>> {
+        // A panic while holding this lock would be a bug elsewhere; the map itself stays consistent, so keep going.
+        self.by_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a connection; returns the outbox of a previous connection of the same device, now replaced.
+    pub fn insert(&self, user: UserId, device: Arc<str>, conn_id: u64, outbox: Arc<Outbox>) -> Option<Arc<Outbox>> {
+        let mut map = self.lock();
+        let devices = map.entry(user).or_default();
+        let previous = devices.iter().position(|d| d.device == device).map(|i| devices.swap_remove(i).outbox);
+        devices.push(LocalDevice { device, conn_id, outbox });
+        previous
+    }
+
+    /// Removes a connection if it is still the registered one for its device; returns whether it was.
+    pub fn remove(&self, user: UserId, device: &str, conn_id: u64) -> bool {
+        let mut map = self.lock();
+        let Some(devices) = map.get_mut(&user) else { return false };
+        let Some(index) = devices.iter().position(|d| &*d.device == device && d.conn_id == conn_id) else {
+            return false;
+        };
+        devices.swap_remove(index);
+        if devices.is_empty() {
+            map.remove(&user);
+        }
+        true
+    }
+
+    /// Pushes `frame` to every local device of `users` except `skip`; returns how many got it.
+    pub fn deliver(&self, users: &[UserId], skip: Option<(UserId, &str)>, frame: &Bytes) -> u64 {
+        let map = self.lock();
+        let mut delivered = 0;
+        for user in users {
+            let Some(devices) = map.get(user) else { continue };
+            for device in devices {
+                if skip.is_some_and(|(u, d)| u == *user && d == &*device.device) {
+                    continue;
+                }
+                delivered += u64::from(device.outbox.push(frame.clone()));
+            }
+        }
+        delivered
+    }
+
+    /// Whether `user` has any device on this node.
+    pub fn has_user(&self, user: UserId) -> bool {
+        self.lock().contains_key(&user)
+    }
+
+    /// Kicks one device (it connected again on another node).
+    pub fn kick_device(&self, user: UserId, device: &str, reason: KickReason) {
+        if let Some(devices) = self.lock().get(&user) {
+            for local in devices.iter().filter(|d| &*d.device == device) {
+                local.outbox.kick(reason);
+            }
+        }
+    }
+
+    /// Kicks every connection (drain, lease lost).
+    pub fn kick_all(&self, reason: KickReason) -> usize {
+        let map = self.lock();
+        let mut kicked = 0;
+        for local in map.values().flatten() {
+            local.outbox.kick(reason);
+            kicked += 1;
+        }
+        kicked
+    }
+
+    pub fn connections(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// Routes committed batches, in commit order, until the writer stops.
+pub async fn run_router(
+    mut committed: mpsc::Receiver<Vec<Committed>>,
+    sessions: Arc<LocalSessions>,
+    locations: LocationRegistry,
+    bus: Bus,
+    node_id: String,
+    compress_threshold: usize,
+    metrics: Metrics,
+) {
+    while let Some(batch) = committed.recv().await {
+        let mut frames = Vec::with_capacity(batch.len());
+        for item in &batch {
+            let frame = match common::encode(&ServerFrame::Msg(item.msg.clone()), compress_threshold) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(error) => {
+                    warn!(%error, "could not encode a committed message; recipients will get it by sync");
+                    continue;
+                }
+            };
+            let skip = Some((item.msg.from, &*item.sender_device));
+            let local = sessions.deliver(&item.members, skip, &frame);
+            metrics.delivered_local.increment(local);
+            frames.push((item, frame));
+        }
+
+        // Every recipient's devices on other nodes, in one Redis pipeline for the whole batch.
+        let users: Vec<UserId> = {
+            let mut seen = HashSet::new();
+            batch.iter().flat_map(|c| c.members.iter().copied()).filter(|u| seen.insert(*u)).collect()
+        };
+        let located = match locations.lookup(&users).await {
+            Ok(located) => located,
+            Err(error) => {
+                warn!(%error, "location lookup failed; remote recipients will get this batch by sync");
+                continue;
+            }
+        };
+        let mut publishes = Vec::new();
+        for (item, frame) in &frames {
+            // Target node → its recipient users for this message.
+            let mut per_node: HashMap<&str, Vec<UserId>> = HashMap::new();
+            for user in item.members.iter() {
+                for location in located.get(user).into_iter().flatten() {
+                    if location.node == node_id {
+                        continue;
+                    }
+                    let is_sender_device = *user == item.msg.from && location.device == *item.sender_device;
+                    if is_sender_device {
+                        continue;
+                    }
+                    let users = per_node.entry(location.node.as_str()).or_default();
+                    if !users.contains(user) {
+                        users.push(*user);
+                    }
+                }
+            }
+            for (node, users) in per_node {
+                publishes.push((
+                    node.to_string(),
+                    BusMessage::Deliver {
+                        users,
+                        skip: Some((item.msg.from, item.sender_device.to_string())),
+                        frame: frame.to_vec(),
+                    },
+                ));
+            }
+            metrics.route_latency.record(item.committed_at.elapsed().as_secs_f64());
+        }
+        if !publishes.is_empty() {
+            let failed = bus.publish_many(&publishes).await;
+            if failed > 0 {
+                warn!(failed, "publishes failed; recipients will get those messages by sync");
+            }
+        }
+    }
+    debug!("router stopped");
+}
+
+/// Applies what other nodes published for this node.
+pub async fn run_bus_consumer(mut inbox: mpsc::Receiver<BusMessage>, sessions: Arc<LocalSessions>, metrics: Metrics) {
+    while let Some(message) = inbox.recv().await {
+        match message {
+            BusMessage::Deliver { users, skip, frame } => {
+                let frame = Bytes::from(frame);
+                let skip = skip.as_ref().map(|(user, device)| (*user, device.as_str()));
+                metrics.delivered_redis.increment(sessions.deliver(&users, skip, &frame));
+            }
+            BusMessage::KickDevice { user, device } => {
+                sessions.kick_device(user, &device, KickReason::Replaced);
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP side: the accept loop (hyper, with upgrades and a header timeout) and the routes.
+//!
+//! Routes: `POST /v1/users`, `POST /v1/sessions` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`. Every error answer is JSON `{"error": code, "message": text}`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+use tracing::{debug, warn};
+
+use crate::state::NodeState;
+use crate::{accounts, store, ws};
+
+/// The client's address, put into each request's extensions by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A JSON error answer.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+}
+
+pub fn routes(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/v1/users", post(accounts::register))
+        .route("/v1/sessions", post(accounts::login))
+        .route("/v1/ws", get(ws::upgrade::handle))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+/// Accepts connections until `stop` fires. Each connection runs in the state's tracker.
+pub async fn serve(listener: TcpListener, state: Arc<NodeState>, stop: CancellationToken) {
+    let app = routes(state.clone());
+    let header_timeout = Duration::from_secs(state.config.handshake_timeout_secs);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let stop = stop.clone();
+        state.connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                let mut app = app.clone();
+                async move { app.call(request).await }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(%error, %peer, "http connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when Redis and Postgres answer, the lease is held and the node is not draining.
+async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
+    let limit = Duration::from_secs(1);
+    let redis = matches!(tokio::time::timeout(limit, router::ping(&state.redis)).await, Ok(Ok(_)));
+    let postgres = matches!(tokio::time::timeout(limit, store::queries::ping(&state.pool)).await, Ok(Ok(())));
+    let lease = state.lease_ok.load(Ordering::Acquire);
+    let draining = state.is_draining();
+    let body = serde_json::json!({ "redis": redis, "postgres": postgres, "lease": lease, "draining": draining });
+    let status = if redis && postgres && lease && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
+    state.metrics.writer_queue_depth.set(state.writer.queued() as f64);
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,78 @@
+//! The node's Prometheus metrics: the recorder, the `/metrics` rendering, and handles for hot paths.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds` and `_bytes` units). Per-message paths use
+//! the pre-registered handles in `Metrics` instead of the macros, which hash the name on every call. The full
+//! catalogue with meanings is in `docs/operations.md`.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0];
+
+/// Installs the global recorder. Called once per process; a second call (tests) returns an error.
+pub fn install() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("im_writer_batch_rows".into()), ROWS_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// Handles for metrics touched per frame or per message.
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections_open: Gauge,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub messages_accepted: Counter,
+    pub delivered_local: Counter,
+    pub delivered_redis: Counter,
+    pub delivered_sync: Counter,
+    pub ack_latency: Histogram,
+    pub route_latency: Histogram,
+    pub batch_rows: Histogram,
+    pub flush_seconds: Histogram,
+    pub writer_queue_depth: Gauge,
+}
+
+impl Metrics {
+    pub fn new(node_name: &str) -> Self {
+        gauge!("im_build_info", "version" => env!("CARGO_PKG_VERSION"), "node" => node_name.to_string()).set(1.0);
+        Metrics {
+            connections_open: gauge!("im_connections_open"),
+            frames_in: counter!("im_frames_in_total"),
+            frames_out: counter!("im_frames_out_total"),
+            bytes_in: counter!("im_bytes_in_total"),
+            bytes_out: counter!("im_bytes_out_total"),
+            messages_accepted: counter!("im_messages_accepted_total"),
+            delivered_local: counter!("im_messages_delivered_total", "path" => "local"),
+            delivered_redis: counter!("im_messages_delivered_total", "path" => "redis"),
+            delivered_sync: counter!("im_messages_delivered_total", "path" => "sync"),
+            ack_latency: histogram!("im_ack_latency_seconds"),
+            route_latency: histogram!("im_route_latency_seconds"),
+            batch_rows: histogram!("im_writer_batch_rows"),
+            flush_seconds: histogram!("im_writer_flush_seconds"),
+            writer_queue_depth: gauge!("im_writer_queue_depth"),
+        }
+    }
+}
+
+/// Counts a connection closed, labelled by why.
+pub fn connection_closed(reason: &'static str) {
+    counter!("im_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Counts a refused WebSocket handshake, labelled by why.
+pub fn handshake_refused(reason: &'static str) {
+    counter!("im_handshake_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts an `error` frame sent, labelled by its code.
+pub fn error_frame(code: common::ErrorCode) {
+    counter!("im_error_frames_total", "code" => code.as_str()).increment(1);
+}

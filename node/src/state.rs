@@ -1,0 +1,115 @@
+//! The state every request and session shares: configuration, pools, the writer and routing handles.
+//!
+//! Built once by `lib::run`; read-only after that except for the small caches and flags declared here.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::ids::{ConvId, UserId};
+use common::Limits;
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use router::{Bus, LocationRegistry};
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::delivery::LocalSessions;
+use crate::metrics::Metrics;
+use crate::store::queries::{self, Direct};
+use crate::store::writer::WriterHandle;
+use crate::store::StoreError;
+
+/// Most cached direct-conversation ids before the cache is cleared (each entry is ~40 bytes).
+const DIRECT_CACHE_CAP: usize = 200_000;
+
+pub struct NodeState {
+    pub config: Config,
+    /// Cluster identity: name plus a random suffix, unique per process start.
+    pub node_id: String,
+    pub limits: Limits,
+    pub pool: Pool,
+    pub redis: router::RedisClient,
+    pub auth: Authenticator,
+    pub sessions: Arc<LocalSessions>,
+    pub locations: LocationRegistry,
+    pub bus: Bus,
+    pub writer: WriterHandle,
+    pub metrics: Metrics,
+    pub prometheus: PrometheusHandle,
+    /// Every connection task (HTTP and WebSocket), so a drain can wait for them.
+    pub connections: TaskTracker,
+    /// Set when the node starts draining: no new upgrades, `/readyz` fails.
+    pub draining: AtomicBool,
+    /// Whether the last lease refresh succeeded.
+    pub lease_ok: AtomicBool,
+    next_conn_id: AtomicU64,
+    direct_cache: Mutex<HashMap<(UserId, UserId), ConvId>>,
+}
+
+impl NodeState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        node_id: String,
+        pool: Pool,
+        redis: router::RedisClient,
+        auth: Authenticator,
+        sessions: Arc<LocalSessions>,
+        locations: LocationRegistry,
+        bus: Bus,
+        writer: WriterHandle,
+        metrics: Metrics,
+        prometheus: PrometheusHandle,
+    ) -> Self {
+        NodeState {
+            limits: config.limits(),
+            config,
+            node_id,
+            pool,
+            redis,
+            auth,
+            sessions,
+            locations,
+            bus,
+            writer,
+            metrics,
+            prometheus,
+            connections: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            lease_ok: AtomicBool::new(true),
+            next_conn_id: AtomicU64::new(1),
+            direct_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The 1:1 conversation of two users, from the cache or the store (which creates it on first use).
+    pub async fn direct_conversation(&self, a: UserId, b: UserId) -> Result<Direct, StoreError> {
+        let key = if a <= b { (a, b) } else { (b, a) };
+        if let Some(conv) = self.cache().get(&key) {
+            return Ok(Direct::Conversation(*conv));
+        }
+        let found = queries::direct_conversation(&self.pool, a, b).await?;
+        if let Direct::Conversation(conv) = found {
+            let mut cache = self.cache();
+            if cache.len() >= DIRECT_CACHE_CAP {
+                cache.clear();
+            }
+            cache.insert(key, conv);
+        }
+        Ok(found)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, UserId), ConvId>> {
+        self.direct_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,148 @@
+//! The reads and small writes outside the message hot path: accounts, direct conversations, the `hello` state and
+//! `sync`.
+
+use common::frame::{ConvState, Msg};
+use common::ids::{ConvId, Seq, UserId};
+use deadpool_postgres::Pool;
+use tokio_postgres::error::SqlState;
+
+use super::StoreError;
+
+pub const KIND_DIRECT: i16 = 1;
+
+/// Outcome of creating a user.
+pub enum NewUser {
+    Created(UserId),
+    NameTaken,
+}
+
+pub async fn create_user(pool: &Pool, username: &str, password_hash: &str) -> Result<NewUser, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "INSERT INTO users (username, password_hash) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING RETURNING id",
+            &[&username, &password_hash],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => NewUser::Created(row.try_get(0)?),
+        None => NewUser::NameTaken,
+    })
+}
+
+/// The user's id and password hash, if the name exists.
+pub async fn user_credentials(pool: &Pool, username: &str) -> Result<Option<(UserId, String)>, StoreError> {
+    let client = pool.get().await?;
+    let row = client.query_opt("SELECT id, password_hash FROM users WHERE username = $1", &[&username]).await?;
+    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).transpose()
+}
+
+/// Outcome of resolving the 1:1 conversation between two users.
+pub enum Direct {
+    Conversation(ConvId),
+    UnknownUser,
+}
+
+/// Finds or creates the 1:1 conversation of `a` and `b` (a user may also write to themself) with its members.
+pub async fn direct_conversation(pool: &Pool, a: UserId, b: UserId) -> Result<Direct, StoreError> {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO conversations (kind, direct_low, direct_high) VALUES ($1, $2, $3)
+             ON CONFLICT (direct_low, direct_high) DO NOTHING RETURNING id",
+            &[&KIND_DIRECT, &low, &high],
+        )
+        .await;
+    let conv: ConvId = match inserted {
+        Ok(Some(row)) => row.try_get(0)?,
+        // Another node created it concurrently; ON CONFLICT waited for that commit, so a new statement sees it.
+        Ok(None) => {
+            tx.query_one("SELECT id FROM conversations WHERE direct_low = $1 AND direct_high = $2", &[&low, &high])
+                .await?
+                .try_get(0)?
+        }
+        Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => return Ok(Direct::UnknownUser),
+        Err(error) => return Err(error.into()),
+    };
+    tx.execute(
+        "INSERT INTO conversation_members (conv_id, user_id) VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING",
+        &[&conv, &low, &high],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Direct::Conversation(conv))
+}
+
+/// The user's conversations, most recently active first.
+pub async fn conversation_states(pool: &Pool, user: UserId, limit: i64) -> Result<Vec<ConvState>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT c.id, c.last_seq, m.read_seq, c.kind, c.direct_low, c.direct_high
+             FROM conversation_members m JOIN conversations c ON c.id = m.conv_id
+             WHERE m.user_id = $1 ORDER BY c.last_msg_ms DESC, c.id DESC LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&user, &limit]).await?;
+    let mut states = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kind: i16 = row.try_get(3)?;
+        let low: Option<UserId> = row.try_get(4)?;
+        let high: Option<UserId> = row.try_get(5)?;
+        let peer = match (kind, low, high) {
+            (KIND_DIRECT, Some(low), Some(high)) => Some(if low == user { high } else { low }),
+            _ => None,
+        };
+        states.push(ConvState { conv: row.try_get(0)?, last_seq: row.try_get(1)?, read_seq: row.try_get(2)?, peer });
+    }
+    Ok(states)
+}
+
+/// Outcome of a sync query.
+pub enum SyncPage {
+    Messages { msgs: Vec<Msg>, more: bool },
+    NotMember,
+}
+
+/// Messages of `conv` after `after_seq`, oldest first, if `user` is a member.
+pub async fn sync(pool: &Pool, user: UserId, conv: ConvId, after_seq: Seq, limit: u32) -> Result<SyncPage, StoreError> {
+    let client = pool.get().await?;
+    let member = client
+        .prepare_cached("SELECT 1 FROM conversation_members WHERE conv_id = $1 AND user_id = $2")
+        .await?;
+    let page = client
+        .prepare_cached(
+            "SELECT id, seq, sender, cid, kind, body, created_ms FROM messages
+             WHERE conv_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .await?;
+    if client.query_opt(&member, &[&conv, &user]).await?.is_none() {
+        return Ok(SyncPage::NotMember);
+    }
+    // One extra row tells whether there is more.
+    let rows = client.query(&page, &[&conv, &after_seq, &(i64::from(limit) + 1)]).await?;
+    let more = rows.len() > limit as usize;
+    let mut msgs = Vec::with_capacity(rows.len().min(limit as usize));
+    for row in rows.into_iter().take(limit as usize) {
+        msgs.push(Msg {
+            id: row.try_get(0)?,
+            conv,
+            seq: row.try_get(1)?,
+            from: row.try_get(2)?,
+            cid: row.try_get(3)?,
+            kind: row.try_get(4)?,
+            body: row.try_get(5)?,
+            ts: row.try_get(6)?,
+        });
+    }
+    Ok(SyncPage::Messages { msgs, more })
+}
+
+/// Cheap liveness probe for `/readyz`.
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The batched writer: the only code that inserts messages.
+//!
+//! Sessions submit messages over a bounded channel. The writer commits them many per transaction: it collects up
+//! to `batch_rows` messages or until `flush_interval` has passed since the first, then, in one transaction,
+//! 1. finds `(sender, cid)` pairs already stored (a retried send answers with the stored message),
+//! 2. locks the batch's conversations in id order and advances each one's `last_seq` by its count of new
+//!    messages — the seq is allocated inside the commit, so commit order is seq order and a settled gap stays
+//!    settled (two writers of one conversation serialize on its row lock; the fixed order rules out deadlocks),
+//! 3. inserts the rows with one `INSERT … SELECT unnest(…)` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
+//!    retry racing through another node), and advances each sender's own `read_seq`,
+//! 4. commits.
+//!
+//! Only then does each sender get its `ack` and are the new messages handed, in commit order, to delivery. A failed
+//! transaction answers every sender of the batch with a retryable `store_unavailable`: nothing was stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::frame::{Ack, ErrorFrame, Msg};
+use common::ids::{ConvId, MsgId, Seq, UserId};
+use common::ErrorCode;
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info_span, warn, Instrument};
+
+use super::StoreError;
+use crate::metrics::Metrics;
+
+/// Where the outcome of one submission goes (the sender's connection).
+pub trait AckSink: Send + Sync {
+    fn answer(&self, outcome: Result<Ack, ErrorFrame>, received_at: Instant);
+}
+
+/// One message waiting to be committed.
+pub struct Submission {
+    pub sender: UserId,
+    pub sender_device: Arc<str>,
+    pub cid: String,
+    pub conv: ConvId,
+    /// Every member of the conversation (the sender included), for routing after the commit.
+    pub members: Arc<[UserId]>,
+    pub kind: String,
+    pub body: String,
+    pub reply: Arc<dyn AckSink>,
+    pub received_at: Instant,
+}
+
+/// A newly committed message, on its way to delivery.
+pub struct Committed {
+    pub msg: Msg,
+    pub members: Arc<[UserId]>,
+    pub sender_device: Arc<str>,
+    pub committed_at: Instant,
+}
+
+/// The sessions' handle on the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl WriterHandle {
+    /// Queues a message; waits while the writer's queue is full (back-pressure on the sender's connection).
+    /// Returns the submission if the writer has stopped.
+    pub async fn submit(&self, submission: Submission) -> Result<(), Submission> {
+        self.tx.send(submission).await.map_err(|e| e.0)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    pub batch_rows: usize,
+    pub flush_interval: Duration,
+    pub queue: usize,
+}
+
+/// Starts the writer task. It stops once `drain` is cancelled and every queued message has been committed or
+/// answered.
+pub fn spawn(
+    pool: Pool,
+    settings: WriterSettings,
+    committed: mpsc::Sender<Vec<Committed>>,
+    metrics: Metrics,
+    drain: CancellationToken,
+) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(settings.queue);
+    let task = tokio::spawn(run(pool, settings, rx, committed, metrics, drain).instrument(info_span!("writer")));
+    (WriterHandle { tx }, task)
+}
+
+async fn run(
+    pool: Pool,
+    settings: WriterSettings,
+    mut rx: mpsc::Receiver<Submission>,
+    committed: mpsc::Sender<Vec<Committed>>,
+    metrics: Metrics,
+    drain: CancellationToken,
+) {
+    let mut draining = false;
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => next,
+            _ = drain.cancelled(), if !draining => {
+                // Refuse new submissions, keep what is queued.
+                draining = true;
+                rx.close();
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        let mut batch = Vec::with_capacity(settings.batch_rows.min(256));
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + settings.flush_interval;
+        while batch.len() < settings.batch_rows {
+            // Take what is already queued without waiting, then wait for more until the deadline.
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(next)) => batch.push(next),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        metrics.writer_queue_depth.set(rx.len() as f64);
+        commit_batch(&pool, batch, &committed, &metrics).await;
+    }
+}
+
+/// Key of the idempotency constraint.
+type SendKey = (UserId, String);
+
+/// A stored message's identity, answered in an `ack`.
+#[derive(Clone, Copy)]
+struct Stored {
+    id: MsgId,
+    conv: ConvId,
+    seq: Seq,
+    ts: i64,
+}
+
+async fn commit_batch(
+    pool: &Pool,
+    batch: Vec<Submission>,
+    committed: &mpsc::Sender<Vec<Committed>>,
+    metrics: &Metrics,
+) {
+    let started = Instant::now();
+    let rows = batch.len();
+    match write(pool, &batch).await {
+        Ok(outcome) => {
+            metrics.batch_rows.record(rows as f64);
+            metrics.flush_seconds.record(started.elapsed().as_secs_f64());
+            let committed_at = Instant::now();
+            let mut fresh = Vec::with_capacity(outcome.new_count);
+            for (submission, (stored, is_new)) in batch.into_iter().zip(outcome.per_submission) {
+                let ack = Ack { cid: submission.cid.clone(), id: stored.id, conv: stored.conv, seq: stored.seq, ts: stored.ts };
+                submission.reply.answer(Ok(ack), submission.received_at);
+                if is_new {
+                    fresh.push(Committed {
+                        msg: Msg {
+                            id: stored.id,
+                            conv: stored.conv,
+                            seq: stored.seq,
+                            from: submission.sender,
+                            cid: submission.cid,
+                            kind: submission.kind,
+                            body: submission.body,
+                            ts: stored.ts,
+                        },
+                        members: submission.members,
+                        sender_device: submission.sender_device,
+                        committed_at,
+                    });
+                }
+            }
+            metrics.messages_accepted.increment(fresh.len() as u64);
+            if !fresh.is_empty() && committed.send(fresh).await.is_err() {
+                warn!("delivery stopped; committed messages will reach recipients through sync");
+            }
+        }
+        Err(error) => {
+            metrics::counter!("im_writer_errors_total").increment(1);
+            warn!(%error, rows, "batch commit failed; senders told to retry");
+            for submission in batch {
+                let frame = ErrorFrame::new(ErrorCode::StoreUnavailable, "the message could not be stored; retry with the same cid")
+                    .for_cid(submission.cid.clone());
+                submission.reply.answer(Err(frame), submission.received_at);
+            }
+        }
+    }
+}
+
+struct Outcome {
+    /// Per submission, in batch order: the stored message and whether this batch created it.
+    per_submission: Vec<(Stored, bool)>,
+    new_count: usize,
+}
+
+async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError> {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+
+    // First occurrence of each idempotency key in the batch; later ones share its outcome.
+    let mut first_index: HashMap<SendKey, usize> = HashMap::with_capacity(batch.len());
+    for (index, submission) in batch.iter().enumerate() {
+        first_index.entry((submission.sender, submission.cid.clone())).or_insert(index);
+    }
+    let unique: Vec<usize> = {
+        let mut indices: Vec<usize> = first_index.values().copied().collect();
+        indices.sort_unstable();
+        indices
+    };
+
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+
+    let senders: Vec<UserId> = unique.iter().map(|&i| batch[i].sender).collect();
+    let cids: Vec<&str> = unique.iter().map(|&i| batch[i].cid.as_str()).collect();
+    let existing_stmt = tx
+        .prepare_cached(
+            "SELECT m.sender, m.cid, m.id, m.conv_id, m.seq, m.created_ms FROM messages m
+             JOIN unnest($1::bigint[], $2::text[]) AS k(sender, cid) ON m.sender = k.sender AND m.cid = k.cid",
+        )
+        .await?;
+    let mut stored: HashMap<SendKey, Stored> = HashMap::new();
+    for row in tx.query(&existing_stmt, &[&senders, &cids]).await? {
+        stored.insert(
+            (row.try_get(0)?, row.try_get(1)?),
+            Stored { id: row.try_get(2)?, conv: row.try_get(3)?, seq: row.try_get(4)?, ts: row.try_get(5)? },
+        );
+    }
+
+    let new: Vec<usize> =
+        unique.into_iter().filter(|&i| !stored.contains_key(&(batch[i].sender, batch[i].cid.clone()))).collect();
+
+    let mut new_keys: HashMap<SendKey, Stored> = HashMap::new();
+    if !new.is_empty() {
+        // Allocate seqs: conversations locked in id order, counters advanced in the same transaction.
+        let mut per_conv: BTreeMap<ConvId, i64> = BTreeMap::new();
+        for &i in &new {
+            *per_conv.entry(batch[i].conv).or_default() += 1;
+        }
+        let conv_ids: Vec<ConvId> = per_conv.keys().copied().collect();
+        let counts: Vec<i64> = per_conv.values().copied().collect();
+        let lock_stmt =
+            tx.prepare_cached("SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
+        tx.query(&lock_stmt, &[&conv_ids]).await?;
+        let advance_stmt = tx
+            .prepare_cached(
+                "UPDATE conversations c SET last_seq = c.last_seq + v.n, last_msg_ms = $3
+                 FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n) WHERE c.id = v.id
+                 RETURNING c.id, c.last_seq",
+            )
+            .await?;
+        let mut next_seq: HashMap<ConvId, Seq> = HashMap::with_capacity(conv_ids.len());
+        for row in tx.query(&advance_stmt, &[&conv_ids, &counts, &now_ms]).await? {
+            let conv: ConvId = row.try_get(0)?;
+            let last: Seq = row.try_get(1)?;
+            next_seq.insert(conv, last - per_conv.get(&conv).copied().unwrap_or(0) + 1);
+        }
+        if next_seq.len() != conv_ids.len() {
+            return Err(StoreError::Invalid("a message names a conversation that does not exist".into()));
+        }
+
+        let mut col_conv = Vec::with_capacity(new.len());
+        let mut col_seq = Vec::with_capacity(new.len());
+        let mut col_sender = Vec::with_capacity(new.len());
+        let mut col_device: Vec<&str> = Vec::with_capacity(new.len());
+        let mut col_cid: Vec<&str> = Vec::with_capacity(new.len());
+        let mut col_kind: Vec<&str> = Vec::with_capacity(new.len());
+        let mut col_body: Vec<&str> = Vec::with_capacity(new.len());
+        // Highest own seq per (conversation, sender): the sender has read their own messages.
+        let mut own_read: HashMap<(ConvId, UserId), Seq> = HashMap::new();
+        for &i in &new {
+            let s = &batch[i];
+            let seq = match next_seq.get_mut(&s.conv) {
+                Some(next) => {
+                    let seq = *next;
+                    *next += 1;
+                    seq
+                }
+                None => return Err(StoreError::Invalid("seq allocation missed a conversation".into())),
+            };
+            col_conv.push(s.conv);
+            col_seq.push(seq);
+            col_sender.push(s.sender);
+            col_device.push(&s.sender_device);
+            col_cid.push(s.cid.as_str());
+            col_kind.push(s.kind.as_str());
+            col_body.push(s.body.as_str());
+            let read = own_read.entry((s.conv, s.sender)).or_insert(seq);
+            *read = (*read).max(seq);
+        }
+        let insert_stmt = tx
+            .prepare_cached(
+                "INSERT INTO messages (conv_id, seq, sender, sender_device, cid, kind, body, created_ms)
+                 SELECT c, s, u, d, k, t, b, $8 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                     $5::text[], $6::text[], $7::text[]) AS v(c, s, u, d, k, t, b)
+                 ON CONFLICT (sender, cid) DO NOTHING
+                 RETURNING sender, cid, id, conv_id, seq",
+            )
+            .await?;
+        let inserted = tx
+            .query(
+                &insert_stmt,
+                &[&col_conv, &col_seq, &col_sender, &col_device, &col_cid, &col_kind, &col_body, &now_ms],
+            )
+            .await?;
+        for row in inserted {
+            new_keys.insert(
+                (row.try_get(0)?, row.try_get(1)?),
+                Stored { id: row.try_get(2)?, conv: row.try_get(3)?, seq: row.try_get(4)?, ts: now_ms },
+            );
+        }
+
+        // A retry that raced through another node lost the insert here; answer with the winner's row. Its seq
+        // allocated above stays unused: a gap, which clients settle by sync.
+        let raced: Vec<usize> =
+            new.iter().copied().filter(|&i| !new_keys.contains_key(&(batch[i].sender, batch[i].cid.clone()))).collect();
+        if !raced.is_empty() {
+            let senders: Vec<UserId> = raced.iter().map(|&i| batch[i].sender).collect();
+            let cids: Vec<&str> = raced.iter().map(|&i| batch[i].cid.as_str()).collect();
+            for row in tx.query(&existing_stmt, &[&senders, &cids]).await? {
+                stored.insert(
+                    (row.try_get(0)?, row.try_get(1)?),
+                    Stored { id: row.try_get(2)?, conv: row.try_get(3)?, seq: row.try_get(4)?, ts: row.try_get(5)? },
+                );
+            }
+        }
+
+        let (read_convs, (read_users, read_seqs)): (Vec<ConvId>, (Vec<UserId>, Vec<Seq>)) =
+            own_read.into_iter().map(|((conv, user), seq)| (conv, (user, seq))).unzip();
+        let read_stmt = tx
+            .prepare_cached(
+                "UPDATE conversation_members m SET read_seq = GREATEST(m.read_seq, v.seq)
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(conv, usr, seq)
+                 WHERE m.conv_id = v.conv AND m.user_id = v.usr",
+            )
+            .await?;
+        tx.execute(&read_stmt, &[&read_convs, &read_users, &read_seqs]).await?;
+    }
+    tx.commit().await?;
+
+    let mut per_submission = Vec::with_capacity(batch.len());
+    let mut new_count = 0;
+    for (index, submission) in batch.iter().enumerate() {
+        let key = (submission.sender, submission.cid.clone());
+        let first = first_index.get(&key).copied() == Some(index);
+        let outcome = match (new_keys.get(&key), stored.get(&key)) {
+            (Some(created), _) => Some((*created, first)),
+            (None, Some(existing)) => Some((*existing, false)),
+            (None, None) => None,
+        };
+        match outcome {
+            Some((value, is_new)) => {
+                new_count += usize::from(is_new);
+                per_submission.push((value, is_new));
+            }
+            None => return Err(StoreError::Invalid("a committed message vanished".into())),
+        }
+    }
+    Ok(Outcome { per_submission, new_count })
+}

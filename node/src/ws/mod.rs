@@ -1,0 +1,5 @@
+//! WebSocket connections: `upgrade` authenticates and registers a device before answering 101, `session` runs
+//! the connection until it closes.
+
+pub mod session;
+pub mod upgrade;

@@ -1,0 +1,398 @@
+//! One WebSocket connection, from the 101 response to the close.
+//!
+//! Two tasks per connection. The reader (this task) owns the read half: it reassembles messages under our own cap
+//! (fastwebsockets only caps single frames), decodes frames and acts on them. It is never cancelled mid-frame
+//! except to close the connection, because `read_frame` is not cancel-safe. The writer task owns the write half:
+//! it sends `hello` first, then whatever the outbox queues, pings on a timer, and on a kick sends the `kick` frame
+//! and the close frame. Either side ending ends the other.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::frame::{ErrorFrame, Send, SyncRequest, Synced};
+use common::ids::{is_valid_cid, UserId};
+use common::{close_code, ClientFrame, ErrorCode, KickReason, ServerFrame};
+use fastwebsockets::upgrade::UpgradeFut;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::WriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn, Instrument};
+
+use crate::delivery::{Outbound, Outbox};
+use crate::metrics;
+use crate::state::NodeState;
+use crate::store::queries::{self, Direct, SyncPage};
+use crate::store::writer::Submission;
+
+type Io = TokioIo<Upgraded>;
+
+pub struct SessionContext {
+    pub user: UserId,
+    pub device: Arc<str>,
+    pub conn_id: u64,
+    pub outbox: Arc<Outbox>,
+    pub outbound: mpsc::Receiver<Outbound>,
+    pub hello: Bytes,
+}
+
+/// How the reader wants the connection closed.
+struct CloseInstruction {
+    /// A `kick` frame to send first (server-initiated closes).
+    kick: Option<ServerFrame>,
+    code: u16,
+    reason: &'static str,
+}
+
+/// Removes the device from this node and, if the registry still points here, from Redis.
+pub async fn unregister(state: &NodeState, user: UserId, device: &str, conn_id: u64) {
+    if state.sessions.remove(user, device, conn_id) {
+        if let Err(error) = state.locations.unregister(user, device, &state.node_id).await {
+            // The entry will be ignored once this node's lease lapses, and replaced when the device reconnects.
+            debug!(%error, "could not remove the device location");
+        }
+    }
+}
+
+pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionContext) {
+    let SessionContext { user, device, conn_id, outbox, outbound, hello } = context;
+    let ws = match tokio::time::timeout(Duration::from_secs(state.config.handshake_timeout_secs), socket).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => {
+            debug!(%error, "upgrade failed");
+            unregister(&state, user, &device, conn_id).await;
+            return;
+        }
+        Err(_) => {
+            unregister(&state, user, &device, conn_id).await;
+            return;
+        }
+    };
+    state.metrics.connections_open.increment(1.0);
+    ::metrics::counter!("im_connections_opened_total").increment(1);
+
+    let (mut reader, writer) = ws.split(tokio::io::split);
+    // We answer pings and closes ourselves, through the outbox, so the reader never writes.
+    reader.set_auto_pong(false);
+    reader.set_auto_close(false);
+    reader.set_max_message_size(state.config.max_message_bytes.saturating_add(1));
+
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer_task = tokio::spawn(
+        write_loop(writer, outbound, outbox.clone(), hello, close_rx, state.clone()).in_current_span(),
+    );
+
+    let mut connection = Connection { state: state.clone(), user, device: device.clone(), outbox: outbox.clone(), bucket: TokenBucket::new(state.config.send_burst) };
+    let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
+    let max_message = state.config.max_message_bytes;
+    let mut assembling: Option<Vec<u8>> = None;
+    let mut noop = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
+
+    let close: Option<CloseInstruction> = loop {
+        let read = tokio::select! {
+            biased;
+            _ = outbox.closed().cancelled() => break None,
+            read = tokio::time::timeout(idle, reader.read_frame(&mut noop)) => read,
+        };
+        let frame = match read {
+            Err(_) => {
+                outbox.kick(KickReason::IdleTimeout);
+                break None;
+            }
+            Ok(Err(error)) => break close_for_error(&error),
+            Ok(Ok(frame)) => frame,
+        };
+        let complete: Option<Vec<u8>> = match frame.opcode {
+            OpCode::Binary if frame.fin => Some(frame.payload.to_vec()),
+            OpCode::Binary => {
+                assembling = Some(frame.payload.to_vec());
+                None
+            }
+            OpCode::Continuation => match assembling.as_mut() {
+                None => break Some(protocol_close(close_code::PROTOCOL_ERROR, "continuation without a message")),
+                Some(buffer) => {
+                    if buffer.len() + frame.payload.len() > max_message {
+                        break Some(protocol_close(close_code::MESSAGE_TOO_BIG, "message too big"));
+                    }
+                    buffer.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        assembling.take()
+                    } else {
+                        None
+                    }
+                }
+            },
+            OpCode::Text => break Some(protocol_close(close_code::UNSUPPORTED_DATA, "binary frames only")),
+            OpCode::Close => {
+                let code = match frame.payload.get(..2) {
+                    Some(raw) => u16::from_be_bytes([raw[0], raw[1]]),
+                    None => close_code::NORMAL,
+                };
+                break Some(CloseInstruction { kick: None, code: echo_close_code(code), reason: "" });
+            }
+            OpCode::Ping => {
+                outbox.pong(Bytes::copy_from_slice(&frame.payload));
+                None
+            }
+            OpCode::Pong => None,
+        };
+        if let Some(message) = complete {
+            if let Some(close) = connection.on_message(&message).await {
+                break Some(close);
+            }
+        }
+    };
+
+    let reason = match (&close, outbox.kicked()) {
+        (_, Some(kick)) => kick.as_str(),
+        (Some(instruction), None) if instruction.kick.is_some() => "protocol_error",
+        (Some(_), None) => "client_closed",
+        (None, None) => "connection_lost",
+    };
+    if let Some(instruction) = close {
+        let _ = close_tx.send(instruction);
+    } else {
+        drop(close_tx);
+    }
+    // The writer finishes its close within a bounded time; a stuck peer cannot hold the task.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    unregister(&state, user, &device, conn_id).await;
+    state.metrics.connections_open.decrement(1.0);
+    metrics::connection_closed(reason);
+    debug!(reason, "connection closed");
+}
+
+fn protocol_close(code: u16, reason: &'static str) -> CloseInstruction {
+    CloseInstruction { kick: Some(Outbox::kick_frame(KickReason::ProtocolError)), code, reason }
+}
+
+fn close_for_error(error: &WebSocketError) -> Option<CloseInstruction> {
+    match error {
+        WebSocketError::FrameTooLarge => Some(protocol_close(close_code::MESSAGE_TOO_BIG, "message too big")),
+        WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => None,
+        _ => Some(protocol_close(close_code::PROTOCOL_ERROR, "websocket protocol error")),
+    }
+}
+
+/// Codes a peer may not send in a close frame are answered with 1002 (RFC 6455 7.4).
+fn echo_close_code(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1011 | 3000..=4999 => code,
+        _ => close_code::PROTOCOL_ERROR,
+    }
+}
+
+async fn write_loop(
+    mut writer: WebSocketWrite<WriteHalf<Io>>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    outbox: Arc<Outbox>,
+    hello: Bytes,
+    mut close_rx: oneshot::Receiver<CloseInstruction>,
+    state: Arc<NodeState>,
+) {
+    let metrics = &state.metrics;
+    if write_binary(&mut writer, &hello, &state).await.is_err() {
+        outbox.kick(KickReason::ProtocolError);
+        return;
+    }
+    let period = Duration::from_secs(u64::from(state.config.ping_interval_secs));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let instruction = loop {
+        tokio::select! {
+            biased;
+            _ = outbox.closed().cancelled() => {
+                let reason = outbox.kicked().unwrap_or(KickReason::Draining);
+                break Some(CloseInstruction { kick: Some(Outbox::kick_frame(reason)), code: reason.close_code(), reason: reason.as_str() });
+            }
+            instruction = &mut close_rx => break instruction.ok(),
+            next = outbound.recv() => {
+                let result = match next {
+                    Some(Outbound::Frame(bytes)) => write_binary(&mut writer, &bytes, &state).await,
+                    Some(Outbound::Pong(payload)) => writer.write_frame(Frame::pong(Payload::Borrowed(&payload))).await,
+                    None => break None,
+                };
+                if result.is_err() {
+                    break None;
+                }
+            }
+            _ = ping.tick() => {
+                if writer.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(instruction) = instruction {
+        let closing = async {
+            if let Some(kick) = &instruction.kick {
+                if let Ok(bytes) = common::encode(kick, usize::MAX) {
+                    write_binary(&mut writer, &bytes, &state).await?;
+                }
+            }
+            writer.write_frame(Frame::close(instruction.code, instruction.reason.as_bytes())).await
+        };
+        if tokio::time::timeout(Duration::from_secs(2), closing).await.is_err() {
+            debug!("peer did not take the close frame in time");
+        }
+    }
+    // Make sure the reader stops too (client gone or close sent).
+    outbox.closed().cancel();
+    let _ = metrics;
+}
+
+async fn write_binary(
+    writer: &mut WebSocketWrite<WriteHalf<Io>>,
+    bytes: &[u8],
+    state: &NodeState,
+) -> Result<(), WebSocketError> {
+    state.metrics.frames_out.increment(1);
+    state.metrics.bytes_out.increment(bytes.len() as u64);
+    writer.write_frame(Frame::binary(Payload::Borrowed(bytes))).await
+}
+
+/// Per-connection send rate limit.
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: f64) -> Self {
+        TokenBucket { tokens: burst, updated: Instant::now() }
+    }
+
+    fn take(&mut self, rate: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.updated).as_secs_f64() * rate).min(burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The reader's per-connection state.
+struct Connection {
+    state: Arc<NodeState>,
+    user: UserId,
+    device: Arc<str>,
+    outbox: Arc<Outbox>,
+    bucket: TokenBucket,
+}
+
+impl Connection {
+    /// Acts on one complete WebSocket message; returns a close instruction if the connection must end.
+    async fn on_message(&mut self, message: &[u8]) -> Option<CloseInstruction> {
+        let metrics = &self.state.metrics;
+        metrics.frames_in.increment(1);
+        metrics.bytes_in.increment(message.len() as u64);
+        match common::decode::<ClientFrame>(message, &self.state.limits) {
+            Ok(ClientFrame::Send(send)) => self.on_send(send).await,
+            Ok(ClientFrame::Sync(request)) => self.on_sync(request).await,
+            Err(error) => {
+                // The connection stays usable: a bad frame is answered, not fatal.
+                self.outbox.error(ErrorFrame::new(error.code(), error.to_string()));
+            }
+        }
+        None
+    }
+
+    async fn on_send(&mut self, send: Send) {
+        let received_at = Instant::now();
+        let config = &self.state.config;
+        if !is_valid_cid(&send.cid) {
+            self.outbox.error(ErrorFrame::new(ErrorCode::InvalidRequest, "cid must be 1-64 characters of [A-Za-z0-9_.-]"));
+            return;
+        }
+        let fail = |code: ErrorCode, msg: String| ErrorFrame::new(code, msg).for_cid(send.cid.clone());
+        if send.kind != "text" {
+            self.outbox.error(fail(ErrorCode::InvalidRequest, format!("unknown kind {:?}; supported: text", send.kind)));
+            return;
+        }
+        if send.body.len() > config.max_body_bytes {
+            self.outbox.error(fail(
+                ErrorCode::LimitExceeded,
+                format!("body of {} bytes exceeds the limit of {}", send.body.len(), config.max_body_bytes),
+            ));
+            return;
+        }
+        if !self.bucket.take(config.send_rate, config.send_burst) {
+            ::metrics::counter!("im_rate_limited_total").increment(1);
+            self.outbox.error(fail(ErrorCode::RateLimited, "send rate exceeded; retry with the same cid".into()));
+            return;
+        }
+        let conv = match self.state.direct_conversation(self.user, send.to).await {
+            Ok(Direct::Conversation(conv)) => conv,
+            Ok(Direct::UnknownUser) => {
+                self.outbox.error(fail(ErrorCode::UnknownUser, format!("no user {}", send.to)));
+                return;
+            }
+            Err(error) => {
+                warn!(%error, "could not resolve the conversation");
+                self.outbox.error(fail(ErrorCode::StoreUnavailable, "message store unavailable; retry".into()));
+                return;
+            }
+        };
+        let members: Arc<[UserId]> =
+            if send.to == self.user { Arc::from([self.user]) } else { Arc::from([self.user, send.to]) };
+        let submission = Submission {
+            sender: self.user,
+            sender_device: self.device.clone(),
+            cid: send.cid,
+            conv,
+            members,
+            kind: send.kind,
+            body: send.body,
+            reply: self.outbox.clone(),
+            received_at,
+        };
+        if let Err(submission) = self.state.writer.submit(submission).await {
+            self.outbox.error(
+                ErrorFrame::new(ErrorCode::Draining, "node is draining; retry on another node").for_cid(submission.cid),
+            );
+        }
+    }
+
+    async fn on_sync(&mut self, request: SyncRequest) {
+        let config = &self.state.config;
+        if request.limit == 0 || request.after_seq < 0 {
+            self.outbox.error(
+                ErrorFrame::new(ErrorCode::InvalidRequest, "limit must be >= 1 and after_seq >= 0").for_rid(request.rid),
+            );
+            return;
+        }
+        let limit = request.limit.min(config.max_sync_limit);
+        match queries::sync(&self.state.pool, self.user, request.conv, request.after_seq, limit).await {
+            Ok(SyncPage::Messages { mut msgs, mut more }) => {
+                // Keep the reply within what a client with our own limits accepts.
+                let budget = config.max_decompressed_bytes / 2;
+                let mut used = 0;
+                if let Some(cut) = msgs.iter().position(|m| {
+                    used += m.body.len() + 64;
+                    used > budget
+                }) {
+                    msgs.truncate(cut.max(1));
+                    more = true;
+                }
+                self.state.metrics.delivered_sync.increment(msgs.len() as u64);
+                self.outbox.send(&ServerFrame::Synced(Synced { rid: request.rid, conv: request.conv, msgs, more }));
+            }
+            Ok(SyncPage::NotMember) => {
+                self.outbox.error(
+                    ErrorFrame::new(ErrorCode::NotMember, "not a member of this conversation").for_rid(request.rid),
+                );
+            }
+            Err(error) => {
+                warn!(%error, "sync failed");
+                self.outbox.error(
+                    ErrorFrame::new(ErrorCode::StoreUnavailable, "message store unavailable; retry").for_rid(request.rid),
+                );
+            }
+        }
+    }
+}

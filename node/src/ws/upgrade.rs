@@ -1,0 +1,139 @@
+//! `GET /v1/ws`: everything that must hold before a connection is upgraded.
+//!
+//! The token and device id are checked first (401/400, no upgrade). Then, still before the 101 response, the
+//! device is registered locally and in the Redis location registry, and only after that is the `hello` state read
+//! from Postgres. That order closes a window: a message committed after the state was read is routed to this
+//! device, and one committed before is counted in `hello`'s `last_seq`, so the client sees it through sync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use common::frame::Hello;
+use common::ids::is_valid_device_id;
+use common::{KickReason, ServerFrame};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use router::BusMessage;
+use tracing::{info_span, warn, Instrument};
+
+use crate::delivery::Outbox;
+use crate::http::{json_error, PeerAddr};
+use crate::metrics;
+use crate::state::NodeState;
+use crate::store::queries;
+use crate::ws::session::{self, SessionContext};
+
+pub async fn handle(
+    State(state): State<Arc<NodeState>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Result<IncomingUpgrade, StatusCode>,
+) -> Response {
+    if state.is_draining() {
+        metrics::handshake_refused("draining");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining; connect to another node");
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| params.get("token").map(String::as_str));
+    let Some(token) = token else {
+        metrics::handshake_refused("no_token");
+        return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing token (Authorization: Bearer or ?token=)");
+    };
+    let user = match state.auth.verify(token) {
+        Ok(user) => user,
+        Err(error) => {
+            metrics::handshake_refused("bad_token");
+            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
+        }
+    };
+    let device = match params.get("device") {
+        Some(device) if is_valid_device_id(device) => device.clone(),
+        _ => {
+            metrics::handshake_refused("bad_device");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_device",
+                "query parameter `device` must be 1-64 characters of [A-Za-z0-9_.-]",
+            );
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(status) => {
+            metrics::handshake_refused("not_websocket");
+            return json_error(status, "not_websocket", "expected a WebSocket upgrade request (version 13)");
+        }
+    };
+
+    let conn_id = state.next_conn_id();
+    let span = info_span!("conn", conn_id, %peer, user, device = %device);
+    async move {
+        let device: Arc<str> = Arc::from(device.as_str());
+        let (outbox, outbound) = Outbox::new(state.config.outbound_queue, state.config.compress_threshold, state.metrics.clone());
+        if let Some(previous) = state.sessions.insert(user, device.clone(), conn_id, outbox.clone()) {
+            previous.kick(KickReason::Replaced);
+        }
+        let registered = state.locations.register(user, &device, &state.node_id).await;
+        let previous_node = match registered {
+            Ok(previous_node) => previous_node,
+            Err(error) => {
+                state.sessions.remove(user, &device, conn_id);
+                metrics::handshake_refused("redis_unavailable");
+                warn!(%error, "could not register the device location");
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "routing registry unavailable; retry");
+            }
+        };
+        if let Some(node) = previous_node {
+            let kick = BusMessage::KickDevice { user, device: device.to_string() };
+            if let Err(error) = state.bus.publish(&node, &kick).await {
+                warn!(%error, node, "could not tell the previous node to drop this device");
+            }
+        }
+        let convs = match queries::conversation_states(&state.pool, user, state.config.hello_conversations).await {
+            Ok(convs) => convs,
+            Err(error) => {
+                session::unregister(&state, user, &device, conn_id).await;
+                metrics::handshake_refused("store_unavailable");
+                warn!(%error, "could not read the hello state");
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "message store unavailable; retry");
+            }
+        };
+        let hello = ServerFrame::Hello(Hello {
+            user,
+            device: device.to_string(),
+            node: state.config.node_name.clone(),
+            ping: state.config.ping_interval_secs,
+            idle: state.config.idle_timeout_secs,
+            convs,
+        });
+        let hello = match common::encode(&hello, state.config.compress_threshold) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) => {
+                session::unregister(&state, user, &device, conn_id).await;
+                warn!(%error, "could not encode hello");
+                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not encode hello");
+            }
+        };
+        let (response, socket) = match upgrade.upgrade() {
+            Ok(pair) => pair,
+            Err(error) => {
+                session::unregister(&state, user, &device, conn_id).await;
+                return json_error(StatusCode::BAD_REQUEST, "not_websocket", &error.to_string());
+            }
+        };
+        let context = SessionContext { user, device, conn_id, outbox, outbound, hello };
+        let tracker = state.connections.clone();
+        tracker.spawn(session::run(state, socket, context).in_current_span());
+        response.into_response()
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,174 @@
+//! The cross-node bus: node `N` subscribes to `im:node:N`; others publish there what N must deliver.
+//!
+//! A `BusMessage` is MessagePack. `Deliver` carries the frame already encoded for the wire, so the receiving node
+//! pushes the same bytes to every local device without decoding them.
+
+use std::time::Duration;
+
+use common::ids::UserId;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use metrics::counter;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{RedisSettings, RouterError};
+
+/// What one node asks another to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BusMessage {
+    /// Push `frame` to every local device of `users`, except the one named by `skip`.
+    Deliver {
+        users: Vec<UserId>,
+        skip: Option<(UserId, String)>,
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+    /// Close the local connection of this device: it connected again elsewhere.
+    KickDevice { user: UserId, device: String },
+}
+
+impl BusMessage {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RouterError> {
+        rmp_serde::to_vec(self).map_err(|e| RouterError::Envelope(e.to_string()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RouterError> {
+        rmp_serde::from_slice(bytes).map_err(|e| RouterError::Envelope(e.to_string()))
+    }
+}
+
+pub fn channel(node_id: &str) -> String {
+    format!("im:node:{node_id}")
+}
+
+/// Publishes to other nodes.
+#[derive(Clone)]
+pub struct Bus {
+    client: Client,
+}
+
+impl Bus {
+    pub fn new(client: Client) -> Self {
+        Bus { client }
+    }
+
+    /// One publish to one node. Returns how many subscribers received it (0 = that node is gone).
+    pub async fn publish(&self, node_id: &str, message: &BusMessage) -> Result<i64, RouterError> {
+        let bytes = message.to_bytes()?;
+        let result = self.client.publish::<i64, _, _>(channel(node_id), bytes.as_slice()).await;
+        match result {
+            Ok(receivers) => {
+                counter!("im_redis_publish_total").increment(1);
+                Ok(receivers)
+            }
+            Err(error) => {
+                counter!("im_redis_publish_errors_total").increment(1);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl Bus {
+    /// Publishes many messages in one pipeline (one round trip); order is kept per target node. Returns how many
+    /// failed.
+    pub async fn publish_many(&self, messages: &[(String, BusMessage)]) -> usize {
+        let pipeline = self.client.pipeline();
+        let mut failed = 0;
+        for (node_id, message) in messages {
+            match message.to_bytes() {
+                Ok(bytes) => {
+                    let queued: Result<(), _> = pipeline.publish(channel(node_id), bytes.as_slice()).await;
+                    if queued.is_err() {
+                        failed += 1;
+                    }
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        let results: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
+        for result in &results {
+            if result.is_err() {
+                failed += 1;
+            }
+        }
+        counter!("im_redis_publish_total").increment(messages.len() as u64);
+        if failed > 0 {
+            counter!("im_redis_publish_errors_total").increment(failed as u64);
+        }
+        failed
+    }
+}
+
+/// Subscribes to this node's channel and forwards decoded messages into `sink` until `cancel` fires.
+///
+/// fred's `manage_subscriptions` re-subscribes after every reconnect. If the receive buffer overflows (`Lagged`),
+/// the lost messages are counted; recipients recover them through `sync` when they notice the gap.
+pub async fn subscribe(
+    settings: &RedisSettings,
+    node_id: &str,
+    sink: mpsc::Sender<BusMessage>,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, RouterError> {
+    let subscriber: SubscriberClient = crate::builder(settings)?.build_subscriber_client()?;
+    subscriber.connect();
+    match tokio::time::timeout(settings.command_timeout * 5, subscriber.wait_for_connect()).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(RouterError::Redis(fred::error::Error::new(ErrorKind::Timeout, "subscriber could not connect")))
+        }
+    }
+    let mut messages = subscriber.message_rx();
+    let _manager = subscriber.manage_subscriptions();
+    subscriber.subscribe(channel(node_id)).await?;
+    let mut reconnects = subscriber.reconnect_rx();
+    let handle = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = reconnects.recv() => {
+                    counter!("im_redis_reconnects_total", "client" => "subscriber").increment(1);
+                }
+                received = messages.recv() => match received {
+                    Ok(message) => {
+                        counter!("im_redis_messages_received_total").increment(1);
+                        let Some(bytes) = message.value.as_bytes() else { continue };
+                        match BusMessage::from_bytes(bytes) {
+                            Ok(decoded) => {
+                                if sink.try_send(decoded).is_err() {
+                                    counter!("im_redis_messages_dropped_total", "why" => "node_busy").increment(1);
+                                }
+                            }
+                            Err(error) => {
+                                counter!("im_redis_messages_dropped_total", "why" => "undecodable").increment(1);
+                                tracing::warn!(%error, "undecodable bus message");
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                        counter!("im_redis_messages_dropped_total", "why" => "lagged").increment(lost);
+                        tracing::warn!(lost, "pub/sub receive buffer overflowed; recipients will resync");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), subscriber.quit()).await;
+    });
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_message_round_trip() {
+        let message = BusMessage::Deliver { users: vec![1, 2], skip: Some((1, "phone".into())), frame: vec![0, 1, 2] };
+        let bytes = message.to_bytes().unwrap();
+        assert_eq!(BusMessage::from_bytes(&bytes).unwrap(), message);
+        assert!(BusMessage::from_bytes(&[0xc1]).is_err());
+    }
+}

@@ -1,0 +1,467 @@
+//! Child processes: Postgres (shared), Redis and nodes (per cluster).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::client::TestClient;
+
+/// A free TCP port on 127.0.0.1 (the listener is dropped; the tiny reuse race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid/gid of the `postgres` system user, when running as root (Postgres refuses to run as root).
+fn postgres_ids() -> Option<(u32, u32)> {
+    if !is_root() {
+        return None;
+    }
+    let output = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+    let uid = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+    let output = Command::new("id").args(["-g", "postgres"]).output().ok()?;
+    let gid = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+    Some((uid, gid))
+}
+
+/// Makes `command` run as `ids` (if any) and die with the thread that spawned it.
+fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
+    // SAFETY: only async-signal-safe libc calls run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some((uid, gid)) = ids {
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Set after the uid change, which would clear it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("IM_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install postgresql (see README)")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions.pop().ok_or_else(|| anyhow!("no Postgres server binaries under /usr/lib/postgresql"))
+}
+
+fn scratch_root() -> PathBuf {
+    std::env::temp_dir().join("im-tests")
+}
+
+/// A scratch directory for this test process, world-writable so the `postgres` user can use its part.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = scratch_root().join(format!("{}-{}-{}", std::process::id(), name, COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Removes scratch directories of test processes that no longer exist.
+fn sweep_stale_scratch() {
+    let Ok(entries) = std::fs::read_dir(scratch_root()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The shared Postgres server of this test process.
+pub struct Postgres {
+    pub port: u16,
+    databases: AtomicUsize,
+}
+
+static POSTGRES: OnceLock<Result<Postgres, String>> = OnceLock::new();
+
+impl Postgres {
+    /// Starts (once) and returns the shared server.
+    pub fn shared() -> anyhow::Result<&'static Postgres> {
+        POSTGRES.get_or_init(|| Self::start().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
+    }
+
+    fn start() -> anyhow::Result<Postgres> {
+        sweep_stale_scratch();
+        let bin = postgres_bin_dir()?;
+        let ids = postgres_ids();
+        let dir = scratch_dir("pg");
+        let data = dir.join("data");
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.args(["-D"]).arg(&data).args(["-A", "trust", "-U", "im", "--no-sync", "-E", "UTF8"]);
+        initdb.stdout(Stdio::null()).stderr(Stdio::piped());
+        harden(&mut initdb, ids);
+        let output = initdb.output().context("running initdb")?;
+        if !output.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        // The server must live as long as the test process, not as long as the test thread that first asked
+        // for it: a dedicated thread spawns it and then parks forever, so the parent-death signal only fires
+        // when the whole process ends.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let socket_dir = dir.clone();
+        std::thread::spawn(move || {
+            let mut command = Command::new(bin.join("postgres"));
+            command
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"])
+                // fsync off: tests check commit semantics, not survival of a power cut; keeps CI fast.
+                .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+                .arg("-k")
+                .arg(&socket_dir)
+                .stdout(Stdio::null())
+                .stderr(log);
+            harden(&mut command, ids);
+            let _ = tx.send(command.spawn().map(|_child| ()));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv()?.context("starting postgres")?;
+        wait_for_port(port, Duration::from_secs(30))?;
+        // Accepting TCP is not accepting queries yet: retry a trivial query.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new(postgres_bin_dir()?.join("psql"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "im", "-d", "postgres", "-Atc", "SELECT 1"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("postgres did not accept queries; see {}", dir.join("postgres.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Postgres { port, databases: AtomicUsize::new(0) })
+    }
+
+    /// Creates a fresh database and returns its connection string.
+    pub async fn new_database(&self) -> anyhow::Result<String> {
+        let name = format!("im_{}", self.databases.fetch_add(1, Ordering::Relaxed));
+        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        Ok(self.url(&name))
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("host=127.0.0.1 port={} user=im dbname={database}", self.port)
+    }
+}
+
+fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listened on port {port} within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A throwaway Redis server.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> anyhow::Result<Redis> {
+        let port = free_port();
+        let mut redis = Redis { port, child: None };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        harden(&mut command, None);
+        self.child = Some(command.spawn().context("starting redis-server (apt-get install redis-server)")?);
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    /// Kills Redis (all data lost: it runs without persistence) and starts it again on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Path of the node binary, built once per test process.
+fn node_binary() -> anyhow::Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("IM_NODE_BIN") {
+                return Ok(PathBuf::from(path));
+            }
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "node", "--bin", "node"])
+                .current_dir(&workspace)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("building the node binary failed".into());
+            }
+            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+            Ok(target.join("debug").join("node"))
+        })
+        .clone()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub addr: SocketAddr,
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    args: Vec<(String, String)>,
+}
+
+impl NodeProc {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(node_binary()?);
+        command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (key, value) in &self.args {
+            command.arg(format!("--{key}")).arg(value);
+        }
+        command.arg("--listen").arg(self.addr.to_string());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        command.stdout(log.try_clone()?).stderr(log);
+        harden(&mut command, None);
+        self.child = Some(command.spawn().context("starting a node")?);
+        Ok(())
+    }
+
+    /// Sends a signal to the node process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal or still running).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Extra node flags for a cluster.
+#[derive(Default, Clone)]
+pub struct ClusterOptions {
+    pub node_args: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    pub fn arg(mut self, key: &str, value: impl ToString) -> Self {
+        self.node_args.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A registered user with a valid token.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+}
+
+/// Redis, a database on the shared Postgres, and N nodes.
+pub struct Cluster {
+    pub redis: Redis,
+    pub postgres_url: String,
+    pub nodes: Vec<NodeProc>,
+    pub secret: String,
+    pub dir: PathBuf,
+}
+
+static USER_COUNTER: AtomicUsize = AtomicUsize::new(0);
+static NODE_LOCK: Mutex<()> = Mutex::new(());
+
+impl Cluster {
+    pub async fn start(nodes: usize) -> anyhow::Result<Cluster> {
+        Self::start_with(nodes, ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(nodes: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let postgres = tokio::task::spawn_blocking(Postgres::shared).await??;
+        let postgres_url = postgres.new_database().await?;
+        let redis = Redis::start()?;
+        let dir = scratch_dir("cluster");
+        let secret = format!("test-secret-{:032x}", rand::random::<u128>());
+        let mut cluster = Cluster { redis, postgres_url, nodes: Vec::new(), secret, dir };
+        for index in 0..nodes {
+            let mut args = vec![
+                ("node-name".to_string(), format!("n{index}")),
+                ("redis-url".to_string(), cluster.redis.url()),
+                ("postgres-url".to_string(), cluster.postgres_url.clone()),
+                ("token-secret".to_string(), cluster.secret.clone()),
+                // Cheap hashes keep registration fast in tests; production keeps the defaults.
+                ("argon2-memory-kib".to_string(), "256".to_string()),
+                ("argon2-iterations".to_string(), "1".to_string()),
+                ("send-burst".to_string(), "2000".to_string()),
+                ("send-rate".to_string(), "2000".to_string()),
+                ("lease-ttl-ms".to_string(), "3000".to_string()),
+                ("log".to_string(), "info".to_string()),
+            ];
+            args.extend(options.node_args.iter().cloned());
+            let node = NodeProc {
+                addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                name: format!("n{index}"),
+                child: None,
+                log: cluster.dir.join(format!("node{index}.log")),
+                args,
+            };
+            cluster.nodes.push(node);
+        }
+        // Build the binary once before spawning (the lock keeps parallel tests from building concurrently).
+        {
+            let _guard = NODE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            tokio::task::spawn_blocking(node_binary).await??;
+        }
+        for index in 0..nodes {
+            cluster.start_node(index).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// (Re)starts node `index` and waits until it is ready.
+    pub async fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
+        self.nodes[index].spawn()?;
+        self.wait_ready(index, Duration::from_secs(30)).await
+    }
+
+    pub async fn wait_ready(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok((status, _)) = benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None).await {
+                if status.is_success() {
+                    return Ok(());
+                }
+            }
+            if !self.nodes[index].is_running() {
+                bail!("node {index} exited during start:\n{}", self.nodes[index].logs());
+            }
+            if Instant::now() > deadline {
+                bail!("node {index} not ready in {limit:?}:\n{}", self.nodes[index].logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.nodes[index].addr
+    }
+
+    /// Registers and logs in a new user (unique name per test process).
+    pub async fn user(&self, prefix: &str) -> anyhow::Result<TestUser> {
+        let name = format!("{prefix}-user-{}", USER_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let password = "correct horse battery";
+        let id = benchmarks::client::register(self.addr(0), &name, password).await?;
+        let token = benchmarks::client::login(self.addr(0), &name, password).await?;
+        Ok(TestUser { id, name, token })
+    }
+
+    /// Connects `user` as `device` to node `index` and reads its `hello`.
+    pub async fn connect(&self, index: usize, user: &TestUser, device: &str) -> anyhow::Result<TestClient> {
+        TestClient::connect(self.addr(index), user, device).await
+    }
+
+    /// A direct SQL connection to the cluster's database.
+    pub async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) = tokio_postgres::connect(&self.postgres_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}

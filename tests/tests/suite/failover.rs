@@ -1,0 +1,106 @@
+//! Node loss and drain: SIGKILL loses nothing acknowledged, SIGTERM drains cleanly, a device connecting twice
+//! replaces its old connection.
+
+use std::time::Duration;
+
+use common::{close_code, KickReason};
+use tests::client::WAIT;
+use tests::Cluster;
+
+#[tokio::test]
+async fn sigkill_of_a_node_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let a = cluster.user("a").await.unwrap();
+    let b = cluster.user("b").await.unwrap();
+    let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
+    let mut cb = cluster.connect(1, &b, "phone").await.unwrap();
+    for i in 0..50 {
+        ca.send_and_ack(b.id, &format!("pre{i}"), "before the crash").await.unwrap();
+    }
+    let conv = ca.acks["pre0"].conv;
+    cb.wait_messages(conv, 50, WAIT).await.unwrap();
+
+    cluster.nodes[1].signal(libc::SIGKILL);
+    assert!(cluster.nodes[1].wait_exit(Duration::from_secs(5)).is_some());
+    // B's connection drops; A keeps sending meanwhile.
+    assert!(cb.next_incoming(WAIT).await.is_err());
+    for i in 0..50 {
+        ca.send_and_ack(b.id, &format!("post{i}"), "after the crash").await.unwrap();
+    }
+    // B reconnects to the surviving node and catches up from where it was.
+    let known = cb.convs.clone();
+    let mut cb = cluster.connect(0, &b, "phone").await.unwrap();
+    cb.convs = known;
+    cb.catch_up().await.unwrap();
+    let mut ids = cb.ids(conv);
+    ids.sort_unstable();
+    let mut acked: Vec<i64> = ca.acks.values().map(|ack| ack.id).collect();
+    acked.sort_unstable();
+    assert_eq!(ids, acked);
+    assert_eq!(cb.violations(), 0);
+
+    // The restarted node rejoins and routes again.
+    cluster.start_node(1).await.unwrap();
+    let mut cb2 = cluster.connect(1, &b, "laptop").await.unwrap();
+    let ack = ca.send_and_ack(b.id, "rejoined", "welcome back").await.unwrap();
+    cb2.wait_messages(conv, 1, WAIT).await.unwrap();
+    assert_eq!(cb2.convs[&conv].msgs[&ack.seq].id, ack.id);
+}
+
+#[tokio::test]
+async fn sigterm_drains_kicks_and_exits_cleanly() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let a = cluster.user("a").await.unwrap();
+    let b = cluster.user("b").await.unwrap();
+    let mut ca = cluster.connect(1, &a, "phone").await.unwrap();
+    let mut cb = cluster.connect(0, &b, "phone").await.unwrap();
+    ca.send_and_ack(b.id, "d0", "x").await.unwrap();
+    // A burst in flight while the node drains: whatever was acked must be stored and delivered.
+    for i in 1..100 {
+        ca.send_text(b.id, &format!("d{i}"), "in flight").await.unwrap();
+    }
+    cluster.nodes[1].signal(libc::SIGTERM);
+    let (kick, code) = ca.expect_close(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(kick, Some(KickReason::Draining));
+    assert_eq!(code, close_code::SERVICE_RESTART);
+    assert_eq!(cluster.nodes[1].wait_exit(Duration::from_secs(15)), Some(Some(0)), "{}", cluster.nodes[1].logs());
+
+    let conv = ca.acks["d0"].conv;
+    let acked: Vec<i64> = ca.acks.values().map(|ack| ack.id).collect();
+    cb.drain(Duration::from_millis(500)).await.unwrap();
+    let known = cb.convs.get(&conv).map_or(0, |c| c.last_seq);
+    cb.sync_after(conv, known).await.unwrap();
+    let have = cb.ids(conv);
+    for id in acked {
+        assert!(have.contains(&id), "acked message {id} missing after drain");
+    }
+    assert_eq!(cb.violations(), 0);
+
+    // The lease is released at once, not left to expire.
+    let redis = cluster.redis.url();
+    let out = std::process::Command::new("redis-cli").args(["-u", &redis, "ZRANGE", "im:nodes", "0", "-1"]).output().unwrap();
+    let nodes = String::from_utf8_lossy(&out.stdout);
+    assert!(!nodes.contains("n1-"), "drained node still holds a lease: {nodes}");
+}
+
+#[tokio::test]
+async fn a_device_connecting_again_replaces_its_old_connection() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let a = cluster.user("a").await.unwrap();
+    let b = cluster.user("b").await.unwrap();
+    let mut old = cluster.connect(0, &a, "phone").await.unwrap();
+    let mut new = cluster.connect(1, &a, "phone").await.unwrap();
+    let (kick, code) = old.expect_close(WAIT).await.unwrap();
+    assert_eq!((kick, code), (Some(KickReason::Replaced), close_code::REPLACED));
+    // Messages now reach the new connection.
+    let mut cb = cluster.connect(0, &b, "phone").await.unwrap();
+    let ack = cb.send_and_ack(a.id, "r1", "to the new one").await.unwrap();
+    new.wait_messages(ack.conv, 1, WAIT).await.unwrap();
+
+    // Same device twice on one node.
+    let mut again = cluster.connect(1, &a, "phone").await.unwrap();
+    let (kick, _) = new.expect_close(WAIT).await.unwrap();
+    assert_eq!(kick, Some(KickReason::Replaced));
+    let ack = cb.send_and_ack(a.id, "r2", "to the newest").await.unwrap();
+    again.wait_messages(ack.conv, 1, WAIT).await.unwrap();
+}

@@ -1,0 +1,6 @@
+//! The multi-process suite: every test starts real Redis, uses the shared real Postgres, and runs real nodes.
+
+mod failover;
+mod http;
+mod messaging;
+mod protocol;
