@@ -36,8 +36,11 @@ pub async fn http_json(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let payload = match &body {
         Some(value) => Bytes::from(serde_json::to_vec(value)?),
@@ -52,28 +55,47 @@ pub async fn http_json(
     let response = sender.send_request(request).await?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
-    let value = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null) };
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    };
     Ok((status, value))
 }
 
 /// Registers a user (201) and returns its id.
 pub async fn register(addr: SocketAddr, username: &str, password: &str) -> anyhow::Result<i64> {
-    let (status, body) =
-        http_json(addr, "POST", "/v1/users", Some(serde_json::json!({"username": username, "password": password}))).await?;
+    let (status, body) = http_json(
+        addr,
+        "POST",
+        "/v1/users",
+        Some(serde_json::json!({"username": username, "password": password})),
+    )
+    .await?;
     if status != StatusCode::CREATED {
         bail!("register {username}: {status} {body}");
     }
-    body["id"].as_i64().ok_or_else(|| anyhow!("register: no id in {body}"))
+    body["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("register: no id in {body}"))
 }
 
 /// Logs in and returns the token.
 pub async fn login(addr: SocketAddr, username: &str, password: &str) -> anyhow::Result<String> {
-    let (status, body) =
-        http_json(addr, "POST", "/v1/sessions", Some(serde_json::json!({"username": username, "password": password}))).await?;
+    let (status, body) = http_json(
+        addr,
+        "POST",
+        "/v1/sessions",
+        Some(serde_json::json!({"username": username, "password": password})),
+    )
+    .await?;
     if status != StatusCode::OK {
         bail!("login {username}: {status} {body}");
     }
-    body["token"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("login: no token in {body}"))
+    body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("login: no token in {body}"))
 }
 
 /// What a read returned.
@@ -111,13 +133,24 @@ impl std::error::Error for ConnectError {}
 
 impl Connection {
     /// Connects to `GET /v1/ws?device=…` with the token in the Authorization header.
-    pub async fn connect(addr: SocketAddr, token: &str, device: &str) -> Result<Self, ConnectError> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| ConnectError::Other(e.into()))?;
+    pub async fn connect(
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+    ) -> Result<Self, ConnectError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnectError::Other(e.into()))?;
         Self::connect_over(stream, addr, token, device).await
     }
 
     /// Like `connect`, over an already connected stream (the load generator binds its own source addresses).
-    pub async fn connect_over(stream: TcpStream, addr: SocketAddr, token: &str, device: &str) -> Result<Self, ConnectError> {
+    pub async fn connect_over(
+        stream: TcpStream,
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+    ) -> Result<Self, ConnectError> {
         let _ = stream.set_nodelay(true);
         let request = Request::builder()
             .method("GET")
@@ -125,14 +158,26 @@ impl Connection {
             .header("host", addr.to_string())
             .header("upgrade", "websocket")
             .header("connection", "upgrade")
-            .header("sec-websocket-key", fastwebsockets::handshake::generate_key())
+            .header(
+                "sec-websocket-key",
+                fastwebsockets::handshake::generate_key(),
+            )
             .header("sec-websocket-version", "13")
             .header("authorization", format!("Bearer {token}"))
             .body(Empty::<Bytes>::new())
             .map_err(|e| ConnectError::Other(e.into()))?;
         match fastwebsockets::handshake::client(&SpawnExecutor, request, stream).await {
-            Ok((ws, _)) => Ok(Connection { ws, limits: Limits { max_message_bytes: 16 << 20, max_decompressed_bytes: 16 << 20, ..Limits::default() } }),
-            Err(fastwebsockets::WebSocketError::InvalidStatusCode(status)) => Err(ConnectError::Refused(status)),
+            Ok((ws, _)) => Ok(Connection {
+                ws,
+                limits: Limits {
+                    max_message_bytes: 16 << 20,
+                    max_decompressed_bytes: 16 << 20,
+                    ..Limits::default()
+                },
+            }),
+            Err(fastwebsockets::WebSocketError::InvalidStatusCode(status)) => {
+                Err(ConnectError::Refused(status))
+            }
             Err(error) => Err(ConnectError::Other(error.into())),
         }
     }
@@ -145,7 +190,9 @@ impl Connection {
 
     /// Sends arbitrary bytes as one binary message (for malformed-input tests).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.ws.write_frame(Frame::binary(Payload::Borrowed(bytes))).await?;
+        self.ws
+            .write_frame(Frame::binary(Payload::Borrowed(bytes)))
+            .await?;
         Ok(())
     }
 
@@ -157,7 +204,9 @@ impl Connection {
 
     /// The next protocol frame or the close, waiting at most `limit`.
     pub async fn recv_timeout(&mut self, limit: Duration) -> anyhow::Result<Incoming> {
-        tokio::time::timeout(limit, self.recv()).await.map_err(|_| anyhow!("no frame within {limit:?}"))?
+        tokio::time::timeout(limit, self.recv())
+            .await
+            .map_err(|_| anyhow!("no frame within {limit:?}"))?
     }
 
     /// The next protocol frame or the close.
@@ -165,10 +214,21 @@ impl Connection {
         loop {
             let frame = self.ws.read_frame().await?;
             match frame.opcode {
-                OpCode::Binary => return Ok(Incoming::Frame(common::decode(&frame.payload, &self.limits)?)),
+                OpCode::Binary => {
+                    return Ok(Incoming::Frame(common::decode(
+                        &frame.payload,
+                        &self.limits,
+                    )?))
+                }
                 OpCode::Close => {
-                    let code = frame.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005);
-                    let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default()).into_owned();
+                    let code = frame
+                        .payload
+                        .get(..2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                        .unwrap_or(1005);
+                    let reason =
+                        String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())
+                            .into_owned();
                     return Ok(Incoming::Closed(code, reason));
                 }
                 _ => continue,

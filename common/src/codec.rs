@@ -75,9 +75,9 @@ impl CodecError {
     /// The error code a server answers with.
     pub fn code(&self) -> ErrorCode {
         match self {
-            CodecError::TooLarge { .. } | CodecError::DecompressedTooLarge { .. } | CodecError::LimitExceeded(_) => {
-                ErrorCode::LimitExceeded
-            }
+            CodecError::TooLarge { .. }
+            | CodecError::DecompressedTooLarge { .. }
+            | CodecError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             CodecError::UnknownFrame(_) => ErrorCode::UnknownFrame,
             CodecError::Encode(_) => ErrorCode::Internal,
             CodecError::Empty
@@ -100,7 +100,8 @@ thread_local! {
 pub fn encode<T: Serialize>(frame: &T, compress_threshold: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(128);
     out.push(0);
-    rmp_serde::encode::write_named(&mut out, frame).map_err(|e| CodecError::Encode(e.to_string()))?;
+    rmp_serde::encode::write_named(&mut out, frame)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
     let body_len = out.len() - 1;
     if body_len < compress_threshold {
         return Ok(out);
@@ -108,10 +109,15 @@ pub fn encode<T: Serialize>(frame: &T, compress_threshold: usize) -> Result<Vec<
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| CodecError::Encode(e.to_string()))?);
+            *slot = Some(
+                zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                    .map_err(|e| CodecError::Encode(e.to_string()))?,
+            );
         }
         match slot.as_mut() {
-            Some(compressor) => compressor.compress(&out[1..]).map_err(|e| CodecError::Encode(e.to_string())),
+            Some(compressor) => compressor
+                .compress(&out[1..])
+                .map_err(|e| CodecError::Encode(e.to_string())),
             None => Err(CodecError::Encode("no zstd context".into())),
         }
     })?;
@@ -127,7 +133,10 @@ pub fn encode<T: Serialize>(frame: &T, compress_threshold: usize) -> Result<Vec<
 /// Decodes one frame under `limits`. Never panics on any input.
 pub fn decode<T: DeserializeOwned>(message: &[u8], limits: &Limits) -> Result<T, CodecError> {
     if message.len() > limits.max_message_bytes {
-        return Err(CodecError::TooLarge { size: message.len(), limit: limits.max_message_bytes });
+        return Err(CodecError::TooLarge {
+            size: message.len(),
+            limit: limits.max_message_bytes,
+        });
     }
     let (&header, body) = message.split_first().ok_or(CodecError::Empty)?;
     if header & !FLAG_ZSTD != 0 {
@@ -143,7 +152,9 @@ pub fn decode<T: DeserializeOwned>(message: &[u8], limits: &Limits) -> Result<T,
 
 fn decode_body<T: DeserializeOwned>(body: &[u8], limits: &Limits) -> Result<T, CodecError> {
     if body.len() > limits.max_decompressed_bytes {
-        return Err(CodecError::DecompressedTooLarge { limit: limits.max_decompressed_bytes });
+        return Err(CodecError::DecompressedTooLarge {
+            limit: limits.max_decompressed_bytes,
+        });
     }
     crate::msgpack_limits::check(body, limits.max_depth, limits.max_collection_len)?;
     rmp_serde::from_slice(body).map_err(|e| {
@@ -167,7 +178,10 @@ fn decompress(data: &[u8], cap: usize) -> Result<Vec<u8>, CodecError> {
             DECOMPRESSOR.with(|cell| {
                 let mut slot = cell.borrow_mut();
                 if slot.is_none() {
-                    *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| CodecError::Decompress(e.to_string()))?);
+                    *slot = Some(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| CodecError::Decompress(e.to_string()))?,
+                    );
                 }
                 match slot.as_mut() {
                     // `size <= cap` was checked above, so the capacity is bounded by the limit.
@@ -180,7 +194,8 @@ fn decompress(data: &[u8], cap: usize) -> Result<Vec<u8>, CodecError> {
         }
         // No declared size (streamed frames): inflate incrementally and stop one byte past the cap.
         Ok(None) => {
-            let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| CodecError::Decompress(e.to_string()))?;
+            let decoder = zstd::stream::read::Decoder::new(data)
+                .map_err(|e| CodecError::Decompress(e.to_string()))?;
             let mut out = Vec::new();
             decoder
                 .take(cap as u64 + 1)
@@ -201,7 +216,12 @@ mod tests {
     use crate::frame::*;
 
     fn send(body: &str) -> ClientFrame {
-        ClientFrame::Send(Send { cid: "c1".into(), to: 42, kind: "text".into(), body: body.into() })
+        ClientFrame::Send(Send {
+            cid: "c1".into(),
+            to: 42,
+            kind: "text".into(),
+            body: body.into(),
+        })
     }
 
     #[test]
@@ -225,9 +245,15 @@ mod tests {
         assert_eq!(decode::<ClientFrame>(&[], &limits), Err(CodecError::Empty));
         let mut bytes = encode(&send("x"), usize::MAX).unwrap();
         bytes[0] = 0x02;
-        assert_eq!(decode::<ClientFrame>(&bytes, &limits), Err(CodecError::ReservedBits(0x02)));
+        assert_eq!(
+            decode::<ClientFrame>(&bytes, &limits),
+            Err(CodecError::ReservedBits(0x02))
+        );
         bytes[0] = FLAG_ZSTD;
-        assert!(matches!(decode::<ClientFrame>(&bytes, &limits), Err(CodecError::Decompress(_))));
+        assert!(matches!(
+            decode::<ClientFrame>(&bytes, &limits),
+            Err(CodecError::Decompress(_))
+        ));
     }
 
     #[test]
@@ -241,7 +267,9 @@ mod tests {
         assert!(message.len() < limits.max_message_bytes);
         assert_eq!(
             decode::<ClientFrame>(&message, &limits),
-            Err(CodecError::DecompressedTooLarge { limit: limits.max_decompressed_bytes })
+            Err(CodecError::DecompressedTooLarge {
+                limit: limits.max_decompressed_bytes
+            })
         );
 
         let mut streamed = Vec::new();
@@ -255,7 +283,9 @@ mod tests {
         message.extend_from_slice(&streamed);
         assert_eq!(
             decode::<ClientFrame>(&message, &limits),
-            Err(CodecError::DecompressedTooLarge { limit: limits.max_decompressed_bytes })
+            Err(CodecError::DecompressedTooLarge {
+                limit: limits.max_decompressed_bytes
+            })
         );
     }
 
@@ -268,17 +298,71 @@ mod tests {
             cid: u32,
         }
         let wrong_type = encode(&Odd { t: "send", cid: 5 }, usize::MAX).unwrap();
-        assert!(matches!(decode::<ClientFrame>(&wrong_type, &limits), Err(CodecError::InvalidFrame(_))));
-        let unknown = encode(&Odd { t: "teleport", cid: 5 }, usize::MAX).unwrap();
-        assert!(matches!(decode::<ClientFrame>(&unknown, &limits), Err(CodecError::UnknownFrame(_))));
+        assert!(matches!(
+            decode::<ClientFrame>(&wrong_type, &limits),
+            Err(CodecError::InvalidFrame(_))
+        ));
+        let unknown = encode(
+            &Odd {
+                t: "teleport",
+                cid: 5,
+            },
+            usize::MAX,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode::<ClientFrame>(&unknown, &limits),
+            Err(CodecError::UnknownFrame(_))
+        ));
         let not_a_map = encode(&7u8, usize::MAX).unwrap();
-        assert!(matches!(decode::<ClientFrame>(&not_a_map, &limits), Err(CodecError::InvalidFrame(_))));
+        assert!(matches!(
+            decode::<ClientFrame>(&not_a_map, &limits),
+            Err(CodecError::InvalidFrame(_))
+        ));
     }
 
     #[test]
     fn oversize_message() {
-        let limits = Limits { max_message_bytes: 10, ..Limits::default() };
+        let limits = Limits {
+            max_message_bytes: 10,
+            ..Limits::default()
+        };
         let bytes = encode(&send("longer than ten bytes"), usize::MAX).unwrap();
-        assert!(matches!(decode::<ClientFrame>(&bytes, &limits), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<ClientFrame>(&bytes, &limits),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod wire_examples {
+    //! The hex examples in `docs/protocol.md` are these exact bytes: if the encoding changes, this test fails and
+    //! the document must change with it.
+    use super::*;
+    use crate::frame::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn documented_send_frame() {
+        let frame = ClientFrame::Send(Send { cid: "c1".into(), to: 42, kind: "text".into(), body: "hi".into() });
+        let bytes = encode(&frame, usize::MAX).unwrap();
+        assert_eq!(
+            hex(&bytes),
+            "00 85 a1 74 a4 73 65 6e 64 a3 63 69 64 a2 63 31 a2 74 6f 2a a4 6b 69 6e 64 a4 74 65 78 74 a4 62 6f 64 79 a2 68 69"
+        );
+    }
+
+    #[test]
+    fn documented_ack_frame() {
+        let frame = ServerFrame::Ack(Ack { cid: "c1".into(), id: 7, conv: 3, seq: 1, ts: 1_700_000_000_000 });
+        let bytes = encode(&frame, usize::MAX).unwrap();
+        assert_eq!(
+            hex(&bytes),
+            "00 86 a1 74 a3 61 63 6b a3 63 69 64 a2 63 31 a2 69 64 07 a4 63 6f 6e 76 03 a3 73 65 71 01 a2 74 73 cf 00 00 01 8b cf e5 68 00"
+        );
     }
 }

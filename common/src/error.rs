@@ -36,7 +36,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RateLimited | ErrorCode::StoreUnavailable | ErrorCode::Draining | ErrorCode::Internal
+            ErrorCode::RateLimited
+                | ErrorCode::StoreUnavailable
+                | ErrorCode::Draining
+                | ErrorCode::Internal
         )
     }
 

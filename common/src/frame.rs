@@ -142,7 +142,13 @@ pub struct ErrorFrame {
 
 impl ErrorFrame {
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        ErrorFrame { code, cid: None, rid: None, retry: code.retryable(), msg: msg.into() }
+        ErrorFrame {
+            code,
+            cid: None,
+            rid: None,
+            retry: code.retryable(),
+            msg: msg.into(),
+        }
     }
 
     pub fn for_cid(mut self, cid: impl Into<String>) -> Self {

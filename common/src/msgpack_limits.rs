@@ -9,7 +9,11 @@
 use crate::codec::CodecError;
 
 /// Checks that `bytes` hold exactly one MessagePack value within the limits.
-pub(crate) fn check(bytes: &[u8], max_depth: usize, max_collection_len: usize) -> Result<(), CodecError> {
+pub(crate) fn check(
+    bytes: &[u8],
+    max_depth: usize,
+    max_collection_len: usize,
+) -> Result<(), CodecError> {
     let mut pos = 0usize;
     // Remaining item counts of the open collections, innermost last. A value is read while `pending` says
     // something is still expected; the top level expects exactly one value.
@@ -36,7 +40,11 @@ pub(crate) fn check(bytes: &[u8], max_depth: usize, max_collection_len: usize) -
                 skip(bytes, &mut pos, usize::from(marker & 0x1f))?;
                 None
             }
-            0xc1 => return Err(CodecError::Malformed("reserved MessagePack marker 0xc1".into())),
+            0xc1 => {
+                return Err(CodecError::Malformed(
+                    "reserved MessagePack marker 0xc1".into(),
+                ))
+            }
             // bin8/16/32 and str8/16/32: a length, then that many bytes.
             0xc4 | 0xd9 => skip_sized(bytes, &mut pos, 1, 0)?,
             0xc5 | 0xda => skip_sized(bytes, &mut pos, 2, 0)?,
@@ -74,7 +82,9 @@ pub(crate) fn check(bytes: &[u8], max_depth: usize, max_collection_len: usize) -
             // Every item takes at least one byte, so a length larger than what is left is a truncated frame;
             // saying so now keeps the walk linear in the input size.
             if items > (bytes.len() - pos) as u64 {
-                return Err(CodecError::Malformed("truncated: collection longer than the frame".into()));
+                return Err(CodecError::Malformed(
+                    "truncated: collection longer than the frame".into(),
+                ));
             }
             if items > 0 {
                 if pending.len() >= max_depth {
@@ -88,7 +98,10 @@ pub(crate) fn check(bytes: &[u8], max_depth: usize, max_collection_len: usize) -
     }
 
     if pos != bytes.len() {
-        return Err(CodecError::Malformed(format!("{} trailing bytes after the frame", bytes.len() - pos)));
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after the frame",
+            bytes.len() - pos
+        )));
     }
     Ok(())
 }
@@ -113,7 +126,12 @@ fn read_len(bytes: &[u8], pos: &mut usize, width: usize) -> Result<u64, CodecErr
     Ok(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
-fn skip_sized(bytes: &[u8], pos: &mut usize, width: usize, extra: usize) -> Result<Option<u64>, CodecError> {
+fn skip_sized(
+    bytes: &[u8],
+    pos: &mut usize,
+    width: usize,
+    extra: usize,
+) -> Result<Option<u64>, CodecError> {
     let len = read_len(bytes, pos, width)?;
     let len = usize::try_from(len).map_err(|_| CodecError::Malformed("length overflows".into()))?;
     skip(bytes, pos, len.saturating_add(extra))
@@ -136,10 +154,22 @@ mod tests {
     #[test]
     fn rejects_truncation_trailing_and_reserved() {
         assert!(matches!(check(&[], 4, 4), Err(CodecError::Malformed(_))));
-        assert!(matches!(check(&[0x92, 0x01], 4, 4), Err(CodecError::Malformed(_))));
-        assert!(matches!(check(&[0x01, 0x02], 4, 4), Err(CodecError::Malformed(_))));
-        assert!(matches!(check(&[0xc1], 4, 4), Err(CodecError::Malformed(_))));
-        assert!(matches!(check(&[0xdb, 0xff, 0xff, 0xff, 0xff], 4, 4), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            check(&[0x92, 0x01], 4, 4),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            check(&[0x01, 0x02], 4, 4),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            check(&[0xc1], 4, 4),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            check(&[0xdb, 0xff, 0xff, 0xff, 0xff], 4, 4),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -147,11 +177,20 @@ mod tests {
         // [[[1]]] is three levels deep.
         let nested = [0x91, 0x91, 0x91, 0x01];
         check(&nested, 3, 4).unwrap();
-        assert!(matches!(check(&nested, 2, 4), Err(CodecError::LimitExceeded(_))));
+        assert!(matches!(
+            check(&nested, 2, 4),
+            Err(CodecError::LimitExceeded(_))
+        ));
         // array32 claiming 2^32-1 elements with 5 bytes of input.
         let huge = [0xdd, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(check(&huge, 8, 1000), Err(CodecError::LimitExceeded(_))));
+        assert!(matches!(
+            check(&huge, 8, 1000),
+            Err(CodecError::LimitExceeded(_))
+        ));
         let three = [0x93, 1, 2, 3];
-        assert!(matches!(check(&three, 8, 2), Err(CodecError::LimitExceeded(_))));
+        assert!(matches!(
+            check(&three, 8, 2),
+            Err(CodecError::LimitExceeded(_))
+        ));
     }
 }

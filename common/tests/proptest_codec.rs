@@ -1,37 +1,89 @@
 //! Property tests: every frame round-trips, and no byte string makes the decoder panic.
+#![allow(clippy::unwrap_used)]
 
 use common::frame::*;
 use common::{decode, encode, ClientFrame, CodecError, ErrorCode, KickReason, Limits, ServerFrame};
 use proptest::prelude::*;
 
 fn arb_msg() -> impl Strategy<Value = Msg> {
-    (any::<i64>(), any::<i64>(), any::<i64>(), any::<i64>(), "[a-z0-9]{1,16}", ".{0,200}", any::<i64>()).prop_map(
-        |(id, conv, seq, from, cid, body, ts)| Msg { id, conv, seq, from, cid, kind: "text".into(), body, ts },
+    (
+        any::<i64>(),
+        any::<i64>(),
+        any::<i64>(),
+        any::<i64>(),
+        "[a-z0-9]{1,16}",
+        ".{0,200}",
+        any::<i64>(),
     )
+        .prop_map(|(id, conv, seq, from, cid, body, ts)| Msg {
+            id,
+            conv,
+            seq,
+            from,
+            cid,
+            kind: "text".into(),
+            body,
+            ts,
+        })
 }
 
 fn arb_client() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        ("[a-z0-9]{1,64}", any::<i64>(), ".{0,3000}").prop_map(|(cid, to, body)| ClientFrame::Send(Send {
-            cid,
-            to,
-            kind: "text".into(),
-            body
-        })),
-        (any::<u32>(), any::<i64>(), any::<i64>(), any::<u32>())
-            .prop_map(|(rid, conv, after_seq, limit)| ClientFrame::Sync(SyncRequest { rid, conv, after_seq, limit })),
+        ("[a-z0-9]{1,64}", any::<i64>(), ".{0,3000}").prop_map(
+            |(cid, to, body)| ClientFrame::Send(Send {
+                cid,
+                to,
+                kind: "text".into(),
+                body
+            })
+        ),
+        (any::<u32>(), any::<i64>(), any::<i64>(), any::<u32>()).prop_map(
+            |(rid, conv, after_seq, limit)| ClientFrame::Sync(SyncRequest {
+                rid,
+                conv,
+                after_seq,
+                limit
+            })
+        ),
     ]
 }
 
 fn arb_server() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
         arb_msg().prop_map(ServerFrame::Msg),
-        (any::<u32>(), any::<i64>(), proptest::collection::vec(arb_msg(), 0..20), any::<bool>())
-            .prop_map(|(rid, conv, msgs, more)| ServerFrame::Synced(Synced { rid, conv, msgs, more })),
-        ("[a-z0-9]{1,8}", any::<i64>(), any::<i64>(), any::<i64>(), any::<i64>())
-            .prop_map(|(cid, id, conv, seq, ts)| ServerFrame::Ack(Ack { cid, id, conv, seq, ts })),
-        Just(ServerFrame::Error(ErrorFrame::new(ErrorCode::RateLimited, "slow down").for_cid("c"))),
-        Just(ServerFrame::Kick(Kick { reason: KickReason::Draining, msg: "bye".into() })),
+        (
+            any::<u32>(),
+            any::<i64>(),
+            proptest::collection::vec(arb_msg(), 0..20),
+            any::<bool>()
+        )
+            .prop_map(|(rid, conv, msgs, more)| ServerFrame::Synced(Synced {
+                rid,
+                conv,
+                msgs,
+                more
+            })),
+        (
+            "[a-z0-9]{1,8}",
+            any::<i64>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<i64>()
+        )
+            .prop_map(|(cid, id, conv, seq, ts)| ServerFrame::Ack(Ack {
+                cid,
+                id,
+                conv,
+                seq,
+                ts
+            })),
+        Just(ServerFrame::Error(
+            ErrorFrame::new(ErrorCode::RateLimited, "slow down").for_cid("c")
+        )),
+        Just(ServerFrame::Kick(Kick {
+            reason: KickReason::Draining,
+            msg: "bye".into()
+        })),
     ]
 }
 
@@ -79,5 +131,8 @@ fn deep_nesting_is_a_limit_error() {
     let mut body = vec![0u8];
     body.extend(std::iter::repeat_n(0x91u8, 1000));
     body.push(0x01);
-    assert!(matches!(decode::<ClientFrame>(&body, &Limits::default()), Err(CodecError::LimitExceeded(_))));
+    assert!(matches!(
+        decode::<ClientFrame>(&body, &Limits::default()),
+        Err(CodecError::LimitExceeded(_))
+    ));
 }

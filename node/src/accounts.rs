@@ -26,46 +26,81 @@ pub struct Credentials {
 /// Usernames are 3-32 characters of `[a-z0-9_.-]` (lower case, so names differing only in case cannot coexist).
 fn valid_username(name: &str) -> bool {
     (3..=32).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 fn bad_body(rejection: JsonRejection) -> Response {
-    json_error(StatusCode::BAD_REQUEST, "bad_request", &rejection.body_text())
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        &rejection.body_text(),
+    )
 }
 
-pub async fn register(State(state): State<Arc<NodeState>>, body: Result<Json<Credentials>, JsonRejection>) -> Response {
+pub async fn register(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Response {
     let Json(credentials) = match body {
         Ok(body) => body,
         Err(rejection) => return bad_body(rejection),
     };
     if !valid_username(&credentials.username) {
-        return json_error(StatusCode::BAD_REQUEST, "bad_username", "username must be 3-32 characters of [a-z0-9_.-]");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_username",
+            "username must be 3-32 characters of [a-z0-9_.-]",
+        );
     }
     if !(8..=256).contains(&credentials.password.len()) {
-        return json_error(StatusCode::BAD_REQUEST, "bad_password", "password must be 8-256 bytes");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_password",
+            "password must be 8-256 bytes",
+        );
     }
     let hash = match state.auth.hash_password(credentials.password).await {
         Ok(hash) => hash,
         Err(error) => {
             warn!(%error, "password hashing failed");
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not hash the password");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not hash the password",
+            );
         }
     };
     match queries::create_user(&state.pool, &credentials.username, &hash).await {
         Ok(NewUser::Created(id)) => {
             ::metrics::counter!("im_users_registered_total").increment(1);
-            (StatusCode::CREATED, Json(serde_json::json!({ "id": id, "username": credentials.username })))
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({ "id": id, "username": credentials.username })),
+            )
                 .into_response()
         }
-        Ok(NewUser::NameTaken) => json_error(StatusCode::CONFLICT, "username_taken", "this username is taken"),
+        Ok(NewUser::NameTaken) => json_error(
+            StatusCode::CONFLICT,
+            "username_taken",
+            "this username is taken",
+        ),
         Err(error) => {
             warn!(%error, "registration failed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "user store unavailable; retry")
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "user store unavailable; retry",
+            )
         }
     }
 }
 
-pub async fn login(State(state): State<Arc<NodeState>>, body: Result<Json<Credentials>, JsonRejection>) -> Response {
+pub async fn login(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Response {
     let Json(credentials) = match body {
         Ok(body) => body,
         Err(rejection) => return bad_body(rejection),
@@ -74,18 +109,31 @@ pub async fn login(State(state): State<Arc<NodeState>>, body: Result<Json<Creden
         Ok(stored) => stored,
         Err(error) => {
             warn!(%error, "login lookup failed");
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "user store unavailable; retry");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "user store unavailable; retry",
+            );
         }
     };
     let Some((user, hash)) = stored else {
         ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
-        return json_error(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password");
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        );
     };
     if !state.auth.check_password(credentials.password, hash).await {
         ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
-        return json_error(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password");
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        );
     }
     ::metrics::counter!("im_logins_total", "result" => "ok").increment(1);
     let (token, expires_at) = state.auth.issue(user);
-    Json(serde_json::json!({ "user_id": user, "token": token, "expires_at": expires_at })).into_response()
+    Json(serde_json::json!({ "user_id": user, "token": token, "expires_at": expires_at }))
+        .into_response()
 }

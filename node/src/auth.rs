@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -39,9 +41,17 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(secret: &str, token_ttl: Duration, memory_kib: u32, iterations: u32) -> Result<Self, String> {
-        let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| format!("argon2 parameters: {e}"))?;
-        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    pub fn new(
+        secret: &str,
+        token_ttl: Duration,
+        memory_kib: u32,
+        iterations: u32,
+    ) -> Result<Self, String> {
+        let params = Params::new(memory_kib, iterations, 1, None)
+            .map_err(|e| format!("argon2 parameters: {e}"))?;
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         Ok(Authenticator {
             secret: secret.as_bytes().to_vec(),
             token_ttl,
@@ -54,18 +64,25 @@ impl Authenticator {
     pub fn issue(&self, user: UserId) -> (String, u64) {
         let expires = unix_now() + self.token_ttl.as_secs();
         let claims = format!("v1.{user}.{expires}");
-        (format!("{claims}.{}", URL_SAFE_NO_PAD.encode(self.sign(&claims))), expires)
+        (
+            format!("{claims}.{}", URL_SAFE_NO_PAD.encode(self.sign(&claims))),
+            expires,
+        )
     }
 
     /// Verifies a token and returns its user.
     pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
         let (claims, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(claims.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
         let mut parts = claims.split('.');
-        let (Some("v1"), Some(user), Some(expires), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some("v1"), Some(user), Some(expires), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -83,7 +100,10 @@ impl Authenticator {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+            argon
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -91,10 +111,16 @@ impl Authenticator {
 
     /// Checks a password against a stored hash (whose own parameters are used).
     pub async fn check_password(&self, password: String, stored: String) -> bool {
-        let Ok(_permit) = self.hashing.acquire().await else { return false };
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         tokio::task::spawn_blocking(move || {
             PasswordHash::new(&stored)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -103,7 +129,8 @@ impl Authenticator {
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail; the fallback keeps the no-panic rule.
-        HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| HmacSha256::new(&Default::default()))
+        HmacSha256::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| HmacSha256::new(&Default::default()))
     }
 
     fn sign(&self, claims: &str) -> Vec<u8> {
@@ -114,7 +141,10 @@ impl Authenticator {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

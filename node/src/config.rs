@@ -26,7 +26,11 @@ pub struct Config {
     pub redis_url: String,
 
     /// Postgres connection string (key=value or postgres:// URL).
-    #[arg(long, env = "IM_POSTGRES_URL", default_value = "host=127.0.0.1 port=5432 user=im dbname=im")]
+    #[arg(
+        long,
+        env = "IM_POSTGRES_URL",
+        default_value = "host=127.0.0.1 port=5432 user=im dbname=im"
+    )]
     pub postgres_url: String,
 
     /// Size of the Postgres connection pool (the writer uses one connection; sync, accounts and hello the rest).
@@ -162,13 +166,18 @@ impl Config {
             return Err("queue sizes and --writer-batch-rows must be positive".into());
         }
         if self.ping_interval_secs == 0 || self.idle_timeout_secs <= self.ping_interval_secs {
-            return Err("--idle-timeout-secs must be greater than --ping-interval-secs (> 0)".into());
+            return Err(
+                "--idle-timeout-secs must be greater than --ping-interval-secs (> 0)".into(),
+            );
         }
         if self.send_rate <= 0.0 || self.send_burst < 1.0 {
             return Err("--send-rate must be > 0 and --send-burst >= 1".into());
         }
         if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
-            return Err("--max-sync-limit and --hello-conversations must be positive, --postgres-pool >= 2".into());
+            return Err(
+                "--max-sync-limit and --hello-conversations must be positive, --postgres-pool >= 2"
+                    .into(),
+            );
         }
         Ok(())
     }

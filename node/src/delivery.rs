@@ -53,9 +53,19 @@ const KICK_REASONS: [KickReason; 6] = [
 ];
 
 impl Outbox {
-    pub fn new(capacity: usize, compress_threshold: usize, metrics: Metrics) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+    pub fn new(
+        capacity: usize,
+        compress_threshold: usize,
+        metrics: Metrics,
+    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let outbox = Outbox { tx, closed: CancellationToken::new(), kick_reason: AtomicU8::new(NO_KICK), compress_threshold, metrics };
+        let outbox = Outbox {
+            tx,
+            closed: CancellationToken::new(),
+            kick_reason: AtomicU8::new(NO_KICK),
+            compress_threshold,
+            metrics,
+        };
         (Arc::new(outbox), rx)
     }
 
@@ -102,14 +112,19 @@ impl Outbox {
     /// Asks the connection to close with `reason`; the first reason wins. Returns whether this call decided it.
     pub fn kick(&self, reason: KickReason) -> bool {
         let code = KICK_REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8;
-        let decided = self.kick_reason.compare_exchange(NO_KICK, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        let decided = self
+            .kick_reason
+            .compare_exchange(NO_KICK, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         self.closed.cancel();
         decided
     }
 
     /// Why the connection is being closed, if it is.
     pub fn kicked(&self) -> Option<KickReason> {
-        KICK_REASONS.get(self.kick_reason.load(Ordering::Acquire) as usize).copied()
+        KICK_REASONS
+            .get(self.kick_reason.load(Ordering::Acquire) as usize)
+            .copied()
     }
 
     /// Resolves once the connection must close.
@@ -127,7 +142,10 @@ impl Outbox {
             KickReason::LeaseLost => "node lost its cluster lease: reconnect and sync",
             KickReason::ProtocolError => "protocol error",
         };
-        ServerFrame::Kick(Kick { reason, msg: msg.into() })
+        ServerFrame::Kick(Kick {
+            reason,
+            msg: msg.into(),
+        })
     }
 }
 
@@ -135,7 +153,9 @@ impl AckSink for Outbox {
     fn answer(&self, outcome: Result<Ack, ErrorFrame>, received_at: Instant) {
         match outcome {
             Ok(ack) => {
-                self.metrics.ack_latency.record(received_at.elapsed().as_secs_f64());
+                self.metrics
+                    .ack_latency
+                    .record(received_at.elapsed().as_secs_f64());
                 self.send(&ServerFrame::Ack(ack));
             }
             Err(frame) => {
@@ -160,23 +180,43 @@ pub struct LocalSessions {
 impl LocalSessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<LocalDevice>>> {
         // A panic while holding this lock would be a bug elsewhere; the map itself stays consistent, so keep going.
-        self.by_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.by_user
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds a connection; returns the outbox of a previous connection of the same device, now replaced.
-    pub fn insert(&self, user: UserId, device: Arc<str>, conn_id: u64, outbox: Arc<Outbox>) -> Option<Arc<Outbox>> {
+    pub fn insert(
+        &self,
+        user: UserId,
+        device: Arc<str>,
+        conn_id: u64,
+        outbox: Arc<Outbox>,
+    ) -> Option<Arc<Outbox>> {
         let mut map = self.lock();
         let devices = map.entry(user).or_default();
-        let previous = devices.iter().position(|d| d.device == device).map(|i| devices.swap_remove(i).outbox);
-        devices.push(LocalDevice { device, conn_id, outbox });
+        let previous = devices
+            .iter()
+            .position(|d| d.device == device)
+            .map(|i| devices.swap_remove(i).outbox);
+        devices.push(LocalDevice {
+            device,
+            conn_id,
+            outbox,
+        });
         previous
     }
 
     /// Removes a connection if it is still the registered one for its device; returns whether it was.
     pub fn remove(&self, user: UserId, device: &str, conn_id: u64) -> bool {
         let mut map = self.lock();
-        let Some(devices) = map.get_mut(&user) else { return false };
-        let Some(index) = devices.iter().position(|d| &*d.device == device && d.conn_id == conn_id) else {
+        let Some(devices) = map.get_mut(&user) else {
+            return false;
+        };
+        let Some(index) = devices
+            .iter()
+            .position(|d| &*d.device == device && d.conn_id == conn_id)
+        else {
             return false;
         };
         devices.swap_remove(index);
@@ -191,7 +231,9 @@ impl LocalSessions {
         let map = self.lock();
         let mut delivered = 0;
         for user in users {
-            let Some(devices) = map.get(user) else { continue };
+            let Some(devices) = map.get(user) else {
+                continue;
+            };
             for device in devices {
                 if skip.is_some_and(|(u, d)| u == *user && d == &*device.device) {
                     continue;
@@ -245,7 +287,10 @@ pub async fn run_router(
     while let Some(batch) = committed.recv().await {
         let mut frames = Vec::with_capacity(batch.len());
         for item in &batch {
-            let frame = match common::encode(&ServerFrame::Msg(item.msg.clone()), compress_threshold) {
+            let frame = match common::encode(
+                &ServerFrame::Msg(item.msg.clone()),
+                compress_threshold,
+            ) {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(error) => {
                     warn!(%error, "could not encode a committed message; recipients will get it by sync");
@@ -261,7 +306,11 @@ pub async fn run_router(
         // Every recipient's devices on other nodes, in one Redis pipeline for the whole batch.
         let users: Vec<UserId> = {
             let mut seen = HashSet::new();
-            batch.iter().flat_map(|c| c.members.iter().copied()).filter(|u| seen.insert(*u)).collect()
+            batch
+                .iter()
+                .flat_map(|c| c.members.iter().copied())
+                .filter(|u| seen.insert(*u))
+                .collect()
         };
         let located = match locations.lookup(&users).await {
             Ok(located) => located,
@@ -279,7 +328,8 @@ pub async fn run_router(
                     if location.node == node_id {
                         continue;
                     }
-                    let is_sender_device = *user == item.msg.from && location.device == *item.sender_device;
+                    let is_sender_device =
+                        *user == item.msg.from && location.device == *item.sender_device;
                     if is_sender_device {
                         continue;
                     }
@@ -299,12 +349,17 @@ pub async fn run_router(
                     },
                 ));
             }
-            metrics.route_latency.record(item.committed_at.elapsed().as_secs_f64());
+            metrics
+                .route_latency
+                .record(item.committed_at.elapsed().as_secs_f64());
         }
         if !publishes.is_empty() {
             let failed = bus.publish_many(&publishes).await;
             if failed > 0 {
-                warn!(failed, "publishes failed; recipients will get those messages by sync");
+                warn!(
+                    failed,
+                    "publishes failed; recipients will get those messages by sync"
+                );
             }
         }
     }
@@ -312,13 +367,19 @@ pub async fn run_router(
 }
 
 /// Applies what other nodes published for this node.
-pub async fn run_bus_consumer(mut inbox: mpsc::Receiver<BusMessage>, sessions: Arc<LocalSessions>, metrics: Metrics) {
+pub async fn run_bus_consumer(
+    mut inbox: mpsc::Receiver<BusMessage>,
+    sessions: Arc<LocalSessions>,
+    metrics: Metrics,
+) {
     while let Some(message) = inbox.recv().await {
         match message {
             BusMessage::Deliver { users, skip, frame } => {
                 let frame = Bytes::from(frame);
                 let skip = skip.as_ref().map(|(user, device)| (*user, device.as_str()));
-                metrics.delivered_redis.increment(sessions.deliver(&users, skip, &frame));
+                metrics
+                    .delivered_redis
+                    .increment(sessions.deliver(&users, skip, &frame));
             }
             BusMessage::KickDevice { user, device } => {
                 sessions.kick_device(user, &device, KickReason::Replaced);

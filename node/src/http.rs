@@ -30,7 +30,11 @@ pub struct PeerAddr(pub SocketAddr);
 
 /// A JSON error answer.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "error": code, "message": message })),
+    )
+        .into_response()
 }
 
 pub fn routes(state: Arc<NodeState>) -> Router {
@@ -66,11 +70,12 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, stop: Cancellat
         let app = app.clone();
         let stop = stop.clone();
         state.connections.spawn(async move {
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                let mut app = app.clone();
-                async move { app.call(request).await }
-            });
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    let mut app = app.clone();
+                    async move { app.call(request).await }
+                });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -99,19 +104,35 @@ async fn healthz() -> &'static str {
 /// Ready when Redis and Postgres answer, the lease is held and the node is not draining.
 async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
     let limit = Duration::from_secs(1);
-    let redis = matches!(tokio::time::timeout(limit, router::ping(&state.redis)).await, Ok(Ok(_)));
-    let postgres = matches!(tokio::time::timeout(limit, store::queries::ping(&state.pool)).await, Ok(Ok(())));
+    let redis = matches!(
+        tokio::time::timeout(limit, router::ping(&state.redis)).await,
+        Ok(Ok(_))
+    );
+    let postgres = matches!(
+        tokio::time::timeout(limit, store::queries::ping(&state.pool)).await,
+        Ok(Ok(()))
+    );
     let lease = state.lease_ok.load(Ordering::Acquire);
     let draining = state.is_draining();
     let body = serde_json::json!({ "redis": redis, "postgres": postgres, "lease": lease, "draining": draining });
-    let status = if redis && postgres && lease && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if redis && postgres && lease && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
-    state.metrics.writer_queue_depth.set(state.writer.queued() as f64);
+    state
+        .metrics
+        .writer_queue_depth
+        .set(state.writer.queued() as f64);
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.prometheus.render(),
     )
         .into_response()

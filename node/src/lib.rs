@@ -36,12 +36,15 @@ use crate::store::writer::{self, WriterSettings};
 /// Runs the node until `shutdown` fires, then drains. Returns an error only for start-up failures.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let prometheus = metrics::install().map_err(anyhow::Error::msg).context("installing the metrics recorder")?;
+    let prometheus = metrics::install()
+        .map_err(anyhow::Error::msg)
+        .context("installing the metrics recorder")?;
     let metrics = metrics::Metrics::new(&config.node_name);
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
 
-    let pool = store::pool(&config.postgres_url, config.postgres_pool).context("postgres configuration")?;
+    let pool = store::pool(&config.postgres_url, config.postgres_pool)
+        .context("postgres configuration")?;
     let applied = migrate_with_retry(&pool).await?;
     info!(applied, "migrations applied");
 
@@ -50,7 +53,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
         pubsub_buffer: config.pubsub_buffer,
     };
-    let redis = router::connect(&settings).await.context("connecting to redis")?;
+    let redis = router::connect(&settings)
+        .await
+        .context("connecting to redis")?;
     let lease = NodeLease::new(redis.clone(), node_id.clone(), config.lease_ttl());
     lease.refresh().await.context("taking the node lease")?;
     let locations = LocationRegistry::new(redis.clone(), Duration::from_millis(500));
@@ -62,7 +67,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let subscriber = router::bus::subscribe(&settings, &node_id, bus_tx, stop_background.clone())
         .await
         .context("subscribing to the node channel")?;
-    let bus_consumer = tokio::spawn(delivery::run_bus_consumer(bus_rx, sessions.clone(), metrics.clone()));
+    let bus_consumer = tokio::spawn(delivery::run_bus_consumer(
+        bus_rx,
+        sessions.clone(),
+        metrics.clone(),
+    ));
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
@@ -94,7 +103,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.argon2_iterations,
     )
     .map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     let state = Arc::new(NodeState::new(
         config,
         node_id.clone(),
@@ -108,7 +119,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics,
         prometheus.clone(),
     ));
-    let lease_task = tokio::spawn(keep_lease(lease.clone(), state.clone(), stop_background.clone()));
+    let lease_task = tokio::spawn(keep_lease(
+        lease.clone(),
+        state.clone(),
+        stop_background.clone(),
+    ));
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -127,11 +142,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let kicked = sessions.kick_all(KickReason::Draining);
     info!(kicked, "draining");
     state.connections.close();
-    if tokio::time::timeout_at(deadline, state.connections.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, state.connections.wait())
+        .await
+        .is_err()
+    {
         warn!("connections still open at the end of the grace period");
     }
     drain_writer.cancel();
-    if tokio::time::timeout_at(deadline, writer_task).await.is_err() {
+    if tokio::time::timeout_at(deadline, writer_task)
+        .await
+        .is_err()
+    {
         warn!("writer did not finish in the grace period; unacknowledged messages will be retried by clients");
     }
     let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), router_task).await;
@@ -185,7 +206,10 @@ async fn keep_lease(lease: NodeLease, state: Arc<NodeState>, stop: CancellationT
                 state.lease_ok.store(true, Ordering::Release);
                 ::metrics::counter!("im_node_lease_lapses_total").increment(1);
                 let kicked = state.sessions.kick_all(KickReason::LeaseLost);
-                warn!(kicked, "lease had lapsed; connections kicked so clients resync");
+                warn!(
+                    kicked,
+                    "lease had lapsed; connections kicked so clients resync"
+                );
             }
             Err(error) => {
                 warn!(%error, "lease refresh failed");

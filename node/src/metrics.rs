@@ -7,15 +7,20 @@
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0];
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const ROWS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
 
 /// Installs the global recorder. Called once per process; a second call (tests) returns an error.
 pub fn install() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("im_writer_batch_rows".into()), ROWS_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("im_writer_batch_rows".into()), ROWS_BUCKETS)
+        })
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())

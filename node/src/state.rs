@@ -110,6 +110,8 @@ impl NodeState {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, UserId), ConvId>> {
-        self.direct_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.direct_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -57,7 +57,10 @@ impl Bus {
     /// One publish to one node. Returns how many subscribers received it (0 = that node is gone).
     pub async fn publish(&self, node_id: &str, message: &BusMessage) -> Result<i64, RouterError> {
         let bytes = message.to_bytes()?;
-        let result = self.client.publish::<i64, _, _>(channel(node_id), bytes.as_slice()).await;
+        let result = self
+            .client
+            .publish::<i64, _, _>(channel(node_id), bytes.as_slice())
+            .await;
         match result {
             Ok(receivers) => {
                 counter!("im_redis_publish_total").increment(1);
@@ -80,7 +83,8 @@ impl Bus {
         for (node_id, message) in messages {
             match message.to_bytes() {
                 Ok(bytes) => {
-                    let queued: Result<(), _> = pipeline.publish(channel(node_id), bytes.as_slice()).await;
+                    let queued: Result<(), _> =
+                        pipeline.publish(channel(node_id), bytes.as_slice()).await;
                     if queued.is_err() {
                         failed += 1;
                     }
@@ -117,7 +121,10 @@ pub async fn subscribe(
     match tokio::time::timeout(settings.command_timeout * 5, subscriber.wait_for_connect()).await {
         Ok(result) => result?,
         Err(_) => {
-            return Err(RouterError::Redis(fred::error::Error::new(ErrorKind::Timeout, "subscriber could not connect")))
+            return Err(RouterError::Redis(fred::error::Error::new(
+                ErrorKind::Timeout,
+                "subscriber could not connect",
+            )))
         }
     }
     let mut messages = subscriber.message_rx();
@@ -166,7 +173,11 @@ mod tests {
 
     #[test]
     fn bus_message_round_trip() {
-        let message = BusMessage::Deliver { users: vec![1, 2], skip: Some((1, "phone".into())), frame: vec![0, 1, 2] };
+        let message = BusMessage::Deliver {
+            users: vec![1, 2],
+            skip: Some((1, "phone".into())),
+            frame: vec![0, 1, 2],
+        };
         let bytes = message.to_bytes().unwrap();
         assert_eq!(BusMessage::from_bytes(&bytes).unwrap(), message);
         assert!(BusMessage::from_bytes(&[0xc1]).is_err());

@@ -52,7 +52,11 @@ pub enum LeaseState {
 
 impl NodeLease {
     pub fn new(client: Client, node_id: String, ttl: Duration) -> Self {
-        NodeLease { client, node_id, ttl }
+        NodeLease {
+            client,
+            node_id,
+            ttl,
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -66,8 +70,19 @@ impl NodeLease {
     /// Extends the lease by its TTL from Redis' now.
     pub async fn refresh(&self) -> Result<LeaseState, RouterError> {
         let ttl_ms = self.ttl.as_millis().to_string();
-        let lapsed: i64 = self.client.eval(REFRESH, vec![NODES_KEY], vec![self.node_id.as_str(), ttl_ms.as_str()]).await?;
-        Ok(if lapsed == 1 { LeaseState::Reacquired } else { LeaseState::Held })
+        let lapsed: i64 = self
+            .client
+            .eval(
+                REFRESH,
+                vec![NODES_KEY],
+                vec![self.node_id.as_str(), ttl_ms.as_str()],
+            )
+            .await?;
+        Ok(if lapsed == 1 {
+            LeaseState::Reacquired
+        } else {
+            LeaseState::Held
+        })
     }
 
     /// Drops the lease at once (graceful shutdown), so others stop routing here without waiting for the TTL.
@@ -79,6 +94,8 @@ impl NodeLease {
 
 /// Reads the set of live nodes.
 pub async fn live_nodes(client: &Client) -> Result<HashSet<String>, RouterError> {
-    let nodes: Vec<String> = client.eval(LIVE, vec![NODES_KEY], Vec::<String>::new()).await?;
+    let nodes: Vec<String> = client
+        .eval(LIVE, vec![NODES_KEY], Vec::<String>::new())
+        .await?;
     Ok(nodes.into_iter().collect())
 }

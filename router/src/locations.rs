@@ -51,19 +51,41 @@ pub struct LocationRegistry {
 
 impl LocationRegistry {
     pub fn new(client: Client, live_cache_ttl: Duration) -> Self {
-        let stale = Instant::now().checked_sub(live_cache_ttl * 2).unwrap_or_else(Instant::now);
-        LocationRegistry { client, live_cache_ttl, live: Arc::new(RwLock::new((stale, HashSet::new()))) }
+        let stale = Instant::now()
+            .checked_sub(live_cache_ttl * 2)
+            .unwrap_or_else(Instant::now);
+        LocationRegistry {
+            client,
+            live_cache_ttl,
+            live: Arc::new(RwLock::new((stale, HashSet::new()))),
+        }
     }
 
     /// Registers `device` of `user` on `node`; returns the node it was registered on before, if any and different.
-    pub async fn register(&self, user: UserId, device: &str, node: &str) -> Result<Option<String>, RouterError> {
-        let old: String = self.client.eval(REGISTER, vec![key(user)], vec![device, node]).await?;
+    pub async fn register(
+        &self,
+        user: UserId,
+        device: &str,
+        node: &str,
+    ) -> Result<Option<String>, RouterError> {
+        let old: String = self
+            .client
+            .eval(REGISTER, vec![key(user)], vec![device, node])
+            .await?;
         Ok((!old.is_empty() && old != node).then_some(old))
     }
 
     /// Removes the entry if it still points at `node`; returns whether it did.
-    pub async fn unregister(&self, user: UserId, device: &str, node: &str) -> Result<bool, RouterError> {
-        let removed: i64 = self.client.eval(UNREGISTER, vec![key(user)], vec![device, node]).await?;
+    pub async fn unregister(
+        &self,
+        user: UserId,
+        device: &str,
+        node: &str,
+    ) -> Result<bool, RouterError> {
+        let removed: i64 = self
+            .client
+            .eval(UNREGISTER, vec![key(user)], vec![device, node])
+            .await?;
         Ok(removed == 1)
     }
 
@@ -81,7 +103,10 @@ impl LocationRegistry {
     }
 
     /// Looks up every device of every user in one pipeline, skipping (and lazily deleting) entries of dead nodes.
-    pub async fn lookup(&self, users: &[UserId]) -> Result<HashMap<UserId, Vec<DeviceLocation>>, RouterError> {
+    pub async fn lookup(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, Vec<DeviceLocation>>, RouterError> {
         if users.is_empty() {
             return Ok(HashMap::new());
         }
@@ -102,7 +127,9 @@ impl LocationRegistry {
                     let client = self.client.clone();
                     let user = *user;
                     tokio::spawn(async move {
-                        let _: Result<i64, _> = client.eval(UNREGISTER, vec![key(user)], vec![device, node]).await;
+                        let _: Result<i64, _> = client
+                            .eval(UNREGISTER, vec![key(user)], vec![device, node])
+                            .await;
                     });
                 }
             }

@@ -42,7 +42,11 @@ pub struct TestClient {
 }
 
 impl TestClient {
-    pub async fn connect(addr: SocketAddr, user: &TestUser, device: &str) -> anyhow::Result<TestClient> {
+    pub async fn connect(
+        addr: SocketAddr,
+        user: &TestUser,
+        device: &str,
+    ) -> anyhow::Result<TestClient> {
         let mut conn = Connection::connect(addr, &user.token, device).await?;
         let hello = match conn.next_frame(WAIT).await? {
             ServerFrame::Hello(hello) => hello,
@@ -67,7 +71,12 @@ impl TestClient {
 
     /// Sends a text message (does not wait for the ack).
     pub async fn send_text(&mut self, to: i64, cid: &str, body: &str) -> anyhow::Result<()> {
-        let frame = ClientFrame::Send(Send { cid: cid.into(), to, kind: "text".into(), body: body.into() });
+        let frame = ClientFrame::Send(Send {
+            cid: cid.into(),
+            to,
+            kind: "text".into(),
+            body: body.into(),
+        });
         self.conn.send(&frame).await
     }
 
@@ -113,7 +122,11 @@ impl TestClient {
     }
 
     /// Waits for an error frame (for a `cid`, or any when `cid` is None).
-    pub async fn wait_error(&mut self, cid: Option<&str>, limit: Duration) -> anyhow::Result<ErrorFrame> {
+    pub async fn wait_error(
+        &mut self,
+        cid: Option<&str>,
+        limit: Duration,
+    ) -> anyhow::Result<ErrorFrame> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -121,7 +134,9 @@ impl TestClient {
                 bail!("no error frame within {limit:?}");
             }
             match self.next(left).await? {
-                ServerFrame::Error(error) if cid.is_none() || error.cid.as_deref() == cid => return Ok(error),
+                ServerFrame::Error(error) if cid.is_none() || error.cid.as_deref() == cid => {
+                    return Ok(error)
+                }
                 other => self.handle(other).await?,
             }
         }
@@ -139,7 +154,12 @@ impl TestClient {
     }
 
     /// Reads until `count` messages of `conv` are known (pushed or synced).
-    pub async fn wait_messages(&mut self, conv: ConvId, count: usize, limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_messages(
+        &mut self,
+        conv: ConvId,
+        count: usize,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         while self.convs.get(&conv).map_or(0, |c| c.msgs.len()) < count {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -190,9 +210,7 @@ impl TestClient {
             let pushed_seq = msg.seq;
             self.sync_after(conv, after).await?;
             let log = self.convs.entry(conv).or_default();
-            if !log.msgs.contains_key(&msg.seq) {
-                log.msgs.insert(msg.seq, msg);
-            }
+            log.msgs.entry(msg.seq).or_insert(msg);
             for seq in (after + 1)..pushed_seq {
                 if !log.msgs.contains_key(&seq) {
                     log.settled_missing.insert(seq);
@@ -210,11 +228,20 @@ impl TestClient {
         loop {
             let rid = self.next_rid;
             self.next_rid += 1;
-            self.conn.send(&ClientFrame::Sync(SyncRequest { rid, conv, after_seq: cursor, limit: 100 })).await?;
+            self.conn
+                .send(&ClientFrame::Sync(SyncRequest {
+                    rid,
+                    conv,
+                    after_seq: cursor,
+                    limit: 100,
+                }))
+                .await?;
             let synced = loop {
                 match self.conn.next_frame(WAIT).await? {
                     ServerFrame::Synced(synced) if synced.rid == rid => break synced,
-                    ServerFrame::Error(error) if error.rid == Some(rid) => bail!("sync failed: {error:?}"),
+                    ServerFrame::Error(error) if error.rid == Some(rid) => {
+                        bail!("sync failed: {error:?}")
+                    }
                     other => self.pending.push_back(other),
                 }
             };
@@ -259,11 +286,17 @@ impl TestClient {
 
     /// Ids of every known message of `conv`, in seq order.
     pub fn ids(&self, conv: ConvId) -> Vec<i64> {
-        self.convs.get(&conv).map(|c| c.msgs.values().map(|m| m.id).collect()).unwrap_or_default()
+        self.convs
+            .get(&conv)
+            .map(|c| c.msgs.values().map(|m| m.id).collect())
+            .unwrap_or_default()
     }
 
     /// Waits for a kick followed by a close; returns the close code.
-    pub async fn expect_close(&mut self, limit: Duration) -> anyhow::Result<(Option<common::KickReason>, u16)> {
+    pub async fn expect_close(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<(Option<common::KickReason>, u16)> {
         let deadline = Instant::now() + limit;
         let mut kick = None;
         loop {

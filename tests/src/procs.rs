@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -14,7 +14,10 @@ use crate::client::TestClient;
 
 /// A free TCP port on 127.0.0.1 (the listener is dropped; the tiny reuse race is acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn is_root() -> bool {
@@ -28,9 +31,15 @@ fn postgres_ids() -> Option<(u32, u32)> {
         return None;
     }
     let output = Command::new("id").args(["-u", "postgres"]).output().ok()?;
-    let uid = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+    let uid = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .ok()?;
     let output = Command::new("id").args(["-g", "postgres"]).output().ok()?;
-    let gid = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+    let gid = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .ok()?;
     Some((uid, gid))
 }
 
@@ -61,7 +70,9 @@ fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
         .filter(|p| p.join("postgres").exists())
         .collect();
     versions.sort();
-    versions.pop().ok_or_else(|| anyhow!("no Postgres server binaries under /usr/lib/postgresql"))
+    versions
+        .pop()
+        .ok_or_else(|| anyhow!("no Postgres server binaries under /usr/lib/postgresql"))
 }
 
 fn scratch_root() -> PathBuf {
@@ -71,17 +82,26 @@ fn scratch_root() -> PathBuf {
 /// A scratch directory for this test process, world-writable so the `postgres` user can use its part.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = scratch_root().join(format!("{}-{}-{}", std::process::id(), name, COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let dir = scratch_root().join(format!(
+        "{}-{}-{}",
+        std::process::id(),
+        name,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::create_dir_all(&dir);
     dir
 }
 
 /// Removes scratch directories of test processes that no longer exist.
 fn sweep_stale_scratch() {
-    let Ok(entries) = std::fs::read_dir(scratch_root()) else { return };
+    let Ok(entries) = std::fs::read_dir(scratch_root()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -99,7 +119,10 @@ static POSTGRES: OnceLock<Result<Postgres, String>> = OnceLock::new();
 impl Postgres {
     /// Starts (once) and returns the shared server.
     pub fn shared() -> anyhow::Result<&'static Postgres> {
-        POSTGRES.get_or_init(|| Self::start().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
+        POSTGRES
+            .get_or_init(|| Self::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
     }
 
     fn start() -> anyhow::Result<Postgres> {
@@ -112,7 +135,10 @@ impl Postgres {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
         }
         let mut initdb = Command::new(bin.join("initdb"));
-        initdb.args(["-D"]).arg(&data).args(["-A", "trust", "-U", "im", "--no-sync", "-E", "UTF8"]);
+        initdb
+            .args(["-D"])
+            .arg(&data)
+            .args(["-A", "trust", "-U", "im", "--no-sync", "-E", "UTF8"]);
         initdb.stdout(Stdio::null()).stderr(Stdio::piped());
         harden(&mut initdb, ids);
         let output = initdb.output().context("running initdb")?;
@@ -131,7 +157,14 @@ impl Postgres {
             command
                 .arg("-D")
                 .arg(&data)
-                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"])
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "max_connections=300",
+                ])
                 // fsync off: tests check commit semantics, not survival of a power cut; keeps CI fast.
                 .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
                 .arg("-k")
@@ -150,7 +183,18 @@ impl Postgres {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = Command::new(postgres_bin_dir()?.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "im", "-d", "postgres", "-Atc", "SELECT 1"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "im",
+                    "-d",
+                    "postgres",
+                    "-Atc",
+                    "SELECT 1",
+                ])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
@@ -158,24 +202,36 @@ impl Postgres {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("postgres did not accept queries; see {}", dir.join("postgres.log").display());
+                bail!(
+                    "postgres did not accept queries; see {}",
+                    dir.join("postgres.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Postgres { port, databases: AtomicUsize::new(0) })
+        Ok(Postgres {
+            port,
+            databases: AtomicUsize::new(0),
+        })
     }
 
     /// Creates a fresh database and returns its connection string.
     pub async fn new_database(&self) -> anyhow::Result<String> {
         let name = format!("im_{}", self.databases.fetch_add(1, Ordering::Relaxed));
-        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
         Ok(self.url(&name))
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("host=127.0.0.1 port={} user=im dbname={database}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=im dbname={database}",
+            self.port
+        )
     }
 }
 
@@ -207,11 +263,24 @@ impl Redis {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new("redis-server");
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         harden(&mut command, None);
-        self.child = Some(command.spawn().context("starting redis-server (apt-get install redis-server)")?);
+        self.child = Some(
+            command
+                .spawn()
+                .context("starting redis-server (apt-get install redis-server)")?,
+        );
         wait_for_port(self.port, Duration::from_secs(10))
     }
 
@@ -257,7 +326,9 @@ fn node_binary() -> anyhow::Result<PathBuf> {
             if !status.success() {
                 return Err("building the node binary failed".into());
             }
-            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| workspace.join("target"));
             Ok(target.join("debug").join("node"))
         })
         .clone()
@@ -276,12 +347,17 @@ pub struct NodeProc {
 impl NodeProc {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(node_binary()?);
-        command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (key, value) in &self.args {
             command.arg(format!("--{key}")).arg(value);
         }
         command.arg("--listen").arg(self.addr.to_string());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         command.stdout(log.try_clone()?).stderr(log);
         harden(&mut command, None);
         self.child = Some(command.spawn().context("starting a node")?);
@@ -367,7 +443,6 @@ pub struct Cluster {
 }
 
 static USER_COUNTER: AtomicUsize = AtomicUsize::new(0);
-static NODE_LOCK: Mutex<()> = Mutex::new(());
 
 impl Cluster {
     pub async fn start(nodes: usize) -> anyhow::Result<Cluster> {
@@ -380,7 +455,13 @@ impl Cluster {
         let redis = Redis::start()?;
         let dir = scratch_dir("cluster");
         let secret = format!("test-secret-{:032x}", rand::random::<u128>());
-        let mut cluster = Cluster { redis, postgres_url, nodes: Vec::new(), secret, dir };
+        let mut cluster = Cluster {
+            redis,
+            postgres_url,
+            nodes: Vec::new(),
+            secret,
+            dir,
+        };
         for index in 0..nodes {
             let mut args = vec![
                 ("node-name".to_string(), format!("n{index}")),
@@ -405,11 +486,8 @@ impl Cluster {
             };
             cluster.nodes.push(node);
         }
-        // Build the binary once before spawning (the lock keeps parallel tests from building concurrently).
-        {
-            let _guard = NODE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            tokio::task::spawn_blocking(node_binary).await??;
-        }
+        // Build the binary once before spawning (OnceLock makes concurrent tests wait for the one build).
+        tokio::task::spawn_blocking(node_binary).await??;
         for index in 0..nodes {
             cluster.start_node(index).await?;
         }
@@ -425,16 +503,24 @@ impl Cluster {
     pub async fn wait_ready(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok((status, _)) = benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None).await {
+            if let Ok((status, _)) =
+                benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None).await
+            {
                 if status.is_success() {
                     return Ok(());
                 }
             }
             if !self.nodes[index].is_running() {
-                bail!("node {index} exited during start:\n{}", self.nodes[index].logs());
+                bail!(
+                    "node {index} exited during start:\n{}",
+                    self.nodes[index].logs()
+                );
             }
             if Instant::now() > deadline {
-                bail!("node {index} not ready in {limit:?}:\n{}", self.nodes[index].logs());
+                bail!(
+                    "node {index} not ready in {limit:?}:\n{}",
+                    self.nodes[index].logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -446,7 +532,10 @@ impl Cluster {
 
     /// Registers and logs in a new user (unique name per test process).
     pub async fn user(&self, prefix: &str) -> anyhow::Result<TestUser> {
-        let name = format!("{prefix}-user-{}", USER_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{prefix}-user-{}",
+            USER_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let password = "correct horse battery";
         let id = benchmarks::client::register(self.addr(0), &name, password).await?;
         let token = benchmarks::client::login(self.addr(0), &name, password).await?;
@@ -454,13 +543,19 @@ impl Cluster {
     }
 
     /// Connects `user` as `device` to node `index` and reads its `hello`.
-    pub async fn connect(&self, index: usize, user: &TestUser, device: &str) -> anyhow::Result<TestClient> {
+    pub async fn connect(
+        &self,
+        index: usize,
+        user: &TestUser,
+        device: &str,
+    ) -> anyhow::Result<TestClient> {
         TestClient::connect(self.addr(index), user, device).await
     }
 
     /// A direct SQL connection to the cluster's database.
     pub async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, connection) = tokio_postgres::connect(&self.postgres_url, tokio_postgres::NoTls).await?;
+        let (client, connection) =
+            tokio_postgres::connect(&self.postgres_url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
     }

@@ -26,7 +26,9 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(manager)
         .max_size(size)

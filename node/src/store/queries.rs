@@ -16,7 +16,11 @@ pub enum NewUser {
     NameTaken,
 }
 
-pub async fn create_user(pool: &Pool, username: &str, password_hash: &str) -> Result<NewUser, StoreError> {
+pub async fn create_user(
+    pool: &Pool,
+    username: &str,
+    password_hash: &str,
+) -> Result<NewUser, StoreError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -31,10 +35,19 @@ pub async fn create_user(pool: &Pool, username: &str, password_hash: &str) -> Re
 }
 
 /// The user's id and password hash, if the name exists.
-pub async fn user_credentials(pool: &Pool, username: &str) -> Result<Option<(UserId, String)>, StoreError> {
+pub async fn user_credentials(
+    pool: &Pool,
+    username: &str,
+) -> Result<Option<(UserId, String)>, StoreError> {
     let client = pool.get().await?;
-    let row = client.query_opt("SELECT id, password_hash FROM users WHERE username = $1", &[&username]).await?;
-    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).transpose()
+    let row = client
+        .query_opt(
+            "SELECT id, password_hash FROM users WHERE username = $1",
+            &[&username],
+        )
+        .await?;
+    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .transpose()
 }
 
 /// Outcome of resolving the 1:1 conversation between two users.
@@ -58,12 +71,16 @@ pub async fn direct_conversation(pool: &Pool, a: UserId, b: UserId) -> Result<Di
     let conv: ConvId = match inserted {
         Ok(Some(row)) => row.try_get(0)?,
         // Another node created it concurrently; ON CONFLICT waited for that commit, so a new statement sees it.
-        Ok(None) => {
-            tx.query_one("SELECT id FROM conversations WHERE direct_low = $1 AND direct_high = $2", &[&low, &high])
-                .await?
-                .try_get(0)?
+        Ok(None) => tx
+            .query_one(
+                "SELECT id FROM conversations WHERE direct_low = $1 AND direct_high = $2",
+                &[&low, &high],
+            )
+            .await?
+            .try_get(0)?,
+        Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+            return Ok(Direct::UnknownUser)
         }
-        Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => return Ok(Direct::UnknownUser),
         Err(error) => return Err(error.into()),
     };
     tx.execute(
@@ -76,7 +93,11 @@ pub async fn direct_conversation(pool: &Pool, a: UserId, b: UserId) -> Result<Di
 }
 
 /// The user's conversations, most recently active first.
-pub async fn conversation_states(pool: &Pool, user: UserId, limit: i64) -> Result<Vec<ConvState>, StoreError> {
+pub async fn conversation_states(
+    pool: &Pool,
+    user: UserId,
+    limit: i64,
+) -> Result<Vec<ConvState>, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
@@ -95,7 +116,12 @@ pub async fn conversation_states(pool: &Pool, user: UserId, limit: i64) -> Resul
             (KIND_DIRECT, Some(low), Some(high)) => Some(if low == user { high } else { low }),
             _ => None,
         };
-        states.push(ConvState { conv: row.try_get(0)?, last_seq: row.try_get(1)?, read_seq: row.try_get(2)?, peer });
+        states.push(ConvState {
+            conv: row.try_get(0)?,
+            last_seq: row.try_get(1)?,
+            read_seq: row.try_get(2)?,
+            peer,
+        });
     }
     Ok(states)
 }
@@ -107,7 +133,13 @@ pub enum SyncPage {
 }
 
 /// Messages of `conv` after `after_seq`, oldest first, if `user` is a member.
-pub async fn sync(pool: &Pool, user: UserId, conv: ConvId, after_seq: Seq, limit: u32) -> Result<SyncPage, StoreError> {
+pub async fn sync(
+    pool: &Pool,
+    user: UserId,
+    conv: ConvId,
+    after_seq: Seq,
+    limit: u32,
+) -> Result<SyncPage, StoreError> {
     let client = pool.get().await?;
     let member = client
         .prepare_cached("SELECT 1 FROM conversation_members WHERE conv_id = $1 AND user_id = $2")
@@ -122,7 +154,9 @@ pub async fn sync(pool: &Pool, user: UserId, conv: ConvId, after_seq: Seq, limit
         return Ok(SyncPage::NotMember);
     }
     // One extra row tells whether there is more.
-    let rows = client.query(&page, &[&conv, &after_seq, &(i64::from(limit) + 1)]).await?;
+    let rows = client
+        .query(&page, &[&conv, &after_seq, &(i64::from(limit) + 1)])
+        .await?;
     let more = rows.len() > limit as usize;
     let mut msgs = Vec::with_capacity(rows.len().min(limit as usize));
     for row in rows.into_iter().take(limit as usize) {

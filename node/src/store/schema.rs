@@ -32,11 +32,21 @@ pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
     let mut applied = 0;
     for (version, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-        let done = tx.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?;
         if done.is_none() {
             tx.batch_execute(sql).await?;
-            tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
             applied += 1;
         }
         tx.commit().await?;

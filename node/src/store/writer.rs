@@ -91,7 +91,9 @@ pub fn spawn(
     drain: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue);
-    let task = tokio::spawn(run(pool, settings, rx, committed, metrics, drain).instrument(info_span!("writer")));
+    let task = tokio::spawn(
+        run(pool, settings, rx, committed, metrics, drain).instrument(info_span!("writer")),
+    );
     (WriterHandle { tx }, task)
 }
 
@@ -159,11 +161,19 @@ async fn commit_batch(
     match write(pool, &batch).await {
         Ok(outcome) => {
             metrics.batch_rows.record(rows as f64);
-            metrics.flush_seconds.record(started.elapsed().as_secs_f64());
+            metrics
+                .flush_seconds
+                .record(started.elapsed().as_secs_f64());
             let committed_at = Instant::now();
             let mut fresh = Vec::with_capacity(outcome.new_count);
             for (submission, (stored, is_new)) in batch.into_iter().zip(outcome.per_submission) {
-                let ack = Ack { cid: submission.cid.clone(), id: stored.id, conv: stored.conv, seq: stored.seq, ts: stored.ts };
+                let ack = Ack {
+                    cid: submission.cid.clone(),
+                    id: stored.id,
+                    conv: stored.conv,
+                    seq: stored.seq,
+                    ts: stored.ts,
+                };
                 submission.reply.answer(Ok(ack), submission.received_at);
                 if is_new {
                     fresh.push(Committed {
@@ -192,8 +202,11 @@ async fn commit_batch(
             metrics::counter!("im_writer_errors_total").increment(1);
             warn!(%error, rows, "batch commit failed; senders told to retry");
             for submission in batch {
-                let frame = ErrorFrame::new(ErrorCode::StoreUnavailable, "the message could not be stored; retry with the same cid")
-                    .for_cid(submission.cid.clone());
+                let frame = ErrorFrame::new(
+                    ErrorCode::StoreUnavailable,
+                    "the message could not be stored; retry with the same cid",
+                )
+                .for_cid(submission.cid.clone());
                 submission.reply.answer(Err(frame), submission.received_at);
             }
         }
@@ -207,12 +220,17 @@ struct Outcome {
 }
 
 async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
 
     // First occurrence of each idempotency key in the batch; later ones share its outcome.
     let mut first_index: HashMap<SendKey, usize> = HashMap::with_capacity(batch.len());
     for (index, submission) in batch.iter().enumerate() {
-        first_index.entry((submission.sender, submission.cid.clone())).or_insert(index);
+        first_index
+            .entry((submission.sender, submission.cid.clone()))
+            .or_insert(index);
     }
     let unique: Vec<usize> = {
         let mut indices: Vec<usize> = first_index.values().copied().collect();
@@ -235,12 +253,19 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
     for row in tx.query(&existing_stmt, &[&senders, &cids]).await? {
         stored.insert(
             (row.try_get(0)?, row.try_get(1)?),
-            Stored { id: row.try_get(2)?, conv: row.try_get(3)?, seq: row.try_get(4)?, ts: row.try_get(5)? },
+            Stored {
+                id: row.try_get(2)?,
+                conv: row.try_get(3)?,
+                seq: row.try_get(4)?,
+                ts: row.try_get(5)?,
+            },
         );
     }
 
-    let new: Vec<usize> =
-        unique.into_iter().filter(|&i| !stored.contains_key(&(batch[i].sender, batch[i].cid.clone()))).collect();
+    let new: Vec<usize> = unique
+        .into_iter()
+        .filter(|&i| !stored.contains_key(&(batch[i].sender, batch[i].cid.clone())))
+        .collect();
 
     let mut new_keys: HashMap<SendKey, Stored> = HashMap::new();
     if !new.is_empty() {
@@ -251,8 +276,11 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
         }
         let conv_ids: Vec<ConvId> = per_conv.keys().copied().collect();
         let counts: Vec<i64> = per_conv.values().copied().collect();
-        let lock_stmt =
-            tx.prepare_cached("SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
+        let lock_stmt = tx
+            .prepare_cached(
+                "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .await?;
         tx.query(&lock_stmt, &[&conv_ids]).await?;
         let advance_stmt = tx
             .prepare_cached(
@@ -262,13 +290,18 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             )
             .await?;
         let mut next_seq: HashMap<ConvId, Seq> = HashMap::with_capacity(conv_ids.len());
-        for row in tx.query(&advance_stmt, &[&conv_ids, &counts, &now_ms]).await? {
+        for row in tx
+            .query(&advance_stmt, &[&conv_ids, &counts, &now_ms])
+            .await?
+        {
             let conv: ConvId = row.try_get(0)?;
             let last: Seq = row.try_get(1)?;
             next_seq.insert(conv, last - per_conv.get(&conv).copied().unwrap_or(0) + 1);
         }
         if next_seq.len() != conv_ids.len() {
-            return Err(StoreError::Invalid("a message names a conversation that does not exist".into()));
+            return Err(StoreError::Invalid(
+                "a message names a conversation that does not exist".into(),
+            ));
         }
 
         let mut col_conv = Vec::with_capacity(new.len());
@@ -288,7 +321,11 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                     *next += 1;
                     seq
                 }
-                None => return Err(StoreError::Invalid("seq allocation missed a conversation".into())),
+                None => {
+                    return Err(StoreError::Invalid(
+                        "seq allocation missed a conversation".into(),
+                    ))
+                }
             };
             col_conv.push(s.conv);
             col_seq.push(seq);
@@ -312,33 +349,58 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
         let inserted = tx
             .query(
                 &insert_stmt,
-                &[&col_conv, &col_seq, &col_sender, &col_device, &col_cid, &col_kind, &col_body, &now_ms],
+                &[
+                    &col_conv,
+                    &col_seq,
+                    &col_sender,
+                    &col_device,
+                    &col_cid,
+                    &col_kind,
+                    &col_body,
+                    &now_ms,
+                ],
             )
             .await?;
         for row in inserted {
             new_keys.insert(
                 (row.try_get(0)?, row.try_get(1)?),
-                Stored { id: row.try_get(2)?, conv: row.try_get(3)?, seq: row.try_get(4)?, ts: now_ms },
+                Stored {
+                    id: row.try_get(2)?,
+                    conv: row.try_get(3)?,
+                    seq: row.try_get(4)?,
+                    ts: now_ms,
+                },
             );
         }
 
         // A retry that raced through another node lost the insert here; answer with the winner's row. Its seq
         // allocated above stays unused: a gap, which clients settle by sync.
-        let raced: Vec<usize> =
-            new.iter().copied().filter(|&i| !new_keys.contains_key(&(batch[i].sender, batch[i].cid.clone()))).collect();
+        let raced: Vec<usize> = new
+            .iter()
+            .copied()
+            .filter(|&i| !new_keys.contains_key(&(batch[i].sender, batch[i].cid.clone())))
+            .collect();
         if !raced.is_empty() {
             let senders: Vec<UserId> = raced.iter().map(|&i| batch[i].sender).collect();
             let cids: Vec<&str> = raced.iter().map(|&i| batch[i].cid.as_str()).collect();
             for row in tx.query(&existing_stmt, &[&senders, &cids]).await? {
                 stored.insert(
                     (row.try_get(0)?, row.try_get(1)?),
-                    Stored { id: row.try_get(2)?, conv: row.try_get(3)?, seq: row.try_get(4)?, ts: row.try_get(5)? },
+                    Stored {
+                        id: row.try_get(2)?,
+                        conv: row.try_get(3)?,
+                        seq: row.try_get(4)?,
+                        ts: row.try_get(5)?,
+                    },
                 );
             }
         }
 
         let (read_convs, (read_users, read_seqs)): (Vec<ConvId>, (Vec<UserId>, Vec<Seq>)) =
-            own_read.into_iter().map(|((conv, user), seq)| (conv, (user, seq))).unzip();
+            own_read
+                .into_iter()
+                .map(|((conv, user), seq)| (conv, (user, seq)))
+                .unzip();
         let read_stmt = tx
             .prepare_cached(
                 "UPDATE conversation_members m SET read_seq = GREATEST(m.read_seq, v.seq)
@@ -346,7 +408,8 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                  WHERE m.conv_id = v.conv AND m.user_id = v.usr",
             )
             .await?;
-        tx.execute(&read_stmt, &[&read_convs, &read_users, &read_seqs]).await?;
+        tx.execute(&read_stmt, &[&read_convs, &read_users, &read_seqs])
+            .await?;
     }
     tx.commit().await?;
 
@@ -368,5 +431,8 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             None => return Err(StoreError::Invalid("a committed message vanished".into())),
         }
     }
-    Ok(Outcome { per_submission, new_count })
+    Ok(Outcome {
+        per_submission,
+        new_count,
+    })
 }

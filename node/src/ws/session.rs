@@ -49,7 +49,11 @@ struct CloseInstruction {
 /// Removes the device from this node and, if the registry still points here, from Redis.
 pub async fn unregister(state: &NodeState, user: UserId, device: &str, conn_id: u64) {
     if state.sessions.remove(user, device, conn_id) {
-        if let Err(error) = state.locations.unregister(user, device, &state.node_id).await {
+        if let Err(error) = state
+            .locations
+            .unregister(user, device, &state.node_id)
+            .await
+        {
             // The entry will be ignored once this node's lease lapses, and replaced when the device reconnects.
             debug!(%error, "could not remove the device location");
         }
@@ -57,8 +61,20 @@ pub async fn unregister(state: &NodeState, user: UserId, device: &str, conn_id: 
 }
 
 pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionContext) {
-    let SessionContext { user, device, conn_id, outbox, outbound, hello } = context;
-    let ws = match tokio::time::timeout(Duration::from_secs(state.config.handshake_timeout_secs), socket).await {
+    let SessionContext {
+        user,
+        device,
+        conn_id,
+        outbox,
+        outbound,
+        hello,
+    } = context;
+    let ws = match tokio::time::timeout(
+        Duration::from_secs(state.config.handshake_timeout_secs),
+        socket,
+    )
+    .await
+    {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
             debug!(%error, "upgrade failed");
@@ -81,10 +97,24 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
 
     let (close_tx, close_rx) = oneshot::channel();
     let writer_task = tokio::spawn(
-        write_loop(writer, outbound, outbox.clone(), hello, close_rx, state.clone()).in_current_span(),
+        write_loop(
+            writer,
+            outbound,
+            outbox.clone(),
+            hello,
+            close_rx,
+            state.clone(),
+        )
+        .in_current_span(),
     );
 
-    let mut connection = Connection { state: state.clone(), user, device: device.clone(), outbox: outbox.clone(), bucket: TokenBucket::new(state.config.send_burst) };
+    let mut connection = Connection {
+        state: state.clone(),
+        user,
+        device: device.clone(),
+        outbox: outbox.clone(),
+        bucket: TokenBucket::new(state.config.send_burst),
+    };
     let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
     let max_message = state.config.max_message_bytes;
     let mut assembling: Option<Vec<u8>> = None;
@@ -111,10 +141,18 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
                 None
             }
             OpCode::Continuation => match assembling.as_mut() {
-                None => break Some(protocol_close(close_code::PROTOCOL_ERROR, "continuation without a message")),
+                None => {
+                    break Some(protocol_close(
+                        close_code::PROTOCOL_ERROR,
+                        "continuation without a message",
+                    ))
+                }
                 Some(buffer) => {
                     if buffer.len() + frame.payload.len() > max_message {
-                        break Some(protocol_close(close_code::MESSAGE_TOO_BIG, "message too big"));
+                        break Some(protocol_close(
+                            close_code::MESSAGE_TOO_BIG,
+                            "message too big",
+                        ));
                     }
                     buffer.extend_from_slice(&frame.payload);
                     if frame.fin {
@@ -124,13 +162,22 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
                     }
                 }
             },
-            OpCode::Text => break Some(protocol_close(close_code::UNSUPPORTED_DATA, "binary frames only")),
+            OpCode::Text => {
+                break Some(protocol_close(
+                    close_code::UNSUPPORTED_DATA,
+                    "binary frames only",
+                ))
+            }
             OpCode::Close => {
                 let code = match frame.payload.get(..2) {
                     Some(raw) => u16::from_be_bytes([raw[0], raw[1]]),
                     None => close_code::NORMAL,
                 };
-                break Some(CloseInstruction { kick: None, code: echo_close_code(code), reason: "" });
+                break Some(CloseInstruction {
+                    kick: None,
+                    code: echo_close_code(code),
+                    reason: "",
+                });
             }
             OpCode::Ping => {
                 outbox.pong(Bytes::copy_from_slice(&frame.payload));
@@ -165,14 +212,26 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
 }
 
 fn protocol_close(code: u16, reason: &'static str) -> CloseInstruction {
-    CloseInstruction { kick: Some(Outbox::kick_frame(KickReason::ProtocolError)), code, reason }
+    CloseInstruction {
+        kick: Some(Outbox::kick_frame(KickReason::ProtocolError)),
+        code,
+        reason,
+    }
 }
 
 fn close_for_error(error: &WebSocketError) -> Option<CloseInstruction> {
     match error {
-        WebSocketError::FrameTooLarge => Some(protocol_close(close_code::MESSAGE_TOO_BIG, "message too big")),
-        WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => None,
-        _ => Some(protocol_close(close_code::PROTOCOL_ERROR, "websocket protocol error")),
+        WebSocketError::FrameTooLarge => Some(protocol_close(
+            close_code::MESSAGE_TOO_BIG,
+            "message too big",
+        )),
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed
+        | WebSocketError::IoError(_) => None,
+        _ => Some(protocol_close(
+            close_code::PROTOCOL_ERROR,
+            "websocket protocol error",
+        )),
     }
 }
 
@@ -231,9 +290,17 @@ async fn write_loop(
                     write_binary(&mut writer, &bytes, &state).await?;
                 }
             }
-            writer.write_frame(Frame::close(instruction.code, instruction.reason.as_bytes())).await
+            writer
+                .write_frame(Frame::close(
+                    instruction.code,
+                    instruction.reason.as_bytes(),
+                ))
+                .await
         };
-        if tokio::time::timeout(Duration::from_secs(2), closing).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), closing)
+            .await
+            .is_err()
+        {
             debug!("peer did not take the close frame in time");
         }
     }
@@ -249,7 +316,9 @@ async fn write_binary(
 ) -> Result<(), WebSocketError> {
     state.metrics.frames_out.increment(1);
     state.metrics.bytes_out.increment(bytes.len() as u64);
-    writer.write_frame(Frame::binary(Payload::Borrowed(bytes))).await
+    writer
+        .write_frame(Frame::binary(Payload::Borrowed(bytes)))
+        .await
 }
 
 /// Per-connection send rate limit.
@@ -260,12 +329,16 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn new(burst: f64) -> Self {
-        TokenBucket { tokens: burst, updated: Instant::now() }
+        TokenBucket {
+            tokens: burst,
+            updated: Instant::now(),
+        }
     }
 
     fn take(&mut self, rate: f64, burst: f64) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.updated).as_secs_f64() * rate).min(burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.updated).as_secs_f64() * rate).min(burst);
         self.updated = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -296,7 +369,8 @@ impl Connection {
             Ok(ClientFrame::Sync(request)) => self.on_sync(request).await,
             Err(error) => {
                 // The connection stays usable: a bad frame is answered, not fatal.
-                self.outbox.error(ErrorFrame::new(error.code(), error.to_string()));
+                self.outbox
+                    .error(ErrorFrame::new(error.code(), error.to_string()));
             }
         }
         None
@@ -306,40 +380,61 @@ impl Connection {
         let received_at = Instant::now();
         let config = &self.state.config;
         if !is_valid_cid(&send.cid) {
-            self.outbox.error(ErrorFrame::new(ErrorCode::InvalidRequest, "cid must be 1-64 characters of [A-Za-z0-9_.-]"));
+            self.outbox.error(ErrorFrame::new(
+                ErrorCode::InvalidRequest,
+                "cid must be 1-64 characters of [A-Za-z0-9_.-]",
+            ));
             return;
         }
-        let fail = |code: ErrorCode, msg: String| ErrorFrame::new(code, msg).for_cid(send.cid.clone());
+        let fail =
+            |code: ErrorCode, msg: String| ErrorFrame::new(code, msg).for_cid(send.cid.clone());
         if send.kind != "text" {
-            self.outbox.error(fail(ErrorCode::InvalidRequest, format!("unknown kind {:?}; supported: text", send.kind)));
+            self.outbox.error(fail(
+                ErrorCode::InvalidRequest,
+                format!("unknown kind {:?}; supported: text", send.kind),
+            ));
             return;
         }
         if send.body.len() > config.max_body_bytes {
             self.outbox.error(fail(
                 ErrorCode::LimitExceeded,
-                format!("body of {} bytes exceeds the limit of {}", send.body.len(), config.max_body_bytes),
+                format!(
+                    "body of {} bytes exceeds the limit of {}",
+                    send.body.len(),
+                    config.max_body_bytes
+                ),
             ));
             return;
         }
         if !self.bucket.take(config.send_rate, config.send_burst) {
             ::metrics::counter!("im_rate_limited_total").increment(1);
-            self.outbox.error(fail(ErrorCode::RateLimited, "send rate exceeded; retry with the same cid".into()));
+            self.outbox.error(fail(
+                ErrorCode::RateLimited,
+                "send rate exceeded; retry with the same cid".into(),
+            ));
             return;
         }
         let conv = match self.state.direct_conversation(self.user, send.to).await {
             Ok(Direct::Conversation(conv)) => conv,
             Ok(Direct::UnknownUser) => {
-                self.outbox.error(fail(ErrorCode::UnknownUser, format!("no user {}", send.to)));
+                self.outbox
+                    .error(fail(ErrorCode::UnknownUser, format!("no user {}", send.to)));
                 return;
             }
             Err(error) => {
                 warn!(%error, "could not resolve the conversation");
-                self.outbox.error(fail(ErrorCode::StoreUnavailable, "message store unavailable; retry".into()));
+                self.outbox.error(fail(
+                    ErrorCode::StoreUnavailable,
+                    "message store unavailable; retry".into(),
+                ));
                 return;
             }
         };
-        let members: Arc<[UserId]> =
-            if send.to == self.user { Arc::from([self.user]) } else { Arc::from([self.user, send.to]) };
+        let members: Arc<[UserId]> = if send.to == self.user {
+            Arc::from([self.user])
+        } else {
+            Arc::from([self.user, send.to])
+        };
         let submission = Submission {
             sender: self.user,
             sender_device: self.device.clone(),
@@ -353,7 +448,11 @@ impl Connection {
         };
         if let Err(submission) = self.state.writer.submit(submission).await {
             self.outbox.error(
-                ErrorFrame::new(ErrorCode::Draining, "node is draining; retry on another node").for_cid(submission.cid),
+                ErrorFrame::new(
+                    ErrorCode::Draining,
+                    "node is draining; retry on another node",
+                )
+                .for_cid(submission.cid),
             );
         }
     }
@@ -362,12 +461,24 @@ impl Connection {
         let config = &self.state.config;
         if request.limit == 0 || request.after_seq < 0 {
             self.outbox.error(
-                ErrorFrame::new(ErrorCode::InvalidRequest, "limit must be >= 1 and after_seq >= 0").for_rid(request.rid),
+                ErrorFrame::new(
+                    ErrorCode::InvalidRequest,
+                    "limit must be >= 1 and after_seq >= 0",
+                )
+                .for_rid(request.rid),
             );
             return;
         }
         let limit = request.limit.min(config.max_sync_limit);
-        match queries::sync(&self.state.pool, self.user, request.conv, request.after_seq, limit).await {
+        match queries::sync(
+            &self.state.pool,
+            self.user,
+            request.conv,
+            request.after_seq,
+            limit,
+        )
+        .await
+        {
             Ok(SyncPage::Messages { mut msgs, mut more }) => {
                 // Keep the reply within what a client with our own limits accepts.
                 let budget = config.max_decompressed_bytes / 2;
@@ -379,18 +490,31 @@ impl Connection {
                     msgs.truncate(cut.max(1));
                     more = true;
                 }
-                self.state.metrics.delivered_sync.increment(msgs.len() as u64);
-                self.outbox.send(&ServerFrame::Synced(Synced { rid: request.rid, conv: request.conv, msgs, more }));
+                self.state
+                    .metrics
+                    .delivered_sync
+                    .increment(msgs.len() as u64);
+                self.outbox.send(&ServerFrame::Synced(Synced {
+                    rid: request.rid,
+                    conv: request.conv,
+                    msgs,
+                    more,
+                }));
             }
             Ok(SyncPage::NotMember) => {
                 self.outbox.error(
-                    ErrorFrame::new(ErrorCode::NotMember, "not a member of this conversation").for_rid(request.rid),
+                    ErrorFrame::new(ErrorCode::NotMember, "not a member of this conversation")
+                        .for_rid(request.rid),
                 );
             }
             Err(error) => {
                 warn!(%error, "sync failed");
                 self.outbox.error(
-                    ErrorFrame::new(ErrorCode::StoreUnavailable, "message store unavailable; retry").for_rid(request.rid),
+                    ErrorFrame::new(
+                        ErrorCode::StoreUnavailable,
+                        "message store unavailable; retry",
+                    )
+                    .for_rid(request.rid),
                 );
             }
         }

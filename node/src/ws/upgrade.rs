@@ -36,7 +36,11 @@ pub async fn handle(
 ) -> Response {
     if state.is_draining() {
         metrics::handshake_refused("draining");
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining; connect to another node");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining; connect to another node",
+        );
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -45,7 +49,11 @@ pub async fn handle(
         .or_else(|| params.get("token").map(String::as_str));
     let Some(token) = token else {
         metrics::handshake_refused("no_token");
-        return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing token (Authorization: Bearer or ?token=)");
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing token (Authorization: Bearer or ?token=)",
+        );
     };
     let user = match state.auth.verify(token) {
         Ok(user) => user,
@@ -69,7 +77,11 @@ pub async fn handle(
         Ok(upgrade) => upgrade,
         Err(status) => {
             metrics::handshake_refused("not_websocket");
-            return json_error(status, "not_websocket", "expected a WebSocket upgrade request (version 13)");
+            return json_error(
+                status,
+                "not_websocket",
+                "expected a WebSocket upgrade request (version 13)",
+            );
         }
     };
 
@@ -77,35 +89,59 @@ pub async fn handle(
     let span = info_span!("conn", conn_id, %peer, user, device = %device);
     async move {
         let device: Arc<str> = Arc::from(device.as_str());
-        let (outbox, outbound) = Outbox::new(state.config.outbound_queue, state.config.compress_threshold, state.metrics.clone());
-        if let Some(previous) = state.sessions.insert(user, device.clone(), conn_id, outbox.clone()) {
+        let (outbox, outbound) = Outbox::new(
+            state.config.outbound_queue,
+            state.config.compress_threshold,
+            state.metrics.clone(),
+        );
+        if let Some(previous) = state
+            .sessions
+            .insert(user, device.clone(), conn_id, outbox.clone())
+        {
             previous.kick(KickReason::Replaced);
         }
-        let registered = state.locations.register(user, &device, &state.node_id).await;
+        let registered = state
+            .locations
+            .register(user, &device, &state.node_id)
+            .await;
         let previous_node = match registered {
             Ok(previous_node) => previous_node,
             Err(error) => {
                 state.sessions.remove(user, &device, conn_id);
                 metrics::handshake_refused("redis_unavailable");
                 warn!(%error, "could not register the device location");
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "routing registry unavailable; retry");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "routing registry unavailable; retry",
+                );
             }
         };
         if let Some(node) = previous_node {
-            let kick = BusMessage::KickDevice { user, device: device.to_string() };
+            let kick = BusMessage::KickDevice {
+                user,
+                device: device.to_string(),
+            };
             if let Err(error) = state.bus.publish(&node, &kick).await {
                 warn!(%error, node, "could not tell the previous node to drop this device");
             }
         }
-        let convs = match queries::conversation_states(&state.pool, user, state.config.hello_conversations).await {
-            Ok(convs) => convs,
-            Err(error) => {
-                session::unregister(&state, user, &device, conn_id).await;
-                metrics::handshake_refused("store_unavailable");
-                warn!(%error, "could not read the hello state");
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "message store unavailable; retry");
-            }
-        };
+        let convs =
+            match queries::conversation_states(&state.pool, user, state.config.hello_conversations)
+                .await
+            {
+                Ok(convs) => convs,
+                Err(error) => {
+                    session::unregister(&state, user, &device, conn_id).await;
+                    metrics::handshake_refused("store_unavailable");
+                    warn!(%error, "could not read the hello state");
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "message store unavailable; retry",
+                    );
+                }
+            };
         let hello = ServerFrame::Hello(Hello {
             user,
             device: device.to_string(),
@@ -119,7 +155,11 @@ pub async fn handle(
             Err(error) => {
                 session::unregister(&state, user, &device, conn_id).await;
                 warn!(%error, "could not encode hello");
-                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not encode hello");
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "could not encode hello",
+                );
             }
         };
         let (response, socket) = match upgrade.upgrade() {
@@ -129,7 +169,14 @@ pub async fn handle(
                 return json_error(StatusCode::BAD_REQUEST, "not_websocket", &error.to_string());
             }
         };
-        let context = SessionContext { user, device, conn_id, outbox, outbound, hello };
+        let context = SessionContext {
+            user,
+            device,
+            conn_id,
+            outbox,
+            outbound,
+            hello,
+        };
         let tracker = state.connections.clone();
         tracker.spawn(session::run(state, socket, context).in_current_span());
         response.into_response()

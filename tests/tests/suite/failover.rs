@@ -15,7 +15,9 @@ async fn sigkill_of_a_node_loses_nothing_acknowledged() {
     let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
     let mut cb = cluster.connect(1, &b, "phone").await.unwrap();
     for i in 0..50 {
-        ca.send_and_ack(b.id, &format!("pre{i}"), "before the crash").await.unwrap();
+        ca.send_and_ack(b.id, &format!("pre{i}"), "before the crash")
+            .await
+            .unwrap();
     }
     let conv = ca.acks["pre0"].conv;
     cb.wait_messages(conv, 50, WAIT).await.unwrap();
@@ -25,7 +27,9 @@ async fn sigkill_of_a_node_loses_nothing_acknowledged() {
     // B's connection drops; A keeps sending meanwhile.
     assert!(cb.next_incoming(WAIT).await.is_err());
     for i in 0..50 {
-        ca.send_and_ack(b.id, &format!("post{i}"), "after the crash").await.unwrap();
+        ca.send_and_ack(b.id, &format!("post{i}"), "after the crash")
+            .await
+            .unwrap();
     }
     // B reconnects to the surviving node and catches up from where it was.
     let known = cb.convs.clone();
@@ -42,7 +46,10 @@ async fn sigkill_of_a_node_loses_nothing_acknowledged() {
     // The restarted node rejoins and routes again.
     cluster.start_node(1).await.unwrap();
     let mut cb2 = cluster.connect(1, &b, "laptop").await.unwrap();
-    let ack = ca.send_and_ack(b.id, "rejoined", "welcome back").await.unwrap();
+    let ack = ca
+        .send_and_ack(b.id, "rejoined", "welcome back")
+        .await
+        .unwrap();
     cb2.wait_messages(conv, 1, WAIT).await.unwrap();
     assert_eq!(cb2.convs[&conv].msgs[&ack.seq].id, ack.id);
 }
@@ -57,13 +64,20 @@ async fn sigterm_drains_kicks_and_exits_cleanly() {
     ca.send_and_ack(b.id, "d0", "x").await.unwrap();
     // A burst in flight while the node drains: whatever was acked must be stored and delivered.
     for i in 1..100 {
-        ca.send_text(b.id, &format!("d{i}"), "in flight").await.unwrap();
+        ca.send_text(b.id, &format!("d{i}"), "in flight")
+            .await
+            .unwrap();
     }
     cluster.nodes[1].signal(libc::SIGTERM);
     let (kick, code) = ca.expect_close(Duration::from_secs(15)).await.unwrap();
     assert_eq!(kick, Some(KickReason::Draining));
     assert_eq!(code, close_code::SERVICE_RESTART);
-    assert_eq!(cluster.nodes[1].wait_exit(Duration::from_secs(15)), Some(Some(0)), "{}", cluster.nodes[1].logs());
+    assert_eq!(
+        cluster.nodes[1].wait_exit(Duration::from_secs(15)),
+        Some(Some(0)),
+        "{}",
+        cluster.nodes[1].logs()
+    );
 
     let conv = ca.acks["d0"].conv;
     let acked: Vec<i64> = ca.acks.values().map(|ack| ack.id).collect();
@@ -78,9 +92,15 @@ async fn sigterm_drains_kicks_and_exits_cleanly() {
 
     // The lease is released at once, not left to expire.
     let redis = cluster.redis.url();
-    let out = std::process::Command::new("redis-cli").args(["-u", &redis, "ZRANGE", "im:nodes", "0", "-1"]).output().unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &redis, "ZRANGE", "im:nodes", "0", "-1"])
+        .output()
+        .unwrap();
     let nodes = String::from_utf8_lossy(&out.stdout);
-    assert!(!nodes.contains("n1-"), "drained node still holds a lease: {nodes}");
+    assert!(
+        !nodes.contains("n1-"),
+        "drained node still holds a lease: {nodes}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +111,10 @@ async fn a_device_connecting_again_replaces_its_old_connection() {
     let mut old = cluster.connect(0, &a, "phone").await.unwrap();
     let mut new = cluster.connect(1, &a, "phone").await.unwrap();
     let (kick, code) = old.expect_close(WAIT).await.unwrap();
-    assert_eq!((kick, code), (Some(KickReason::Replaced), close_code::REPLACED));
+    assert_eq!(
+        (kick, code),
+        (Some(KickReason::Replaced), close_code::REPLACED)
+    );
     // Messages now reach the new connection.
     let mut cb = cluster.connect(0, &b, "phone").await.unwrap();
     let ack = cb.send_and_ack(a.id, "r1", "to the new one").await.unwrap();

@@ -1,6 +1,6 @@
 //! Accounts, authentication at the upgrade, health, readiness and metrics.
 
-use benchmarks::client::{http_json, Connection, ConnectError};
+use benchmarks::client::{http_json, ConnectError, Connection};
 use tests::Cluster;
 
 #[tokio::test]
@@ -8,26 +8,57 @@ async fn register_login_and_refusals() {
     let cluster = Cluster::start(1).await.unwrap();
     let addr = cluster.addr(0);
     let body = serde_json::json!({"username": "alice", "password": "long enough"});
-    let (status, created) = http_json(addr, "POST", "/v1/users", Some(body.clone())).await.unwrap();
+    let (status, created) = http_json(addr, "POST", "/v1/users", Some(body.clone()))
+        .await
+        .unwrap();
     assert_eq!(status, 201, "{created}");
-    let (status, error) = http_json(addr, "POST", "/v1/users", Some(body.clone())).await.unwrap();
+    let (status, error) = http_json(addr, "POST", "/v1/users", Some(body.clone()))
+        .await
+        .unwrap();
     assert_eq!(status, 409);
     assert_eq!(error["error"], "username_taken");
-    let (status, _) = http_json(addr, "POST", "/v1/users", Some(serde_json::json!({"username": "Bad Name", "password": "long enough"}))).await.unwrap();
+    let (status, _) = http_json(
+        addr,
+        "POST",
+        "/v1/users",
+        Some(serde_json::json!({"username": "Bad Name", "password": "long enough"})),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 400);
-    let (status, _) = http_json(addr, "POST", "/v1/users", Some(serde_json::json!({"nope": 1}))).await.unwrap();
+    let (status, _) = http_json(
+        addr,
+        "POST",
+        "/v1/users",
+        Some(serde_json::json!({"nope": 1})),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 400);
 
-    let (status, session) = http_json(addr, "POST", "/v1/sessions", Some(body)).await.unwrap();
+    let (status, session) = http_json(addr, "POST", "/v1/sessions", Some(body))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let token = session["token"].as_str().unwrap().to_string();
-    let (status, _) = http_json(addr, "POST", "/v1/sessions", Some(serde_json::json!({"username": "alice", "password": "wrong password"}))).await.unwrap();
+    let (status, _) = http_json(
+        addr,
+        "POST",
+        "/v1/sessions",
+        Some(serde_json::json!({"username": "alice", "password": "wrong password"})),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 401);
 
     // The token works on the WebSocket; a bad or tampered one gets 401 and no upgrade.
     let ok = Connection::connect(addr, &token, "laptop").await;
     assert!(ok.is_ok());
-    for bad in ["garbage", &token.replacen("v1.", "v1.9", 1), &format!("{token}x")] {
+    for bad in [
+        "garbage",
+        &token.replacen("v1.", "v1.9", 1),
+        &format!("{token}x"),
+    ] {
         match Connection::connect(addr, bad, "laptop").await {
             Err(ConnectError::Refused(401)) => {}
             other => panic!("expected 401 for {bad}, got {:?}", other.map(|_| ())),
@@ -69,7 +100,9 @@ async fn health_readiness_and_metrics() {
     let mut cb = cluster.connect(0, &b, "d").await.unwrap();
     ca.send_and_ack(b.id, "m1", "hi").await.unwrap();
     let conv = ca.acks["m1"].conv;
-    cb.wait_messages(conv, 1, tests::client::WAIT).await.unwrap();
+    cb.wait_messages(conv, 1, tests::client::WAIT)
+        .await
+        .unwrap();
 
     let text = metrics_text(addr).await;
     for name in [
@@ -83,7 +116,10 @@ async fn health_readiness_and_metrics() {
         "im_writer_flush_seconds_bucket",
         "im_build_info",
     ] {
-        assert!(text.contains(name), "metric {name} missing from /metrics:\n{text}");
+        assert!(
+            text.contains(name),
+            "metric {name} missing from /metrics:\n{text}"
+        );
     }
 }
 
@@ -91,9 +127,24 @@ async fn health_readiness_and_metrics() {
 pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(connection);
-    let request = hyper::Request::get("/metrics").header("host", "x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let request = hyper::Request::get("/metrics")
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
     let response = sender.send_request(request).await.unwrap();
-    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
 }

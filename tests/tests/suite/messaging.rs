@@ -16,9 +16,18 @@ async fn cross_node_delivery_after_commit() {
     assert!(ca.hello.convs.is_empty());
 
     let sql = cluster.sql().await.unwrap();
-    let ack = ca.send_and_ack(b.id, "first", "hello across nodes 👋").await.unwrap();
+    let ack = ca
+        .send_and_ack(b.id, "first", "hello across nodes 👋")
+        .await
+        .unwrap();
     // The row is committed by the time the ack is out.
-    let row = sql.query_one("SELECT id, seq, body FROM messages WHERE sender = $1 AND cid = 'first'", &[&a.id]).await.unwrap();
+    let row = sql
+        .query_one(
+            "SELECT id, seq, body FROM messages WHERE sender = $1 AND cid = 'first'",
+            &[&a.id],
+        )
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>(0), ack.id);
     assert_eq!(row.get::<_, i64>(1), ack.seq);
     assert_eq!(row.get::<_, String>(2), "hello across nodes 👋");
@@ -26,7 +35,10 @@ async fn cross_node_delivery_after_commit() {
 
     cb.wait_messages(ack.conv, 1, WAIT).await.unwrap();
     let msg: &Msg = &cb.convs[&ack.conv].msgs[&1];
-    assert_eq!((msg.id, msg.from, msg.body.as_str()), (ack.id, a.id, "hello across nodes 👋"));
+    assert_eq!(
+        (msg.id, msg.from, msg.body.as_str()),
+        (ack.id, a.id, "hello across nodes 👋")
+    );
 
     // And back.
     let back = cb.send_and_ack(a.id, "reply", "hi!").await.unwrap();
@@ -42,7 +54,9 @@ async fn offline_recipient_syncs_everything_in_order() {
     let b = cluster.user("b").await.unwrap();
     let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
     for i in 0..200 {
-        ca.send_text(b.id, &format!("m{i}"), &format!("message {i}")).await.unwrap();
+        ca.send_text(b.id, &format!("m{i}"), &format!("message {i}"))
+            .await
+            .unwrap();
     }
     for i in 0..200 {
         ca.wait_ack(&format!("m{i}"), WAIT).await.unwrap();
@@ -51,13 +65,19 @@ async fn offline_recipient_syncs_everything_in_order() {
 
     let mut cb = cluster.connect(1, &b, "tablet").await.unwrap();
     let state = cb.hello.convs.iter().find(|c| c.conv == conv).unwrap();
-    assert_eq!((state.last_seq, state.read_seq, state.peer), (200, 0, Some(a.id)));
+    assert_eq!(
+        (state.last_seq, state.read_seq, state.peer),
+        (200, 0, Some(a.id))
+    );
     cb.catch_up().await.unwrap();
     let log = &cb.convs[&conv];
     let bodies: Vec<String> = log.msgs.values().map(|m| m.body.clone()).collect();
     let expected: Vec<String> = (0..200).map(|i| format!("message {i}")).collect();
     assert_eq!(bodies, expected);
-    assert_eq!(log.msgs.keys().copied().collect::<Vec<_>>(), (1..=200).collect::<Vec<i64>>());
+    assert_eq!(
+        log.msgs.keys().copied().collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<i64>>()
+    );
 
     // The sender's own read cursor moved with its messages.
     let mut ca2 = cluster.connect(1, &a, "laptop").await.unwrap();
@@ -92,7 +112,11 @@ async fn same_cid_makes_one_message() {
     assert_eq!(third, seen[0]);
 
     let sql = cluster.sql().await.unwrap();
-    let count: i64 = sql.query_one("SELECT count(*) FROM messages WHERE sender = $1", &[&a.id]).await.unwrap().get(0);
+    let count: i64 = sql
+        .query_one("SELECT count(*) FROM messages WHERE sender = $1", &[&a.id])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 2);
 }
 
@@ -105,7 +129,10 @@ async fn senders_other_devices_receive_their_own_messages() {
     let mut laptop = cluster.connect(1, &a, "laptop").await.unwrap();
     let mut desk = cluster.connect(0, &a, "desk").await.unwrap();
     let mut cb = cluster.connect(1, &b, "phone").await.unwrap();
-    let ack = phone.send_and_ack(b.id, "own-1", "from my phone").await.unwrap();
+    let ack = phone
+        .send_and_ack(b.id, "own-1", "from my phone")
+        .await
+        .unwrap();
     for client in [&mut laptop, &mut desk, &mut cb] {
         client.wait_messages(ack.conv, 1, WAIT).await.unwrap();
         let msg = &client.convs[&ack.conv].msgs[&1];
@@ -124,13 +151,24 @@ async fn unknown_recipient_and_bad_sends_are_answered() {
     ca.send_text(999_999, "u1", "anyone?").await.unwrap();
     let error = ca.wait_error(Some("u1"), WAIT).await.unwrap();
     assert_eq!(error.code, common::ErrorCode::UnknownUser);
-    ca.send_text(a.id, "bad cid with spaces", "x").await.unwrap();
-    assert_eq!(ca.wait_error(None, WAIT).await.unwrap().code, common::ErrorCode::InvalidRequest);
+    ca.send_text(a.id, "bad cid with spaces", "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        ca.wait_error(None, WAIT).await.unwrap().code,
+        common::ErrorCode::InvalidRequest
+    );
     let long = "x".repeat(16 * 1024 + 1);
     ca.send_text(a.id, "big", &long).await.unwrap();
-    assert_eq!(ca.wait_error(Some("big"), WAIT).await.unwrap().code, common::ErrorCode::LimitExceeded);
+    assert_eq!(
+        ca.wait_error(Some("big"), WAIT).await.unwrap().code,
+        common::ErrorCode::LimitExceeded
+    );
     // A note to self works.
-    let ack = ca.send_and_ack(a.id, "self", "remember the milk").await.unwrap();
+    let ack = ca
+        .send_and_ack(a.id, "self", "remember the milk")
+        .await
+        .unwrap();
     assert_eq!(ack.seq, 1);
 }
 
@@ -152,7 +190,9 @@ async fn two_writers_one_conversation_keeps_seq_order() {
     const PER_WRITER: usize = 400;
     let writer_a = tokio::spawn(async move {
         for i in 0..PER_WRITER {
-            wa.send_text(b.id, &format!("a{i}"), "from a").await.unwrap();
+            wa.send_text(b.id, &format!("a{i}"), "from a")
+                .await
+                .unwrap();
         }
         for i in 0..PER_WRITER {
             wa.wait_ack(&format!("a{i}"), WAIT).await.unwrap();
@@ -161,7 +201,9 @@ async fn two_writers_one_conversation_keeps_seq_order() {
     });
     let writer_b = tokio::spawn(async move {
         for i in 0..PER_WRITER {
-            wb.send_text(a.id, &format!("b{i}"), "from b").await.unwrap();
+            wb.send_text(a.id, &format!("b{i}"), "from b")
+                .await
+                .unwrap();
         }
         for i in 0..PER_WRITER {
             wb.wait_ack(&format!("b{i}"), WAIT).await.unwrap();
@@ -180,24 +222,42 @@ async fn two_writers_one_conversation_keeps_seq_order() {
     let wa = writer_a.await.unwrap();
     let wb = writer_b.await.unwrap();
     let conv = wa.acks["a0"].conv;
-    let mut acked: Vec<i64> = wa.acks.values().chain(wb.acks.values()).map(|ack| ack.id).collect();
+    let mut acked: Vec<i64> = wa
+        .acks
+        .values()
+        .chain(wb.acks.values())
+        .map(|ack| ack.id)
+        .collect();
     acked.sort_unstable();
     // Within each writer, seqs follow send order.
     for writer in [&wa, &wb] {
         let prefix = if writer.user == wa.user { "a" } else { "b" };
-        let seqs: Vec<i64> = (0..PER_WRITER).map(|i| writer.acks[&format!("{prefix}{i}")].seq).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs of one sender out of send order");
+        let seqs: Vec<i64> = (0..PER_WRITER)
+            .map(|i| writer.acks[&format!("{prefix}{i}")].seq)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "seqs of one sender out of send order"
+        );
     }
     for watcher in watchers {
         let mut observer = watcher.await.unwrap();
         let known = observer.convs.get(&conv).map_or(0, |c| c.last_seq);
         observer.sync_after(conv, known).await.unwrap();
         let log = &observer.convs[&conv];
-        assert_eq!(log.violations, 0, "observer {} saw a message below a settled gap", observer.device);
+        assert_eq!(
+            log.violations, 0,
+            "observer {} saw a message below a settled gap",
+            observer.device
+        );
         let mut ids = observer.ids(conv);
         ids.sort_unstable();
         assert_eq!(ids, acked, "observer {} misses messages", observer.device);
         assert_eq!(log.msgs.len(), 2 * PER_WRITER);
-        assert!(log.msgs.keys().zip(log.msgs.keys().skip(1)).all(|(x, y)| x < y));
+        assert!(log
+            .msgs
+            .keys()
+            .zip(log.msgs.keys().skip(1))
+            .all(|(x, y)| x < y));
     }
 }
