@@ -27,10 +27,11 @@ fn codec_sizes() -> anyhow::Result<()> {
     // Chat-like text: words drawn from a small vocabulary by a fixed-seed generator, so runs are reproducible and
     // the text does not repeat verbatim (a repeated sentence would flatter zstd).
     const WORDS: &[&str] = &[
-        "hey", "are", "we", "still", "on", "for", "lunch", "tomorrow", "at", "noon", "I", "can", "book", "the",
-        "usual", "place", "near", "office", "sounds", "good", "see", "you", "there", "running", "late", "sorry",
-        "meeting", "moved", "to", "3pm", "did", "get", "my", "message", "about", "report", "thanks", "ok", "👍",
-        "call", "me", "when", "free", "weekend", "plans", "coffee", "later", "?", "!", "haha",
+        "hey", "are", "we", "still", "on", "for", "lunch", "tomorrow", "at", "noon", "I", "can",
+        "book", "the", "usual", "place", "near", "office", "sounds", "good", "see", "you", "there",
+        "running", "late", "sorry", "meeting", "moved", "to", "3pm", "did", "get", "my", "message",
+        "about", "report", "thanks", "ok", "👍", "call", "me", "when", "free", "weekend", "plans",
+        "coffee", "later", "?", "!", "haha",
     ];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next_word = move || {

@@ -343,12 +343,21 @@ mod wire_examples {
     use crate::frame::*;
 
     fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn documented_send_frame() {
-        let frame = ClientFrame::Send(Send { cid: "c1".into(), to: 42, kind: "text".into(), body: "hi".into() });
+        let frame = ClientFrame::Send(Send {
+            cid: "c1".into(),
+            to: 42,
+            kind: "text".into(),
+            body: "hi".into(),
+        });
         let bytes = encode(&frame, usize::MAX).unwrap();
         assert_eq!(
             hex(&bytes),
@@ -358,7 +367,13 @@ mod wire_examples {
 
     #[test]
     fn documented_ack_frame() {
-        let frame = ServerFrame::Ack(Ack { cid: "c1".into(), id: 7, conv: 3, seq: 1, ts: 1_700_000_000_000 });
+        let frame = ServerFrame::Ack(Ack {
+            cid: "c1".into(),
+            id: 7,
+            conv: 3,
+            seq: 1,
+            ts: 1_700_000_000_000,
+        });
         let bytes = encode(&frame, usize::MAX).unwrap();
         assert_eq!(
             hex(&bytes),
