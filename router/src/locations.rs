@@ -97,6 +97,11 @@ impl LocationRegistry {
                 return Ok(cached.1.clone());
             }
         }
+        self.refresh_live_nodes().await
+    }
+
+    /// Reads the live-node set from Redis now and caches it.
+    pub async fn refresh_live_nodes(&self) -> Result<HashSet<String>, RouterError> {
         let fresh = crate::lease::live_nodes(&self.client).await?;
         *self.live.write().await = (Instant::now(), fresh.clone());
         Ok(fresh)
@@ -110,12 +115,21 @@ impl LocationRegistry {
         if users.is_empty() {
             return Ok(HashMap::new());
         }
-        let live = self.live_nodes().await?;
+        let mut live = self.live_nodes().await?;
         let pipeline = self.client.pipeline();
         for user in users {
             let _: () = pipeline.hgetall(key(*user)).await?;
         }
         let results: Vec<HashMap<String, String>> = pipeline.all().await?;
+        // A node missing from the cached set may have started after the cache was filled: ask again before
+        // treating it as dead, or a new node's devices would miss pushes (and lose their entries) for a while.
+        if results
+            .iter()
+            .flat_map(|devices| devices.values())
+            .any(|node| !live.contains(node))
+        {
+            live = self.refresh_live_nodes().await?;
+        }
         let mut found = HashMap::with_capacity(users.len());
         for (user, devices) in users.iter().zip(results) {
             let mut located = Vec::with_capacity(devices.len());
