@@ -117,16 +117,7 @@ pub async fn subscribe(
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, RouterError> {
     let subscriber: SubscriberClient = crate::builder(settings)?.build_subscriber_client()?;
-    subscriber.connect();
-    match tokio::time::timeout(settings.command_timeout * 5, subscriber.wait_for_connect()).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(RouterError::Redis(fred::error::Error::new(
-                ErrorKind::Timeout,
-                "subscriber could not connect",
-            )))
-        }
-    }
+    crate::init_with_retry(&subscriber, settings).await?;
     let mut messages = subscriber.message_rx();
     let _manager = subscriber.manage_subscriptions();
     subscriber.subscribe(channel(node_id)).await?;

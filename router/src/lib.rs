@@ -62,20 +62,39 @@ pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, RouterError> 
     Ok(builder)
 }
 
-/// Connects a command client, waiting at most `settings.command_timeout` for the first connection.
+/// Connects a command client, retrying the first connection for up to five command timeouts.
 pub async fn connect(settings: &RedisSettings) -> Result<Client, RouterError> {
     let client = builder(settings)?.build()?;
-    client.connect();
-    match tokio::time::timeout(settings.command_timeout * 5, client.wait_for_connect()).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(RouterError::Redis(fred::error::Error::new(
-                ErrorKind::Timeout,
-                format!("could not connect to {} in time", settings.url),
-            )))
+    init_with_retry(&client, settings).await?;
+    Ok(client)
+}
+
+/// Runs fred's `init` (which subscribes to the connect event before connecting, so the first connection cannot be
+/// missed) until it succeeds or the start-up deadline passes.
+pub(crate) async fn init_with_retry<C: ClientLike>(
+    client: &C,
+    settings: &RedisSettings,
+) -> Result<(), RouterError> {
+    let deadline = tokio::time::Instant::now() + settings.command_timeout * 5;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, client.init()).await;
+        match attempt {
+            Ok(Ok(_connection_task)) => return Ok(()),
+            Ok(Err(error))
+                if tokio::time::Instant::now() + Duration::from_millis(200) < deadline =>
+            {
+                tracing::warn!(%error, url = %settings.url, "redis not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(RouterError::Redis(fred::error::Error::new(
+                    ErrorKind::Timeout,
+                    format!("could not connect to {} in time", settings.url),
+                )))
+            }
         }
     }
-    Ok(client)
 }
 
 /// The Redis client type the node passes around (re-exported so the node needs no direct fred dependency).

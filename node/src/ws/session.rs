@@ -6,7 +6,9 @@
 //! it sends `hello` first, then whatever the outbox queues, pings on a timer, and on a kick sends the `kick` frame
 //! and the close frame. Either side ending ends the other.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +19,7 @@ use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::WriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
@@ -28,6 +30,53 @@ use crate::store::queries::{self, Direct, SyncPage};
 use crate::store::writer::Submission;
 
 type Io = TokioIo<Upgraded>;
+
+/// The socket's read half, shared so the session can take it back from the WebSocket reader when closing.
+///
+/// Closing a TCP socket with unread input makes the kernel send a reset, and a reset makes the peer discard data it
+/// has not read yet — our `kick` and close frame among them. So after deciding to close, the session takes the raw
+/// read half and discards input until the peer closes (or a deadline passes) before dropping the socket.
+#[derive(Clone)]
+struct SharedRead(Arc<Mutex<Option<ReadHalf<Io>>>>);
+
+impl SharedRead {
+    fn take(&self) -> Option<ReadHalf<Io>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl AsyncRead for SharedRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(read) => Pin::new(read).poll_read(cx, buf),
+            // Taken for draining: the WebSocket reader sees end of input.
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Discards input until the peer closes, `limit` passes or `max_bytes` were read.
+async fn drain_input(shared: &SharedRead, limit: Duration, max_bytes: usize) {
+    let Some(mut read) = shared.take() else {
+        return;
+    };
+    let mut scratch = vec![0u8; 8192];
+    let mut total = 0;
+    let _ = tokio::time::timeout(limit, async {
+        while total < max_bytes {
+            match read.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
 
 pub struct SessionContext {
     pub user: UserId,
@@ -89,7 +138,13 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
     state.metrics.connections_open.increment(1.0);
     ::metrics::counter!("im_connections_opened_total").increment(1);
 
-    let (mut reader, writer) = ws.split(tokio::io::split);
+    let shared_read = SharedRead(Arc::new(Mutex::new(None)));
+    let slot = shared_read.clone();
+    let (mut reader, writer) = ws.split(move |io| {
+        let (read, write) = tokio::io::split(io);
+        *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(read);
+        (slot.clone(), write)
+    });
     // We answer pings and closes ourselves, through the outbox, so the reader never writes.
     reader.set_auto_pong(false);
     reader.set_auto_close(false);
@@ -198,10 +253,16 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         (Some(_), None) => "client_closed",
         (None, None) => "connection_lost",
     };
+    let closing = close.is_some() || outbox.kicked().is_some();
     if let Some(instruction) = close {
         let _ = close_tx.send(instruction);
     } else {
         drop(close_tx);
+    }
+    drop(reader);
+    if closing {
+        // Keep reading (and discarding) while the kick and close go out, so the socket is not reset under them.
+        drain_input(&shared_read, Duration::from_secs(2), 4 * max_message).await;
     }
     // The writer finishes its close within a bounded time; a stuck peer cannot hold the task.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
