@@ -218,7 +218,9 @@ mod tests {
     fn send(body: &str) -> ClientFrame {
         ClientFrame::Send(Send {
             cid: "c1".into(),
-            to: 42,
+            to: Some(42),
+            conv: None,
+            attrs: None,
             kind: "text".into(),
             body: body.into(),
         })
@@ -354,7 +356,9 @@ mod wire_examples {
     fn documented_send_frame() {
         let frame = ClientFrame::Send(Send {
             cid: "c1".into(),
-            to: 42,
+            to: Some(42),
+            conv: None,
+            attrs: None,
             kind: "text".into(),
             body: "hi".into(),
         });

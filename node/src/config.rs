@@ -139,6 +139,26 @@ pub struct Config {
     #[arg(long, env = "IM_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
 
+    /// Whether 1:1 messages require the two users to be friends.
+    #[arg(long, env = "IM_REQUIRE_FRIENDSHIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_friendship: bool,
+
+    /// How long after sending a user may recall a message, in seconds (group admins may recall any message).
+    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = 120)]
+    pub recall_window_secs: i64,
+
+    /// Most members a group may have.
+    #[arg(long, env = "IM_GROUP_MEMBER_CAP", default_value_t = 2000)]
+    pub group_member_cap: i64,
+
+    /// Folder where uploaded media are stored (content-addressed by SHA-256).
+    #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
+    pub media_dir: std::path::PathBuf,
+
+    /// Largest accepted upload, in bytes.
+    #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_media_bytes: usize,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use common::ids::UserId;
+use common::ids::{ConvId, UserId};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use metrics::counter;
@@ -27,6 +27,18 @@ pub enum BusMessage {
     },
     /// Close the local connection of this device: it connected again elsewhere.
     KickDevice { user: UserId, device: String },
+    /// Push `frame` to every local device of every member of `conv` (except `skip`). Sent to every live node for
+    /// large conversations, so the cost is one publish per node whatever the member count.
+    DeliverConv {
+        conv: ConvId,
+        skip: Option<(UserId, String)>,
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+    /// The membership of `conv` changed: drop cached member lists.
+    ConvChanged { conv: ConvId },
+    /// Friendship or blocking between two users changed: drop cached send permissions.
+    PairChanged { a: UserId, b: UserId },
 }
 
 impl BusMessage {

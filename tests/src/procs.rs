@@ -475,8 +475,19 @@ impl Cluster {
                 ("send-rate".to_string(), "2000".to_string()),
                 ("lease-ttl-ms".to_string(), "3000".to_string()),
                 ("log".to_string(), "info".to_string()),
+                // Most tests exercise messaging, not friendship; the friends tests turn it back on.
+                ("require-friendship".to_string(), "false".to_string()),
+                (
+                    "media-dir".to_string(),
+                    cluster.dir.join("media").display().to_string(),
+                ),
             ];
-            args.extend(options.node_args.iter().cloned());
+            for (key, value) in &options.node_args {
+                match args.iter_mut().find(|(k, _)| k == key) {
+                    Some(existing) => existing.1 = value.clone(),
+                    None => args.push((key.clone(), value.clone())),
+                }
+            }
             let node = NodeProc {
                 addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 name: format!("n{index}"),
@@ -550,6 +561,52 @@ impl Cluster {
         device: &str,
     ) -> anyhow::Result<TestClient> {
         TestClient::connect(self.addr(index), user, device).await
+    }
+
+    /// An authenticated JSON call to node `index`.
+    pub async fn api(
+        &self,
+        index: usize,
+        user: &TestUser,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, value) = benchmarks::client::http_json_auth(
+            self.addr(index),
+            method,
+            path,
+            Some(&user.token),
+            body,
+        )
+        .await?;
+        Ok((status.as_u16(), value))
+    }
+
+    /// Makes two users friends through the API (request by `a`, accept by `b`).
+    pub async fn befriend(&self, a: &TestUser, b: &TestUser) -> anyhow::Result<()> {
+        let (status, body) = self
+            .api(
+                0,
+                a,
+                "POST",
+                "/v1/friends/requests",
+                Some(serde_json::json!({"user": b.id, "note": "hi"})),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "friend request: {status} {body}");
+        let id = body["id"].as_i64().unwrap_or_default();
+        let (status, body) = self
+            .api(
+                0,
+                b,
+                "POST",
+                &format!("/v1/friends/requests/{id}/accept"),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "accept: {status} {body}");
+        Ok(())
     }
 
     /// A direct SQL connection to the cluster's database.
