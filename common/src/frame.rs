@@ -12,6 +12,8 @@ use crate::ids::{ConvId, MsgId, Seq, UserId};
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
+// Frames live for one decode or encode; boxing the large variants would add an allocation to every frame.
+#[allow(clippy::large_enum_variant)]
 pub enum ClientFrame {
     /// Send a message; answered by `ack` (after commit) or `error`.
     Send(Send),
@@ -28,6 +30,7 @@ pub enum ClientFrame {
 /// A frame sent by the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum ServerFrame {
     /// First frame on every connection: who you are and where each of your conversations stands.
     Hello(Hello),
