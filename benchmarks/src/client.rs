@@ -128,6 +128,7 @@ pub async fn login(addr: SocketAddr, username: &str, password: &str) -> anyhow::
 
 /// What a read returned.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     Frame(ServerFrame),
     /// The server closed the connection with this code and reason.
