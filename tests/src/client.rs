@@ -93,6 +93,27 @@ impl TestClient {
         self.conn.send(frame).await
     }
 
+    /// Sends a message of any kind to a user (1:1) and waits for the ack.
+    pub async fn send_to_conv_or_user(
+        &mut self,
+        to: i64,
+        cid: &str,
+        kind: &str,
+        body: &str,
+        attrs: Option<common::frame::Attrs>,
+    ) -> anyhow::Result<Ack> {
+        let frame = ClientFrame::Send(Send {
+            cid: cid.into(),
+            to: Some(to),
+            conv: None,
+            kind: kind.into(),
+            body: body.into(),
+            attrs,
+        });
+        self.conn.send(&frame).await?;
+        self.wait_ack(cid, WAIT).await
+    }
+
     /// Sends a message of any kind into a conversation and waits for the ack.
     pub async fn send_to_conv(
         &mut self,
