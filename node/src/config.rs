@@ -159,6 +159,23 @@ pub struct Config {
     #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_media_bytes: usize,
 
+    /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
+    /// when empty.
+    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
+    pub push_webhook_url: String,
+
+    /// Most events in one webhook call.
+    #[arg(long, env = "IM_PUSH_BATCH", default_value_t = 100)]
+    pub push_batch: usize,
+
+    /// Timeout of one webhook call, in milliseconds.
+    #[arg(long, env = "IM_PUSH_TIMEOUT_MS", default_value_t = 2000)]
+    pub push_timeout_ms: u64,
+
+    /// Retries of a failed webhook call.
+    #[arg(long, env = "IM_PUSH_RETRIES", default_value_t = 3)]
+    pub push_retries: u32,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,
@@ -192,6 +209,15 @@ impl Config {
         }
         if self.send_rate <= 0.0 || self.send_burst < 1.0 {
             return Err("--send-rate must be > 0 and --send-burst >= 1".into());
+        }
+        if !self.push_webhook_url.is_empty() && !self.push_webhook_url.starts_with("http://") {
+            return Err(
+                "--push-webhook-url must be an http:// URL (put a TLS-terminating proxy in front)"
+                    .into(),
+            );
+        }
+        if self.push_batch == 0 {
+            return Err("--push-batch must be positive".into());
         }
         if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
             return Err(

@@ -289,6 +289,8 @@ pub struct Delivery {
     pub members: Arc<MemberCache>,
     pub node_id: String,
     pub metrics: Metrics,
+    /// The offline push hook, when configured.
+    pub push: Option<crate::push::PushQueue>,
 }
 
 /// One frame for a set of recipients.
@@ -297,6 +299,8 @@ pub struct Route<'a> {
     pub users: &'a [UserId],
     pub skip: Option<(UserId, &'a str)>,
     pub frame: &'a Bytes,
+    /// For a stored message: recipients found offline are offered to the push hook.
+    pub msg: Option<&'a common::frame::Msg>,
 }
 
 impl Delivery {
@@ -346,6 +350,7 @@ impl Delivery {
                         .filter(|r| r.conv.is_none() || r.users.len() <= BROADCAST_MEMBERS)
                     {
                         self.plan_publishes(route, &located, &mut publishes);
+                        self.offer_push(route, &located);
                     }
                 }
                 Err(error) => {
@@ -363,6 +368,37 @@ impl Delivery {
             }
         }
         local
+    }
+
+    /// Offers recipients of a stored message with no device anywhere to the push hook.
+    fn offer_push(
+        &self,
+        route: &Route<'_>,
+        located: &HashMap<UserId, Vec<router::locations::DeviceLocation>>,
+    ) {
+        let (Some(push), Some(msg)) = (&self.push, route.msg) else {
+            return;
+        };
+        for user in route.users.iter().filter(|u| **u != msg.from) {
+            let offline = located.get(user).is_none_or(|devices| devices.is_empty())
+                && !self.sessions.has_user(*user);
+            if offline {
+                let preview = if msg.kind == common::frame::kinds::TEXT {
+                    msg.body.chars().take(80).collect()
+                } else {
+                    String::new()
+                };
+                push.offer(crate::push::PushEvent {
+                    user: *user,
+                    conv: msg.conv,
+                    id: msg.id,
+                    seq: msg.seq,
+                    from: msg.from,
+                    kind: msg.kind.clone(),
+                    preview,
+                });
+            }
+        }
     }
 
     /// One `Deliver` per other node holding a recipient device of this route.
@@ -413,6 +449,7 @@ impl Delivery {
                     users,
                     skip,
                     frame: &bytes,
+                    msg: None,
                 }])
                 .await;
             }
@@ -436,6 +473,7 @@ impl Delivery {
                     users,
                     skip,
                     frame: &bytes,
+                    msg: None,
                 }])
                 .await;
             }
@@ -523,6 +561,7 @@ pub async fn run_router(
                 users: &item.members,
                 skip: Some((item.msg.from, &*item.sender_device)),
                 frame,
+                msg: Some(&item.msg),
             })
             .collect();
         delivery.deliver(&routes).await;

@@ -15,6 +15,7 @@ pub mod http;
 pub mod media;
 pub mod members;
 pub mod metrics;
+pub mod push;
 pub mod shutdown;
 pub mod state;
 pub mod store;
@@ -78,6 +79,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         members: Arc::new(members::MemberCache::new(pool.clone())),
         node_id: node_id.clone(),
         metrics: metrics.clone(),
+        push: (!config.push_webhook_url.is_empty()).then(|| {
+            push::spawn(push::PushSettings {
+                url: config.push_webhook_url.clone(),
+                batch: config.push_batch,
+                timeout: Duration::from_millis(config.push_timeout_ms),
+                retries: config.push_retries,
+            })
+        }),
     };
     let pairs = Arc::new(contacts::PairCache::new(
         pool.clone(),

@@ -1009,3 +1009,78 @@ fn publishes(cluster: &Cluster) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// A recipient with no online device triggers the offline push webhook, batched as JSON; an online one does not.
+#[tokio::test]
+async fn offline_recipients_reach_the_push_webhook() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/push", listener.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<serde_json::Value>(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buffer).to_string();
+                    let Some(split) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..split]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buffer.len() >= split + 4 + length {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&buffer[split + 4..split + 4 + length])
+                                .unwrap_or_default();
+                        let _ = tx.send(body).await;
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        buffer.clear();
+                    }
+                }
+            });
+        }
+    });
+    let cluster = Cluster::start_with(2, ClusterOptions::default().arg("push-webhook-url", &hook))
+        .await
+        .unwrap();
+    let a = cluster.user("wa").await.unwrap();
+    let offline = cluster.user("wb").await.unwrap();
+    let online = cluster.user("wc").await.unwrap();
+    let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
+    let _cc = cluster.connect(1, &online, "phone").await.unwrap();
+    ca.send_and_ack(online.id, "w0", "you are online")
+        .await
+        .unwrap();
+    let ack = ca.send_and_ack(offline.id, "w1", "wake up").await.unwrap();
+    let body = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(
+        (events[0]["user"].as_i64(), events[0]["id"].as_i64()),
+        (Some(offline.id), Some(ack.id))
+    );
+    assert_eq!(events[0]["preview"], "wake up");
+}
