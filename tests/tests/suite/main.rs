@@ -4,4 +4,5 @@ mod chat;
 mod failover;
 mod http;
 mod messaging;
+mod openapi;
 mod protocol;
