@@ -1,7 +1,7 @@
 //! Friends and blocks as they affect messaging: who may send a 1:1 message to whom, cached per pair.
 //!
 //! The cache is dropped for a pair whenever any node changes that pair's friendship or blocking (it broadcasts
-//! `PairChanged`); entries also expire after a minute as a backstop.
+//! `PairChanged`); entries also expire after 15 s as a backstop (pub/sub may lose an invalidation).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +12,7 @@ use deadpool_postgres::Pool;
 
 use crate::store::StoreError;
 
-const TTL: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(15);
 const CAPACITY: usize = 200_000;
 
 /// Whether a 1:1 message between two users is allowed.

@@ -9,6 +9,29 @@ use serde_json::json;
 use tests::client::WAIT;
 use tests::{Cluster, ClusterOptions};
 
+/// Sends 1:1 text with fresh cids until the outcome is `expected` (`None` = acked). Permission changes reach the
+/// other nodes' caches through pub/sub, within milliseconds but not synchronously with the REST answer.
+async fn eventually(
+    client: &mut tests::TestClient,
+    to: i64,
+    tag: &str,
+    expected: Option<ErrorCode>,
+) {
+    for attempt in 0..40 {
+        let cid = format!("{tag}-{attempt}");
+        client.send_text(to, &cid, "probe").await.unwrap();
+        let outcome = match client.wait_ack(&cid, WAIT).await {
+            Ok(_) => None,
+            Err(_) => client.errors.get(&cid).map(|e| e.code),
+        };
+        if outcome == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{tag}: never reached {expected:?}");
+}
+
 fn friendship_required() -> ClusterOptions {
     ClusterOptions::default().arg("require-friendship", "true")
 }
@@ -102,7 +125,8 @@ async fn friends_requests_blocks_and_the_friendship_rule() {
     assert_eq!(friends["friends"][0]["id"], b.id);
 
     // Friends may talk (the other node's cache was told).
-    let ack = ca.send_and_ack(b.id, "f1", "friends now").await.unwrap();
+    eventually(&mut ca, b.id, "f1", None).await;
+    let ack = ca.send_and_ack(b.id, "f1b", "friends now").await.unwrap();
     cb.wait_messages(ack.conv, 1, WAIT).await.unwrap();
 
     // A block refuses messages both ways, on every node; unblocking restores them.
@@ -111,11 +135,7 @@ async fn friends_requests_blocks_and_the_friendship_rule() {
         .await
         .unwrap();
     assert_eq!(status, 204);
-    ca.send_text(b.id, "f2", "still there?").await.unwrap();
-    assert_eq!(
-        ca.wait_error(Some("f2"), WAIT).await.unwrap().code,
-        ErrorCode::Blocked
-    );
+    eventually(&mut ca, b.id, "f2", Some(ErrorCode::Blocked)).await;
     let (status, _) = cluster
         .api(
             0,
@@ -131,7 +151,7 @@ async fn friends_requests_blocks_and_the_friendship_rule() {
         .api(1, &b, "DELETE", &format!("/v1/blocks/{}", a.id), None)
         .await
         .unwrap();
-    ca.send_and_ack(b.id, "f3", "unblocked").await.unwrap();
+    eventually(&mut ca, b.id, "f3", None).await;
 
     // Removing a friend ends messaging and tells the other side.
     let (status, _) = cluster
@@ -144,11 +164,7 @@ async fn friends_requests_blocks_and_the_friendship_rule() {
     })
     .await
     .unwrap();
-    ca.send_text(b.id, "f4", "bye").await.unwrap();
-    assert_eq!(
-        ca.wait_error(Some("f4"), WAIT).await.unwrap().code,
-        ErrorCode::NotFriends
-    );
+    eventually(&mut ca, b.id, "f4", Some(ErrorCode::NotFriends)).await;
 
     // A rejection reaches the requester; their outgoing list shows it.
     let (_, body) = cluster
@@ -1082,4 +1098,91 @@ async fn offline_recipients_reach_the_push_webhook() {
         (Some(offline.id), Some(ack.id))
     );
     assert_eq!(events[0]["preview"], "wake up");
+}
+
+#[tokio::test]
+async fn profiles_and_exact_search() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let a = cluster.user("prof").await.unwrap();
+    let b = cluster.user("other").await.unwrap();
+    let (status, me) = cluster
+        .api(
+            0,
+            &a,
+            "PATCH",
+            "/v1/users/me",
+            Some(json!({"display_name": "Ada 🌟"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, me["display_name"].as_str()), (200, Some("Ada 🌟")));
+    let (_, found) = cluster
+        .api(
+            0,
+            &b,
+            "GET",
+            &format!("/v1/users?username={}", a.name),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found["users"][0]["id"], a.id);
+    assert_eq!(found["users"][0]["display_name"], "Ada 🌟");
+    let (_, none) = cluster
+        .api(
+            0,
+            &b,
+            "GET",
+            &format!("/v1/users?username={}x", a.name),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(none["users"], json!([]));
+    let (status, profile) = cluster
+        .api(0, &b, "GET", &format!("/v1/users/{}", a.id), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, profile["username"].as_str()),
+        (200, Some(a.name.as_str()))
+    );
+    // An avatar must be an image the user may use.
+    let (status, _) = cluster
+        .api(
+            0,
+            &a,
+            "PATCH",
+            "/v1/users/me",
+            Some(json!({"avatar": "f".repeat(64)})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let (_, uploaded) = upload(&cluster, &a, "image/png", png(64, 64)).await;
+    let (status, me) = cluster
+        .api(
+            0,
+            &a,
+            "PATCH",
+            "/v1/users/me",
+            Some(json!({"avatar": uploaded["hash"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, me["avatar"].as_str()),
+        (200, uploaded["hash"].as_str())
+    );
+    let (status, _) = cluster
+        .api(
+            0,
+            &a,
+            "PATCH",
+            "/v1/users/me",
+            Some(json!({"display_name": "x".repeat(65)})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
 }
