@@ -308,6 +308,139 @@ impl Drop for Redis {
     }
 }
 
+/// A throwaway Redis Cluster of N masters (no replicas), from the same `redis-server` binary.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port > 1024 && port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> anyhow::Result<RedisCluster> {
+        let dir = scratch_dir("redis-cluster");
+        let ports: Vec<u16> = (0..masters).map(|_| free_cluster_port()).collect();
+        let mut cluster = RedisCluster {
+            ports: ports.clone(),
+            children: (0..masters).map(|_| None).collect(),
+            dir,
+        };
+        for index in 0..masters {
+            cluster.spawn(index)?;
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in &ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        cluster.wait_ok(Duration::from_secs(20))?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let port = self.ports[index];
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .arg("--cluster-config-file")
+            .arg(self.dir.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        harden(&mut command, None);
+        self.children[index] = Some(
+            command
+                .spawn()
+                .context("starting redis-server in cluster mode")?,
+        );
+        wait_for_port(port, Duration::from_secs(10))
+    }
+
+    /// Waits until every master reports `cluster_state:ok`.
+    pub fn wait_ok(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all_ok = self.ports.iter().all(|port| {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if all_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("redis cluster not ok within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills master `index` (its data is lost: no persistence) and starts it again with its cluster identity.
+    pub fn restart_master(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn(index)?;
+        self.wait_ok(Duration::from_secs(20))
+    }
+
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.ports[0]);
+        for (i, port) in self.ports.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{port}"));
+        }
+        url
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether this test run uses a Redis Cluster (`IM_TEST_REDIS=cluster`) instead of a single Redis.
+pub fn redis_cluster_mode() -> bool {
+    std::env::var("IM_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
 /// Path of the node binary, built once per test process.
 fn node_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -436,6 +569,8 @@ pub struct TestUser {
 /// Redis, a database on the shared Postgres, and N nodes.
 pub struct Cluster {
     pub redis: Redis,
+    /// Set in cluster mode (`IM_TEST_REDIS=cluster`): the nodes then use this instead of `redis`.
+    pub redis_cluster: Option<RedisCluster>,
     pub postgres_url: String,
     pub nodes: Vec<NodeProc>,
     pub secret: String,
@@ -455,8 +590,14 @@ impl Cluster {
         let redis = Redis::start()?;
         let dir = scratch_dir("cluster");
         let secret = format!("test-secret-{:032x}", rand::random::<u128>());
+        let redis_cluster = if redis_cluster_mode() {
+            Some(RedisCluster::start(3)?)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             redis,
+            redis_cluster,
             postgres_url,
             nodes: Vec::new(),
             secret,
@@ -465,7 +606,7 @@ impl Cluster {
         for index in 0..nodes {
             let mut args = vec![
                 ("node-name".to_string(), format!("n{index}")),
-                ("redis-url".to_string(), cluster.redis.url()),
+                ("redis-url".to_string(), cluster.redis_url()),
                 ("postgres-url".to_string(), cluster.postgres_url.clone()),
                 ("token-secret".to_string(), cluster.secret.clone()),
                 // Cheap hashes keep registration fast in tests; production keeps the defaults.
@@ -561,6 +702,56 @@ impl Cluster {
         device: &str,
     ) -> anyhow::Result<TestClient> {
         TestClient::connect(self.addr(index), user, device).await
+    }
+
+    /// The URL the nodes use: the Redis Cluster's in cluster mode, else the single Redis'.
+    pub fn redis_url(&self) -> String {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.url(),
+            None => self.redis.url(),
+        }
+    }
+
+    /// Every Redis server the nodes use (one, or each master).
+    pub fn redis_ports(&self) -> Vec<u16> {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.ports.clone(),
+            None => vec![self.redis.port],
+        }
+    }
+
+    /// Runs `redis-cli -c` (following cluster redirects) against the cluster's Redis and returns its output.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let port = self.redis_ports()[0].to_string();
+        let output = Command::new("redis-cli")
+            .args(["-c", "-p", &port])
+            .args(args)
+            .output();
+        output
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// PUBLISH plus SPUBLISH calls served so far, summed over every Redis server.
+    pub fn publish_count(&self) -> u64 {
+        let mut total = 0;
+        for port in self.redis_ports() {
+            let output = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "INFO", "commandstats"])
+                .output();
+            let text = output
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for line in text.lines() {
+                for prefix in ["cmdstat_publish:calls=", "cmdstat_spublish:calls="] {
+                    if let Some(count) = line.strip_prefix(prefix).and_then(|r| r.split(',').next())
+                    {
+                        total += count.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        total
     }
 
     /// An authenticated JSON call to node `index`.
