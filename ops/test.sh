@@ -12,3 +12,5 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "running the test suite"
 cargo build --quiet -p node --bin node
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+say "running the multi-process suite again against a 3-master Redis Cluster (sharded pub/sub)"
+IM_TEST_REDIS=cluster cargo test -p tests --test suite --no-fail-fast 2>&1 | tee target/test-output-redis-cluster.txt

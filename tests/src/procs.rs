@@ -549,6 +549,8 @@ impl Drop for NodeProc {
 #[derive(Default, Clone)]
 pub struct ClusterOptions {
     pub node_args: Vec<(String, String)>,
+    /// Use a 3-master Redis Cluster even when `IM_TEST_REDIS` does not ask for one.
+    pub redis_cluster: bool,
 }
 
 impl ClusterOptions {
@@ -590,7 +592,7 @@ impl Cluster {
         let redis = Redis::start()?;
         let dir = scratch_dir("cluster");
         let secret = format!("test-secret-{:032x}", rand::random::<u128>());
-        let redis_cluster = if redis_cluster_mode() {
+        let redis_cluster = if redis_cluster_mode() || options.redis_cluster {
             Some(RedisCluster::start(3)?)
         } else {
             None
