@@ -15,6 +15,10 @@ const MIGRATION_LOCK: i64 = 0x494d_5f4d_4947;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_core.sql")),
     (2, include_str!("../../migrations/0002_chat.sql")),
+    (
+        3,
+        include_str!("../../migrations/0003_partitioned_messages.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded; returns how many it applied.

@@ -6,8 +6,9 @@
 //! 2. locks the batch's conversations in id order and advances each one's `last_seq` by its count of new
 //!    messages — the seq is allocated inside the commit, so commit order is seq order and a settled gap stays
 //!    settled (two writers of one conversation serialize on its row lock; the fixed order rules out deadlocks),
-//! 3. inserts the rows with one `INSERT … SELECT unnest(…)` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
-//!    retry racing through another node), and advances each sender's own `read_seq`,
+//! 3. takes the idempotency keys in `message_keys` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
+//!    retry racing through another node; the membership check rides along), inserts the rows whose key it took into
+//!    the hash-partitioned `messages` with one `INSERT … SELECT unnest(…)`, and advances each sender's `read_seq`,
 //! 4. commits.
 //!
 //! Only then does each sender get its `ack` and are the new messages handed, in commit order, to delivery. A failed
@@ -261,7 +262,7 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
     let cids: Vec<&str> = unique.iter().map(|&i| batch[i].cid.as_str()).collect();
     let existing_stmt = tx
         .prepare_cached(
-            "SELECT m.sender, m.cid, m.id, m.conv_id, m.seq, m.created_ms FROM messages m
+            "SELECT m.sender, m.cid, m.id, m.conv_id, m.seq, m.created_ms FROM message_keys m
              JOIN unnest($1::bigint[], $2::text[]) AS k(sender, cid) ON m.sender = k.sender AND m.cid = k.cid",
         )
         .await?;
@@ -359,34 +360,32 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             let read = own_read.entry((s.conv, s.sender)).or_insert(seq);
             *read = (*read).max(seq);
         }
-        let insert_stmt = tx
+        // First the idempotency keys (with the message ids): a key already taken by a retry racing through another
+        // node is skipped here, and only rows whose key was taken by this batch are then inserted.
+        let keys_stmt = tx
             .prepare_cached(
-                "INSERT INTO messages (conv_id, seq, sender, sender_device, cid, kind, body, attrs, created_ms)
-                 SELECT c, s, u, d, k, t, b, a::jsonb, $10 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[],
-                     $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[]) AS v(c, s, u, d, k, t, b, a, sys)
+                "INSERT INTO message_keys (sender, cid, conv_id, seq, id, created_ms)
+                 SELECT u, k, c, s, nextval('message_ids'), $6
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[]) AS v(u, k, c, s, sys)
                  WHERE v.sys OR EXISTS (SELECT 1 FROM conversation_members m WHERE m.conv_id = v.c AND m.user_id = v.u)
                  ON CONFLICT (sender, cid) DO NOTHING
                  RETURNING sender, cid, id, conv_id, seq",
             )
             .await?;
-        let inserted = tx
+        let taken = tx
             .query(
-                &insert_stmt,
+                &keys_stmt,
                 &[
+                    &col_sender,
+                    &col_cid,
                     &col_conv,
                     &col_seq,
-                    &col_sender,
-                    &col_device,
-                    &col_cid,
-                    &col_kind,
-                    &col_body,
-                    &col_attrs,
                     &col_system,
                     &now_ms,
                 ],
             )
             .await?;
-        for row in inserted {
+        for row in taken {
             new_keys.insert(
                 (row.try_get(0)?, row.try_get(1)?),
                 Stored {
@@ -397,6 +396,52 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                 },
             );
         }
+        let mut row_conv = Vec::with_capacity(new_keys.len());
+        let mut row_seq = Vec::with_capacity(new_keys.len());
+        let mut row_id = Vec::with_capacity(new_keys.len());
+        let mut row_sender = Vec::with_capacity(new_keys.len());
+        let mut row_device: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_cid: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_kind: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_body: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_attrs: Vec<Option<String>> = Vec::with_capacity(new_keys.len());
+        for (column, &i) in new.iter().enumerate() {
+            let Some(stored) = new_keys.get(&(batch[i].sender, batch[i].cid.clone())) else {
+                continue;
+            };
+            row_conv.push(stored.conv);
+            row_seq.push(stored.seq);
+            row_id.push(stored.id);
+            row_sender.push(col_sender[column]);
+            row_device.push(col_device[column]);
+            row_cid.push(col_cid[column]);
+            row_kind.push(col_kind[column]);
+            row_body.push(col_body[column]);
+            row_attrs.push(col_attrs[column].clone());
+        }
+        let insert_stmt = tx
+            .prepare_cached(
+                "INSERT INTO messages (conv_id, seq, id, sender, sender_device, cid, kind, body, attrs, created_ms)
+                 SELECT c, s, i, u, d, k, t, b, a::jsonb, $10 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[],
+                     $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS v(c, s, i, u, d, k, t, b, a)",
+            )
+            .await?;
+        tx.execute(
+            &insert_stmt,
+            &[
+                &row_conv,
+                &row_seq,
+                &row_id,
+                &row_sender,
+                &row_device,
+                &row_cid,
+                &row_kind,
+                &row_body,
+                &row_attrs,
+                &now_ms,
+            ],
+        )
+        .await?;
 
         // A retry that raced through another node lost the insert here; answer with the winner's row. Its seq
         // allocated above stays unused: a gap, which clients settle by sync.
