@@ -44,3 +44,26 @@ as_pg() {
     "$@"
   fi
 }
+
+# Installs (as root, via apt) the tools ops/check-ops.sh and ops/cluster.sh --prometheus need: promtool and
+# prometheus (Debian package prometheus), haproxy (to check ops/haproxy/haproxy.cfg) and python3-venv.
+ensure_ops_deps() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${missing[*]} (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The packages start their own services where they can; ours run on their own ports, so stop those.
+    if command -v service >/dev/null 2>&1; then
+      service prometheus stop >/dev/null 2>&1 || true
+      service haproxy stop >/dev/null 2>&1 || true
+    fi
+  else
+    say "missing: ${missing[*]}. Install them, e.g.: sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+}
