@@ -3,4 +3,5 @@
 mod failover;
 mod http;
 mod messaging;
+mod ops;
 mod protocol;
