@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property and multi-process tests against real Redis, Postgres and node processes,
-# plus formatting and lints. Installs Redis and Postgres first if they are missing (as root, via apt).
+# plus formatting and lints, plus the offline checks of the deployment files (ops/check-ops.sh). Installs Redis,
+# Postgres, Prometheus (promtool) and HAProxy first if they are missing (as root, via apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -9,6 +10,8 @@ ensure_system_deps
 say "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "checking the deployment files (rules, compose, Kubernetes, Dockerfile, HAProxy)"
+bash ops/check-ops.sh
 say "running the test suite"
 cargo build --quiet -p node --bin node
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt

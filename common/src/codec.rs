@@ -258,10 +258,7 @@ mod tests {
         let big = send(&"chat ".repeat(400));
         let plain = encode(&big, usize::MAX).unwrap();
         let compressed = encode(&big, 512).unwrap();
-        assert_eq!(
-            declared_plain_size(&compressed),
-            Some(plain.len() as u64)
-        );
+        assert_eq!(declared_plain_size(&compressed), Some(plain.len() as u64));
         assert_eq!(declared_plain_size(&plain), None);
         assert_eq!(declared_plain_size(&[]), None);
         assert_eq!(declared_plain_size(&[FLAG_ZSTD, 1, 2]), None);

@@ -193,7 +193,10 @@ fn referenced_metric_names() -> BTreeMap<String, BTreeSet<String>> {
             .expect("adapter config"),
     )
     .expect("adapter config is YAML");
-    for rule in adapter_config["rules"].as_sequence().expect("adapter rules") {
+    for rule in adapter_config["rules"]
+        .as_sequence()
+        .expect("adapter rules")
+    {
         add(
             rule["seriesQuery"].as_str().expect("seriesQuery"),
             "ops/k8s/prometheus-adapter-rules.yaml",
@@ -388,13 +391,19 @@ fn dashboards_are_valid_and_use_the_provisioned_data_source() {
         .expect("data source uid")
         .to_string();
     let paths = dashboard_paths();
-    assert!(paths.len() >= 2, "expected an overview and a node dashboard");
+    assert!(
+        paths.len() >= 2,
+        "expected an overview and a node dashboard"
+    );
     let mut uids = BTreeSet::new();
     for path in &paths {
         let dashboard: Json = serde_json::from_str(&read(path))
             .unwrap_or_else(|e| panic!("{path} is not valid JSON: {e}"));
         let dashboard_uid = dashboard["uid"].as_str().expect("dashboard uid");
-        assert!(uids.insert(dashboard_uid.to_string()), "{path}: duplicate uid");
+        assert!(
+            uids.insert(dashboard_uid.to_string()),
+            "{path}: duplicate uid"
+        );
         assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
         assert!(dashboard["schemaVersion"].as_u64().is_some());
         let variables: BTreeSet<&str> = dashboard["templating"]["list"]
@@ -576,7 +585,10 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
         .iter()
         .filter_map(|v| v.as_str())
         .any(|v| v.starts_with("./grafana/dashboards:") && v.contains(dashboards_path));
-    assert!(mounted, "grafana does not mount the dashboards at {dashboards_path}");
+    assert!(
+        mounted,
+        "grafana does not mount the dashboards at {dashboards_path}"
+    );
     let home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
         .as_str()
         .expect("home dashboard");
@@ -590,7 +602,11 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
 fn kubernetes_manifests_fit_the_node() {
     let mut by_kind: HashMap<String, Yaml> = HashMap::new();
     for entry in std::fs::read_dir(repo().join("ops/k8s")).expect("ops/k8s") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name == "kustomization.yaml" || !name.ends_with(".yaml") {
             continue;
         }
@@ -664,7 +680,11 @@ fn kubernetes_manifests_fit_the_node() {
         .filter_map(|r| r.as_str())
         .collect();
     for entry in std::fs::read_dir(repo().join("ops/k8s")).expect("ops/k8s") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".yaml") && name != "kustomization.yaml" && !name.contains("example") {
             assert!(
                 listed.contains(name.as_str()),
@@ -724,7 +744,9 @@ async fn sender(
                 cid
             }
         };
-        let result = client.send_and_ack(to, &cid, "during a rolling restart").await;
+        let result = client
+            .send_and_ack(to, &cid, "during a rolling restart")
+            .await;
         match result {
             Ok(ack) => {
                 traffic.acked.push(ack.id);
@@ -764,7 +786,10 @@ async fn receiver(
             let start = next_node.fetch_add(1, Ordering::Relaxed);
             client = connect_any(&addrs, start, &user, "receiver").await;
             client.convs = known;
-            client.catch_up().await.expect("catch up after reconnecting");
+            client
+                .catch_up()
+                .await
+                .expect("catch up after reconnecting");
         }
     }
     client.drain(Duration::from_millis(300)).await.ok();
