@@ -7,7 +7,8 @@
 #   bash ops/cluster.sh [--nodes N] [--debug] [--prometheus]
 #
 # Ports: Redis 6390, Postgres 5440, nodes 7001, 7002, ... (HTTP, WebSocket at /v1/ws and /metrics on each),
-# Prometheus 9090. `bash ops/rolling-restart.sh` restarts the nodes one by one while this runs.
+# Prometheus 9090; change them with IM_LOCAL_REDIS_PORT, IM_LOCAL_PG_PORT, IM_LOCAL_NODE_PORT (the first node's) and
+# IM_LOCAL_PROMETHEUS_PORT. `bash ops/rolling-restart.sh` restarts the nodes one by one while this runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -61,7 +62,16 @@ cleanup() {
   rm -f "$root/cluster.env"
   say "stopped"
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
+
+# Another cluster (or anything else) on our ports would answer our readiness checks: refuse to start instead.
+ports=("$REDIS_PORT" "$PG_PORT")
+for i in $(seq 1 "$nodes"); do ports+=($((FIRST_NODE_PORT + i - 1))); done
+[ "$prometheus" = yes ] && ports+=("$PROMETHEUS_PORT")
+for port in "${ports[@]}"; do
+  port_free "$port" || { say "port $port is in use; choose others with IM_LOCAL_*_PORT (see the header)"; exit 1; }
+done
 
 say "building the node ($profile)"
 if [ "$profile" = release ]; then cargo build --release -p node --bin node; else cargo build -p node --bin node; fi

@@ -79,6 +79,11 @@ pid_running() {
   [ -n "$state" ] && [ "$state" != Z ]
 }
 
+# True when nothing accepts connections on 127.0.0.1:$1.
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
 # Starts local node $1 (1, 2, ...) in the background, appending to its log, and records its pid.
 start_local_node() {
   local i="$1" port=$((FIRST_NODE_PORT + $1 - 1))
@@ -91,8 +96,8 @@ start_local_node() {
 wait_local_node_ready() {
   local i="$1" limit="${2:-30}" port=$((FIRST_NODE_PORT + $1 - 1)) tries
   for tries in $(seq 1 $((limit * 10))); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
     pid_running "$(cat "$root/node$i.pid")" || { say "node$i exited; see $root/node$i.log"; return 1; }
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   say "node$i did not become ready in ${limit}s; see $root/node$i.log"
