@@ -782,22 +782,34 @@ async fn receiver(
         };
         if outcome.is_err() {
             reconnects += 1;
-            let known = std::mem::take(&mut client.convs);
             let start = next_node.fetch_add(1, Ordering::Relaxed);
-            client = connect_any(&addrs, start, &user, "receiver").await;
-            client.convs = known;
-            client
-                .catch_up()
-                .await
-                .expect("catch up after reconnecting");
+            client = reconnect_and_catch_up(&addrs, start, &user, client).await;
         }
     }
     client.drain(Duration::from_millis(300)).await.ok();
-    let known = std::mem::take(&mut client.convs);
-    let mut client = connect_any(&addrs, 0, &user, "receiver").await;
-    client.convs = known;
-    client.catch_up().await.expect("final catch up");
+    let client = reconnect_and_catch_up(&addrs, 0, &user, client).await;
     (client.convs, reconnects)
+}
+
+/// Replaces `old` by a new connection that carries its per-conversation log and has synced past it. The node it
+/// reaches may start draining during the sync: then it tries the next one.
+async fn reconnect_and_catch_up(
+    addrs: &[SocketAddr],
+    start: usize,
+    user: &TestUser,
+    mut old: TestClient,
+) -> TestClient {
+    let mut known = std::mem::take(&mut old.convs);
+    drop(old);
+    for attempt in 0..20 {
+        let mut client = connect_any(addrs, start + attempt, user, "receiver").await;
+        client.convs = known;
+        if client.catch_up().await.is_ok() {
+            return client;
+        }
+        known = std::mem::take(&mut client.convs);
+    }
+    panic!("could not catch up on any node");
 }
 
 #[tokio::test]
@@ -836,6 +848,12 @@ async fn rolling_restart_under_traffic_loses_no_acknowledged_message() {
     let traffic = sending.await.unwrap();
     let (convs, receiver_reconnects) = receiving.await.unwrap();
 
+    eprintln!(
+        "rolling restart: {} acks, sender reconnected {} times, receiver {} times",
+        traffic.acked.len(),
+        traffic.reconnects,
+        receiver_reconnects
+    );
     assert!(
         traffic.acked.len() >= 50,
         "too little traffic: {} acks",
