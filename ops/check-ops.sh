@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment files: Prometheus rules (promtool check + unit tests), the Prometheus config,
-# ops/compose.yaml against the compose-spec schema, the Kubernetes manifests against the Kubernetes schemas
+# every Grafana dashboard query (parsed by promtool), ops/compose.yaml against the compose-spec schema, the Kubernetes manifests against the Kubernetes schemas
 # (strict: unknown fields fail), the Dockerfile (hadolint) and the HAProxy config (haproxy -c). Each validator is
 # first shown a broken file and must reject it, so a validator that passes everything cannot hide a mistake.
 # Installs what it needs: Debian packages via apt (as root), Python tools into .local/ops-venv from PyPI.
@@ -39,6 +39,36 @@ sed 's/\* 60 > 5$/* 60 > 500/' ops/prometheus/rules/alerts.yml >"$scratch/alerts
 cp ops/prometheus/rules/recording.yml "$scratch/recording.yml"
 sed 's|\.\./rules/|./|' ops/prometheus/tests/alerts.test.yml >"$scratch/alerts.test.yml"
 must_reject "promtool test" sh -c "cd '$scratch' && promtool test rules alerts.test.yml"
+
+say "grafana dashboards: every query parses as PromQL (promtool, as recording rules)"
+# Grafana's variables become a plain label value; label_values() variable queries keep their selector.
+python3 - ops/grafana/dashboards/*.json >"$scratch/dashboard-queries.yml" <<'PY'
+import json, re, sys
+exprs = []
+def walk(value):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in ("expr", "definition") and isinstance(inner, str):
+                exprs.append(inner)
+            else:
+                walk(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            walk(inner)
+for path in sys.argv[1:]:
+    with open(path) as f:
+        walk(json.load(f))
+print("groups:\n  - name: dashboard-queries\n    rules:")
+for i, expr in enumerate(exprs):
+    match = re.fullmatch(r"\s*label_values\((.*),\s*\w+\)\s*", expr)
+    expr = match.group(1) if match else expr
+    expr = re.sub(r"\$\{?(\w+)\}?", r"\1", expr)
+    print(f"      - record: dashboard:query_{i}\n        expr: {json.dumps(expr)}")
+PY
+[ "$(grep -c 'record:' "$scratch/dashboard-queries.yml")" -ge 40 ] || { say "found too few dashboard queries"; exit 1; }
+promtool check rules "$scratch/dashboard-queries.yml" >/dev/null
+printf 'groups:\n  - name: broken\n    rules:\n      - record: x:y\n        expr: "sum by (job (up)"\n' >"$scratch/broken.yml"
+must_reject "promql" promtool check rules "$scratch/broken.yml"
 
 say "compose file: compose-spec schema"
 "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec ops/compose.yaml
