@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment files: Prometheus rules (promtool check + unit tests), the Prometheus config,
-# every Grafana dashboard query (parsed by promtool), ops/compose.yaml against the compose-spec schema, the Kubernetes manifests against the Kubernetes schemas
-# (strict: unknown fields fail), the Dockerfile (hadolint) and the HAProxy config (haproxy -c). Each validator is
-# first shown a broken file and must reject it, so a validator that passes everything cannot hide a mistake.
+# every Grafana dashboard query (parsed by promtool), ops/compose.yaml against the compose-spec schema, the
+# Kubernetes manifests against the Kubernetes schemas (strict: unknown fields fail), the Dockerfile (hadolint) and
+# the HAProxy config (haproxy -c). Each validator is first shown a broken file and must reject it, so a validator
+# that passes everything cannot hide a mistake.
 # Installs what it needs: Debian packages via apt (as root), Python tools into .local/ops-venv from PyPI.
 # Nothing else is fetched: the schemas ship inside the Python packages.
 #
