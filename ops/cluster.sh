@@ -8,7 +8,8 @@
 #
 # Ports: Redis 6390, Postgres 5440, nodes 7001, 7002, ... (HTTP, WebSocket at /v1/ws and /metrics on each),
 # Prometheus 9090; change them with IM_LOCAL_REDIS_PORT, IM_LOCAL_PG_PORT, IM_LOCAL_NODE_PORT (the first node's) and
-# IM_LOCAL_PROMETHEUS_PORT. `bash ops/rolling-restart.sh` restarts the nodes one by one while this runs.
+# IM_LOCAL_PROMETHEUS_PORT; the folder with IM_LOCAL_DIR. `bash ops/rolling-restart.sh` restarts the nodes one by
+# one while this runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --nodes) nodes="$2"; shift 2 ;;
     --debug) profile=debug; shift ;;
     --prometheus) prometheus=yes; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) say "unknown option $1"; exit 2 ;;
   esac
 done
@@ -33,12 +34,13 @@ PROMETHEUS_PORT=${IM_LOCAL_PROMETHEUS_PORT:-9090}
 
 ensure_system_deps
 [ "$prometheus" = yes ] && ensure_ops_deps
-root="$PWD/.local"
+root="${IM_LOCAL_DIR:-$PWD/.local}"
 mkdir -p "$root"
+root="$(cd "$root" && pwd)"
 # Postgres runs as the postgres user when we are root; it needs to reach its data folder.
 pg_root="$root/pg"
 if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$root" 2>/dev/null; then
-  pg_root="/tmp/im-local-pg"
+  pg_root="/tmp/im-local-pg-$(printf '%s' "$root" | cksum | cut -d' ' -f1)"
   say "the postgres user cannot reach $root; keeping Postgres data in $pg_root"
 fi
 

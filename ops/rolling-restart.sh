@@ -2,7 +2,8 @@
 # Rolling restart (or upgrade) of the local cluster started by ops/cluster.sh: one node at a time, SIGTERM (the
 # node drains: stops accepting, kicks its clients with close 1012 so they reconnect to the others and sync, commits
 # what its writer holds, releases its lease), wait for it to exit, start it again, wait until /readyz answers,
-# let the reconnect wave settle, then the next node. The cluster keeps serving throughout.
+# let the reconnect wave settle, then the next node. The cluster keeps serving throughout. Uses the cluster in
+# IM_LOCAL_DIR (default .local), like cluster.sh.
 #
 #   bash ops/rolling-restart.sh [--build] [--settle SECONDS] [--drain-timeout SECONDS]
 #
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-env_file=".local/cluster.env"
+env_file="${IM_LOCAL_DIR:-.local}/cluster.env"
 [ -f "$env_file" ] || { say "no local cluster running (no $env_file): start one with bash ops/cluster.sh"; exit 1; }
 # shellcheck source=/dev/null
 source "$env_file"
