@@ -387,6 +387,7 @@ async fn write_binary(
 ) -> Result<(), WebSocketError> {
     state.metrics.frames_out.increment(1);
     state.metrics.bytes_out.increment(bytes.len() as u64);
+    state.metrics.compressed_out(bytes);
     writer
         .write_frame(Frame::binary(Payload::Borrowed(bytes)))
         .await
@@ -450,6 +451,7 @@ impl Connection {
         let metrics = &self.state.metrics;
         metrics.frames_in.increment(1);
         metrics.bytes_in.increment(message.len() as u64);
+        metrics.compressed_in(message);
         match common::decode::<ClientFrame>(message, &self.state.limits) {
             Ok(ClientFrame::Send(send)) => self.on_send(send).await,
             Ok(ClientFrame::Sync(request)) => self.on_sync(request).await,

@@ -5,5 +5,6 @@ mod failover;
 mod http;
 mod messaging;
 mod openapi;
+mod ops;
 mod protocol;
 mod redis_cluster;
