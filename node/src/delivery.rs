@@ -597,15 +597,11 @@ pub async fn run_bus_consumer(
                 Ok(Some(members)) => {
                     let frame = Bytes::from(frame);
                     let skip = skip.as_ref().map(|(user, device)| (*user, device.as_str()));
-                    let local: Vec<UserId> = members
-                        .users
-                        .iter()
-                        .copied()
-                        .filter(|u| sessions.has_user(*u))
-                        .collect();
+                    // One pass under one lock: members without a local device are skipped inside.
+                    let local = &members.users;
                     metrics
                         .delivered_redis
-                        .increment(sessions.deliver(&local, skip, &frame));
+                        .increment(sessions.deliver(local, skip, &frame));
                 }
                 Ok(None) => {}
                 Err(error) => {
