@@ -6,3 +6,4 @@ mod http;
 mod messaging;
 mod openapi;
 mod protocol;
+mod web;
