@@ -133,7 +133,12 @@ export class Store {
   }
 
   showError(error: unknown): void {
-    this.toast = error instanceof Error ? error.message : String(error);
+    this.notify(error instanceof Error ? error.message : String(error));
+  }
+
+  /** Shows a short message for a few seconds. */
+  notify(text: string): void {
+    this.toast = text;
     this.changed();
     const shown = this.toast;
     setTimeout(() => {
@@ -242,7 +247,7 @@ export class Store {
         for (const [id, online] of Object.entries(presence.online)) this.presence.set(Number(id), online);
       }
     } catch (error) {
-      if (!(error instanceof ApiError && error.code === "offline")) this.showError(error);
+      if (!isOffline(error)) this.showError(error);
     }
     this.changed();
   }
@@ -327,8 +332,8 @@ export class Store {
       return;
     }
     await this.profile(notice.user);
-    if (notice.kind === "friend_request") this.toast = `${this.name(notice.user)} wants to be your friend`;
-    if (notice.kind === "friend_accepted") this.toast = `${this.name(notice.user)} accepted your friend request`;
+    if (notice.kind === "friend_request") this.notify(`${this.name(notice.user)} wants to be your friend`);
+    if (notice.kind === "friend_accepted") this.notify(`${this.name(notice.user)} accepted your friend request`);
     await this.refresh();
   }
 
@@ -424,7 +429,7 @@ export class Store {
       }
       this.hasOlder.set(conv, page.more);
     } catch (error) {
-      this.showError(error);
+      if (!isOffline(error)) this.showError(error);
     }
     this.changed();
   }
@@ -450,7 +455,7 @@ export class Store {
       this.groupMembers.set(conv, answer.members);
       this.changed();
     } catch (error) {
-      this.showError(error);
+      if (!isOffline(error)) this.showError(error);
     }
   }
 
@@ -542,6 +547,10 @@ export class Store {
     await this.api.request("POST", `/v1/groups/${conv}/members`, { users });
     await this.loadMembers(conv);
   }
+}
+
+function isOffline(error: unknown): boolean {
+  return error instanceof ApiError && error.code === "offline";
 }
 
 export function openKey(open: Open): string {

@@ -274,8 +274,7 @@ function Contacts({ store }: { store: Store }) {
     try {
       await store.addFriend(username.trim(), "Hi! Let's chat.");
       setUsername("");
-      store.toast = "Friend request sent";
-      store.changed();
+      store.notify("Friend request sent");
     } catch (error) {
       store.showError(error);
     } finally {
@@ -615,7 +614,7 @@ function Chat({ store }: { store: Store }) {
                 )}
                 <span class="meta">
                   {time(msg.ts)}
-                  {mine && !isGroup && <span class={`tick${read ? " read" : ""}`}>{read ? " ✓✓" : " ✓"}</span>}
+                  {mine && !isGroup && !msg.recalled && <span class={`tick${read ? " read" : ""}`}>{read ? " ✓✓" : " ✓"}</span>}
                 </span>
               </div>
               {menu === msg.seq && recallable && (
