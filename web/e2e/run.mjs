@@ -114,8 +114,10 @@ const shot = async (page, name) => {
   step(`screenshot ${name}.png`);
 };
 const expect = async (what, condition) => {
+  const begun = Date.now();
   try {
     await condition();
+    if (Date.now() - begun > 3000) step(`(slow: ${what} took ${Date.now() - begun} ms)`);
   } catch (error) {
     throw new Error(`${what}: ${error.message.split("\n")[0]}`);
   }
@@ -126,15 +128,7 @@ const message = (page, body) => page.locator(`[data-testid=message][data-body="$
 const convItem = (page, title) => page.locator(`[data-testid=conv-item][data-title="${title}"]`);
 const unreadOf = (page, title) => convItem(page, title).locator("[data-testid=unread]");
 async function hasText(locator, text, what) {
-  await expect(what, async () => {
-    const deadline = Date.now() + WAIT;
-    for (;;) {
-      const content = (await locator.first().textContent({ timeout: WAIT }).catch(() => "")) ?? "";
-      if (content.includes(text)) return;
-      if (Date.now() > deadline) throw new Error(`expected "${text}", saw "${content}"`);
-      await locator.first().page().waitForTimeout(100);
-    }
-  });
+  await expect(what, () => locator.filter({ hasText: text }).first().waitFor({ state: "visible", timeout: WAIT }));
 }
 
 async function register(page, name) {
@@ -260,9 +254,15 @@ try {
   await hasText(b2.getByTestId("messages"), "Hi Alice 👋", "second tab shows the whole conversation");
   await shot(a, "07-chat");
 
-  step("carol (node 2 only) registers, befriends alice, joins a group");
+  step("carol (node 2 only) registers; bob rejects her request, alice accepts hers; a group");
   const c = await open(ctxC, `${n2}/${nodesParam(n2)}`, "carol");
   await register(c, carol);
+  const rejected = await befriend(c, carol, b1, bob);
+  await rejected.getByTestId("reject").click();
+  await gone(rejected, "the rejected request disappears for bob");
+  await b1.getByTestId("tab-chats").click();
+  await gone(c.getByTestId("outgoing-request"), "carol's rejected request is no longer pending");
+  if ((await c.locator(`[data-testid=friend][data-name="${bob}"]`).count()) !== 0) throw new Error("rejected, yet friends");
   const carolRequest = await befriend(c, carol, a, alice);
   await carolRequest.getByTestId("accept").click();
   await visible(a.locator(`[data-testid=friend][data-name="${carol}"]`), "carol is alice's friend");
@@ -305,9 +305,13 @@ try {
   await convItem(phone, alice).click();
   await visible(message(phone, "count 40"), "phone shows the newest message");
   if ((await message(phone, "Hello Bob").count()) !== 0) throw new Error("the first message should not be loaded yet");
-  for (let i = 0; i < 20 && (await message(phone, "Hello Bob").count()) === 0; i++) {
+  // Each scroll to the top loads one older page; wait for it to arrive before scrolling again.
+  for (let page = 0; page < 5 && (await message(phone, "Hello Bob").count()) === 0; page++) {
+    const before = await phone.locator("[data-testid=message]").count();
     await phone.getByTestId("messages").evaluate((el) => (el.scrollTop = 0));
-    await phone.waitForTimeout(300);
+    await expect("an older page arrives", () =>
+      phone.waitForFunction((n) => document.querySelectorAll("[data-testid=message]").length > n, before, { timeout: WAIT }),
+    );
   }
   await visible(message(phone, "Hello Bob"), "scrolling up loads the history");
   await phone.getByTestId("messages").evaluate((el) => (el.scrollTop = el.scrollHeight));

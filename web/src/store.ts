@@ -45,13 +45,27 @@ export type Open = { conv: number } | { peer: number } | null;
 
 const PAGE = 30;
 
+/**
+ * A node URL the page may send its token to: http(s) on the page's own host (any port). Anything else is refused,
+ * so a crafted `?nodes=` link cannot send credentials to a foreign server.
+ */
+function acceptableNode(raw: string): string | null {
+  try {
+    const url = new URL(raw);
+    if ((url.protocol !== "http:" && url.protocol !== "https:") || url.hostname !== location.hostname) return null;
+    return url.origin;
+  } catch {
+    return null;
+  }
+}
+
 export function configuredNodes(): string[] {
   const fromQuery = new URLSearchParams(location.search).get("nodes");
   if (fromQuery) {
     const nodes = fromQuery
       .split(",")
-      .map((n) => n.trim().replace(/\/+$/, ""))
-      .filter(Boolean);
+      .map((n) => acceptableNode(n.trim()))
+      .filter((n): n is string => n !== null);
     if (nodes.length) {
       localStorage.setItem("im.nodes", JSON.stringify(nodes));
       return nodes;
@@ -59,7 +73,10 @@ export function configuredNodes(): string[] {
   }
   try {
     const saved = JSON.parse(localStorage.getItem("im.nodes") ?? "null");
-    if (Array.isArray(saved) && saved.length) return saved;
+    if (Array.isArray(saved)) {
+      const nodes = saved.map((n) => acceptableNode(String(n))).filter((n): n is string => n !== null);
+      if (nodes.length) return nodes;
+    }
   } catch {
     /* ignore */
   }

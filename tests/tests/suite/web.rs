@@ -126,6 +126,18 @@ async fn the_web_app_works_in_a_real_browser_across_node_loss() {
         let (status, body) = get(&cluster, index, "/v1/no-such-thing").await;
         assert_eq!(status, 404);
         assert!(body.contains("\"not_found\""), "{body}");
+        // A page served by one node may call another after a failover: the API answers CORS preflights.
+        let (status, _) = benchmarks::client::http_raw(
+            cluster.addr(index),
+            "OPTIONS",
+            "/v1/conversations",
+            None,
+            "text/plain",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status.as_u16(), 204);
     }
 
     let urls: Vec<String> = (0..2)
