@@ -209,9 +209,9 @@ function Sidebar({ store }: { store: Store }) {
   );
 }
 
-function preview(store: Store, msg: Message | null): string {
+function preview(store: Store, msg: Message | null, group: boolean): string {
   if (!msg) return "No messages yet";
-  const who = msg.from === store.session?.userId ? "You: " : "";
+  const who = msg.from === store.session?.userId ? "You: " : group ? `${store.name(msg.from)}: ` : "";
   if (msg.recalled) return "Message recalled";
   switch (msg.kind) {
     case "image":
@@ -248,7 +248,7 @@ function ChatList({ store }: { store: Store }) {
             <Avatar name={title} group={conv.kind === "group"} />
             <span class="item-main">
               <span class="item-title">{title}</span>
-              <span class="item-sub">{preview(store, conv.lastMessage)}</span>
+              <span class="item-sub">{preview(store, conv.lastMessage, conv.kind === "group")}</span>
             </span>
             <span class="item-side">
               {conv.lastMessage && <span class="item-time">{time(conv.lastMessage.ts)}</span>}

@@ -67,7 +67,8 @@ async fn ensure_tools() -> anyhow::Result<()> {
     run("apt-get", &args, root).await
 }
 
-/// `npm ci` when the dependencies are missing or stale, then a production build into `out`.
+/// `npm ci` when the dependencies are missing or stale, the library's unit tests, then a production build into
+/// `out`.
 async fn build_web(out: &Path) -> anyhow::Result<()> {
     let web = workspace().join("web");
     let installed = web.join("node_modules/.package-lock.json");
@@ -81,6 +82,8 @@ async fn build_web(out: &Path) -> anyhow::Result<()> {
     if stale {
         run("npm", &["ci", "--no-audit", "--no-fund"], &web).await?;
     }
+    // The client library's unit tests (Vitest) run here too, so `cargo test` covers them.
+    run("npm", &["test", "--silent"], &web).await?;
     let out = out.display().to_string();
     run(
         "npm",
