@@ -51,7 +51,8 @@ async fn ensure_tools() -> anyhow::Result<()> {
         missing.extend(["nodejs", "npm"]);
     }
     if !Path::new(CHROMIUM).exists() {
-        missing.push("chromium");
+        // The emoji font only makes the screenshots show emoji instead of empty boxes.
+        missing.extend(["chromium", "fonts-noto-color-emoji"]);
     }
     if missing.is_empty() {
         return Ok(());
