@@ -79,6 +79,17 @@ say "building the node ($profile)"
 if [ "$profile" = release ]; then cargo build --release -p node --bin node; else cargo build -p node --bin node; fi
 node_bin="$PWD/target/$profile/node"
 
+# The web app is built here rather than committed (see ARCHITECTURE.md, web/); the nodes serve web/dist at /.
+if command -v npm >/dev/null 2>&1; then
+  say "building the web app into web/dist"
+  if [ ! web/node_modules/.package-lock.json -nt web/package-lock.json ]; then
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  (cd web && npm run build --silent)
+else
+  say "npm not found: the nodes will not serve the web app (apt-get install nodejs npm)"
+fi
+
 say "starting Redis on 127.0.0.1:$REDIS_PORT"
 # setsid: a terminal's Ctrl-C reaches only this script, which then stops things in order.
 setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$root" \
@@ -148,6 +159,8 @@ for i in $(seq 1 "$nodes"); do
   port=$((FIRST_NODE_PORT + i - 1))
   echo "  node$i  http://127.0.0.1:$port   ws://127.0.0.1:$port/v1/ws   http://127.0.0.1:$port/metrics"
 done
+all_nodes=$(for i in $(seq 1 "$nodes"); do printf 'http://127.0.0.1:%s,' $((FIRST_NODE_PORT + i - 1)); done)
+echo "  web app http://127.0.0.1:$FIRST_NODE_PORT/?nodes=${all_nodes%,}"
 echo "  redis   redis://127.0.0.1:$REDIS_PORT      postgres  host=127.0.0.1 port=$PG_PORT user=im dbname=im"
 if [ "$prometheus" = yes ]; then
   echo "  prometheus  http://127.0.0.1:$PROMETHEUS_PORT   (targets: /targets, alerts: /alerts, rules: /rules)"

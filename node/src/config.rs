@@ -176,6 +176,10 @@ pub struct Config {
     #[arg(long, env = "IM_PUSH_RETRIES", default_value_t = 3)]
     pub push_retries: u32,
 
+    /// Folder of the built web app (`web/dist`), served at `/`; skipped with a log line when missing.
+    #[arg(long, env = "IM_WEB_DIR", default_value = "web/dist")]
+    pub web_dir: std::path::PathBuf,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,

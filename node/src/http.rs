@@ -1,7 +1,8 @@
 //! The HTTP side: the accept loop (hyper, with upgrades and a header timeout) and the routes.
 //!
 //! Routes: `POST /v1/users`, `POST /v1/sessions` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`. Every error answer is JSON `{"error": code, "message": text}`.
+//! `GET /readyz`, `GET /metrics`, and the web app (`web.rs`) on other GET paths. Every error answer is JSON
+//! `{"error": code, "message": text}`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -40,6 +41,7 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 pub fn routes(state: Arc<NodeState>) -> Router {
     let media_limit = state.config.max_media_bytes;
+    let web_root = crate::web::web_root(&state.config.web_dir);
     Router::new()
         .route(
             "/v1/users",
@@ -106,7 +108,8 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(move |method, uri| crate::web::fallback(web_root.clone(), method, uri))
+        .layer(axum::middleware::from_fn(crate::web::cors))
         .with_state(state)
 }
 

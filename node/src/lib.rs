@@ -19,6 +19,7 @@ pub mod push;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 use std::sync::atomic::Ordering;

@@ -8,3 +8,4 @@ mod openapi;
 mod ops;
 mod protocol;
 mod redis_cluster;
+mod web;
