@@ -264,8 +264,17 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         // Keep reading (and discarding) while the kick and close go out, so the socket is not reset under them.
         drain_input(&shared_read, Duration::from_secs(2), 4 * max_message).await;
     }
-    // The writer finishes its close within a bounded time; a stuck peer cannot hold the task.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    // The writer finishes its close within a bounded time; a stuck peer cannot hold the task. A peer that stopped
+    // reading leaves the writer blocked in a socket write, which no select can interrupt: abort it, or the task,
+    // its queue and the socket would live as long as the peer keeps the TCP connection open.
+    let writer_abort = writer_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer_task)
+        .await
+        .is_err()
+    {
+        writer_abort.abort();
+        ::metrics::counter!("im_ws_writer_aborted_total").increment(1);
+    }
     unregister(&state, user, &device, conn_id).await;
     state.metrics.connections_open.decrement(1.0);
     metrics::connection_closed(reason);
