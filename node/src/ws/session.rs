@@ -272,8 +272,8 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         .await
         .is_err()
     {
-        writer_abort.abort();
         ::metrics::counter!("im_ws_writer_aborted_total").increment(1);
+        writer_abort.abort();
     }
     unregister(&state, user, &device, conn_id).await;
     state.metrics.connections_open.decrement(1.0);
