@@ -182,7 +182,10 @@ impl Checker {
                             counts.reordered += 1;
                         }
                     }
-                    by_cid.entry((msg.from, &msg.cid)).or_default().insert(msg.id);
+                    by_cid
+                        .entry((msg.from, &msg.cid))
+                        .or_default()
+                        .insert(msg.id);
                 }
                 counts.duplicated += by_cid.values().map(|ids| ids.len() - 1).sum::<usize>();
             }

@@ -236,7 +236,18 @@ fn wait_for_queries(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new(bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "im", "-d", "postgres", "-Atc", "SELECT 1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "im",
+                "-d",
+                "postgres",
+                "-Atc",
+                "SELECT 1",
+            ])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);

@@ -97,7 +97,10 @@ fn bulk(value: &Value) -> Option<&[u8]> {
 
 /// Publishes every message sent to any node's channel a second time, until `stop` turns true: the "PUBLISH
 /// delivered twice" fault (fred may re-send a publish after a reconnect). Returns how many were doubled.
-pub async fn duplicate_publishes(port: u16, mut stop: watch::Receiver<bool>) -> anyhow::Result<usize> {
+pub async fn duplicate_publishes(
+    port: u16,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<usize> {
     let mut subscriber = Resp::connect(port).await?;
     let mut publisher = Resp::connect(port).await?;
     subscriber.call(&[b"PSUBSCRIBE", b"im:node:*"]).await?;
@@ -112,7 +115,9 @@ pub async fn duplicate_publishes(port: u16, mut stop: watch::Receiver<bool>) -> 
         let Value::Array(Some(items)) = value else {
             continue;
         };
-        let (Some(channel), Some(payload)) = (items.get(2).and_then(bulk), items.get(3).and_then(bulk)) else {
+        let (Some(channel), Some(payload)) =
+            (items.get(2).and_then(bulk), items.get(3).and_then(bulk))
+        else {
             continue;
         };
         let mut hasher = DefaultHasher::new();

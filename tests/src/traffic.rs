@@ -165,13 +165,19 @@ impl Traffic {
 
     /// Stops sending, lets every device do its final sync, and checks the run against the database.
     pub async fn finish(self, cluster: &Cluster) -> anyhow::Result<Counts> {
+        let (checker, devices) = self.collect().await?;
+        let sql = cluster.sql().await?;
+        checker.verify(&devices, &sql).await
+    }
+
+    /// Stops sending and returns the records after every device's final sync, unchecked.
+    pub async fn collect(self) -> anyhow::Result<(Arc<Checker>, Vec<DeviceRecord>)> {
         let _ = self.stop.send(true);
         let mut devices = Vec::new();
         for task in self.tasks {
             devices.push(task.await??);
         }
-        let sql = cluster.sql().await?;
-        self.checker.verify(&devices, &sql).await
+        Ok((self.checker, devices))
     }
 }
 

@@ -30,8 +30,14 @@ async fn start_traffic(cluster: &Cluster) -> Traffic {
 async fn finish(name: &str, traffic: Traffic, cluster: &Cluster) -> Counts {
     let counts = traffic.finish(cluster).await.unwrap();
     println!("FAULTS |{name}|{counts}|");
-    assert!(counts.passed(), "{name}: the delivery promise was broken: {counts}");
-    assert!(counts.acked > 0 && counts.delivered > 0, "{name}: no traffic: {counts}");
+    assert!(
+        counts.passed(),
+        "{name}: the delivery promise was broken: {counts}"
+    );
+    assert!(
+        counts.acked > 0 && counts.delivered > 0,
+        "{name}: no traffic: {counts}"
+    );
     counts
 }
 
@@ -65,7 +71,9 @@ async fn metric(addr: SocketAddr, name: &str) -> f64 {
 }
 
 async fn ready(addr: SocketAddr) -> u16 {
-    http_get(addr, "/readyz").await.map_or(0, |(status, _)| status)
+    http_get(addr, "/readyz")
+        .await
+        .map_or(0, |(status, _)| status)
 }
 
 /// Polls `check` every 100 ms until it holds; returns how long that took.
@@ -185,9 +193,11 @@ async fn fault_sigstop_past_lease() {
 
     cluster.nodes[1].signal(libc::SIGSTOP);
     // The others sweep the expired lease; traffic keeps flowing without the paused node.
-    wait_until("paused node's lease swept", Duration::from_secs(8), || async {
-        !lease_members(redis_port).await.contains(&paused_id)
-    })
+    wait_until(
+        "paused node's lease swept",
+        Duration::from_secs(8),
+        || async { !lease_members(redis_port).await.contains(&paused_id) },
+    )
     .await;
     traffic
         .wait_acks(40, Duration::from_secs(20))
@@ -195,9 +205,11 @@ async fn fault_sigstop_past_lease() {
         .unwrap();
     cluster.nodes[1].signal(libc::SIGCONT);
 
-    wait_until("resumed node saw its lease lapse", Duration::from_secs(8), || async {
-        metric(paused_addr, "im_node_lease_lapses_total").await >= 1.0
-    })
+    wait_until(
+        "resumed node saw its lease lapse",
+        Duration::from_secs(8),
+        || async { metric(paused_addr, "im_node_lease_lapses_total").await >= 1.0 },
+    )
     .await;
     // Every stale socket closes, and no location names the resumed node for a device that is not on it.
     wait_until("stale sockets closed", Duration::from_secs(10), || async {
@@ -230,19 +242,23 @@ async fn fault_redis_restart_without_data() {
 
     cluster.redis.restart().unwrap();
     let port = cluster.redis.port;
-    let recovered = wait_until("leases, subscriptions and locations back", Duration::from_secs(15), || async {
-        let leases = lease_members(port).await.len();
-        let subscribed = match Resp::connect(port).await {
-            Ok(mut redis) => redis
-                .call(&[b"PUBSUB", b"CHANNELS", b"im:node:*"])
-                .await
-                .map(strings)
-                .map_or(0, |c| c.len()),
-            Err(_) => 0,
-        };
-        let devices = locations(port).await.len();
-        leases == 3 && subscribed == 3 && devices >= devices_before
-    })
+    let recovered = wait_until(
+        "leases, subscriptions and locations back",
+        Duration::from_secs(15),
+        || async {
+            let leases = lease_members(port).await.len();
+            let subscribed = match Resp::connect(port).await {
+                Ok(mut redis) => redis
+                    .call(&[b"PUBSUB", b"CHANNELS", b"im:node:*"])
+                    .await
+                    .map(strings)
+                    .map_or(0, |c| c.len()),
+                Err(_) => 0,
+            };
+            let devices = locations(port).await.len();
+            leases == 3 && subscribed == 3 && devices >= devices_before
+        },
+    )
     .await;
     println!("FAULTS redis_restart recovered in {recovered:?}");
     traffic
@@ -256,7 +272,9 @@ async fn fault_redis_restart_without_data() {
 /// memory stays bounded, and it recovers when the link returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_node_cut_off_from_redis() {
-    let options = ClusterOptions::default().proxied_redis(1).arg("lease-ttl-ms", 2000);
+    let options = ClusterOptions::default()
+        .proxied_redis(1)
+        .arg("lease-ttl-ms", 2000);
     let cluster = Cluster::start_with(3, options).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     let addr = cluster.addr(1);
@@ -284,7 +302,9 @@ async fn fault_node_cut_off_from_redis() {
         ready(addr).await == 200
     })
     .await;
-    println!("FAULTS redis_cut: rss {rss_before} -> {rss_during} KiB, ready again after {recovered:?}");
+    println!(
+        "FAULTS redis_cut: rss {rss_before} -> {rss_during} KiB, ready again after {recovered:?}"
+    );
     traffic
         .wait_acks(40, Duration::from_secs(20))
         .await
@@ -332,7 +352,10 @@ async fn fault_publish_delivered_twice() {
     let _ = stop.send(true);
     let doubled = duplicator.await.unwrap().unwrap();
     let counts = finish("publish_delivered_twice", traffic, &cluster).await;
-    assert!(doubled > 0 && counts.dedup_dropped > 0, "no duplicate reached a client: doubled {doubled}, {counts}");
+    assert!(
+        doubled > 0 && counts.dedup_dropped > 0,
+        "no duplicate reached a client: doubled {doubled}, {counts}"
+    );
 }
 
 /// (7) A client stops reading: its queue stays bounded, it is closed with `slow_consumer`, a peer that never
@@ -349,36 +372,57 @@ async fn fault_slow_consumer() {
     // Two devices that stop reading right after hello: one reads again later, one never does.
     let mut late_reader = TestClient::connect(addr, &slow, "phone").await.unwrap();
     let _never_reads = TestClient::connect(addr, &slow, "tablet").await.unwrap();
-    let mut sender = TestClient::connect(cluster.addr(1), &flooder, "phone").await.unwrap();
+    let mut sender = TestClient::connect(cluster.addr(1), &flooder, "phone")
+        .await
+        .unwrap();
     let mut sent = 0;
     while metric(addr, "im_slow_consumer_disconnects_total").await < 2.0 {
-        assert!(sent < 4000, "no slow-consumer kick after {sent} large messages");
+        assert!(
+            sent < 4000,
+            "no slow-consumer kick after {sent} large messages"
+        );
         let mut cids = Vec::new();
         for _ in 0..10 {
             sent += 1;
             let cid = format!("flood-{sent}");
             let body = Alphanumeric.sample_string(&mut rand::thread_rng(), 12_000);
-            traffic.checker.sent(flooder.id, "phone", &cid, &[flooder.id, slow.id]);
+            traffic
+                .checker
+                .sent(flooder.id, "phone", &cid, &[flooder.id, slow.id]);
             sender.send_text(slow.id, &cid, &body).await.unwrap();
             cids.push(cid);
         }
         for cid in cids {
-            let ack = sender.wait_ack(&cid, Duration::from_secs(10)).await.unwrap();
+            let ack = sender
+                .wait_ack(&cid, Duration::from_secs(10))
+                .await
+                .unwrap();
             traffic.checker.acked(flooder.id, &ack);
         }
     }
     // The late reader gets its backlog, then the kick and the close.
-    let (kick, code) = late_reader.expect_close(Duration::from_secs(5)).await.unwrap();
-    assert_eq!((kick, code), (Some(KickReason::SlowConsumer), close_code::SLOW_CONSUMER));
+    let (kick, code) = late_reader
+        .expect_close(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (kick, code),
+        (Some(KickReason::SlowConsumer), close_code::SLOW_CONSUMER)
+    );
     // The one that never reads cannot hold its connection: the node gives up on the blocked write.
-    wait_until("never-reading connection closed", Duration::from_secs(15), || async {
-        owned_sockets(addr.port()) <= sockets_before
-    })
+    wait_until(
+        "never-reading connection closed",
+        Duration::from_secs(15),
+        || async { owned_sockets(addr.port()) <= sockets_before },
+    )
     .await;
     assert!(metric(addr, "im_ws_writer_aborted_total").await >= 1.0);
     println!("FAULTS slow_consumer: kicked after {sent} messages of 12 kB");
     let counts = finish("slow_consumer", traffic, &cluster).await;
-    assert_eq!(counts.reconnects, 0, "other clients were disturbed: {counts}");
+    assert_eq!(
+        counts.reconnects, 0,
+        "other clients were disturbed: {counts}"
+    );
 }
 
 /// (8) SIGTERM drains a node; then every node in turn is drained and restarted (a rolling restart) under traffic.
@@ -400,5 +444,68 @@ async fn fault_rolling_restart() {
             .unwrap();
     }
     let counts = finish("rolling_restart", traffic, &cluster).await;
-    assert!(counts.reconnects >= 3, "drains did not move clients: {counts}");
+    assert!(
+        counts.reconnects >= 3,
+        "drains did not move clients: {counts}"
+    );
+}
+
+/// The checker is not vacuous: on a real run's records, each kind of breach it must catch is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_each_kind_of_breach() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let traffic = start_traffic(&cluster).await;
+    let (checker, devices) = traffic.collect().await.unwrap();
+    let sql = cluster.sql().await.unwrap();
+    let clean = checker.verify(&devices, &sql).await.unwrap();
+    assert!(clean.passed() && clean.acked >= 30, "{clean}");
+
+    // A device, one of its conversations with at least two messages, and a message it received from the peer.
+    let (d, conv, first_seq) = devices
+        .iter()
+        .enumerate()
+        .find_map(|(d, device)| {
+            device.convs.iter().find_map(|(conv, log)| {
+                let received = log.msgs.values().find(|m| m.from != device.user)?;
+                (log.msgs.len() >= 2).then_some((d, *conv, received.seq))
+            })
+        })
+        .expect("a device with received messages");
+
+    let mut lost = devices.clone();
+    lost[d]
+        .convs
+        .get_mut(&conv)
+        .unwrap()
+        .msgs
+        .remove(&first_seq);
+    assert!(checker.verify(&lost, &sql).await.unwrap().lost >= 1);
+
+    let mut reordered = devices.clone();
+    reordered[d].convs.get_mut(&conv).unwrap().shown.reverse();
+    assert!(checker.verify(&reordered, &sql).await.unwrap().reordered >= 1);
+
+    let mut unexpected = devices.clone();
+    let log = unexpected[d].convs.get_mut(&conv).unwrap();
+    let mut stranger = log.msgs[&first_seq].clone();
+    stranger.cid = "never-sent".into();
+    stranger.seq = 1_000_000;
+    stranger.id = -1;
+    log.msgs.insert(stranger.seq, stranger);
+    assert!(checker.verify(&unexpected, &sql).await.unwrap().unexpected >= 1);
+
+    let mut duplicated = devices.clone();
+    let log = duplicated[d].convs.get_mut(&conv).unwrap();
+    let mut twin = log.msgs[&first_seq].clone();
+    twin.seq = 1_000_001;
+    twin.id = -2;
+    log.msgs.insert(twin.seq, twin);
+    assert!(checker.verify(&duplicated, &sql).await.unwrap().duplicated >= 1);
+
+    // An acked message missing from the store.
+    let id = devices[d].convs[&conv].msgs[&first_seq].id;
+    sql.execute("DELETE FROM messages WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    assert!(checker.verify(&devices, &sql).await.unwrap().lost >= 1);
 }
