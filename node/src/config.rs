@@ -139,6 +139,11 @@ pub struct Config {
     #[arg(long, env = "IM_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
 
+    /// Serve `GET /v1/echo`, an unauthenticated WebSocket echo for protocol-conformance runs (Autobahn). Never in
+    /// production.
+    #[arg(long, env = "IM_CONFORMANCE_ECHO", default_value_t = false)]
+    pub conformance_echo: bool,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,

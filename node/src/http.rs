@@ -38,7 +38,11 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 pub fn routes(state: Arc<NodeState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.config.conformance_echo {
+        router = router.route("/v1/echo", get(ws::echo::handle));
+    }
+    router
         .route("/v1/users", post(accounts::register))
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/ws", get(ws::upgrade::handle))

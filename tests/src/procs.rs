@@ -443,7 +443,11 @@ impl NodeProc {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (key, value) in &self.args {
-            command.arg(format!("--{key}")).arg(value);
+            // An empty value is a switch (`--conformance-echo`).
+            command.arg(format!("--{key}"));
+            if !value.is_empty() {
+                command.arg(value);
+            }
         }
         command.arg("--listen").arg(self.addr.to_string());
         let log = std::fs::OpenOptions::new()

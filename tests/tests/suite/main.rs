@@ -1,5 +1,6 @@
 //! The multi-process suite: every test starts real Redis, uses the shared real Postgres, and runs real nodes.
 
+mod conformance;
 mod failover;
 mod faults;
 mod http;
