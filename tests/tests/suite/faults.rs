@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use common::{close_code, KickReason};
 use rand::distributions::{Alphanumeric, DistString};
 use tests::checker::Counts;
+use tests::probe::{http_get, metric};
 use tests::resp::{self, Resp, Value};
 use tests::traffic::{cross_node_plan, Traffic, TrafficSettings};
 use tests::{Cluster, ClusterOptions, TestClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const USERS_PER_NODE: usize = 2;
 
@@ -39,35 +39,6 @@ async fn finish(name: &str, traffic: Traffic, cluster: &Cluster) -> Counts {
         "{name}: no traffic: {counts}"
     );
     counts
-}
-
-/// The body of a plain HTTP GET.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, response))
-}
-
-/// Sum of every series of a metric on one node (0 when absent or unreachable).
-async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let Ok((_, body)) = http_get(addr, "/metrics").await else {
-        return 0.0;
-    };
-    body.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn ready(addr: SocketAddr) -> u16 {

@@ -6,3 +6,4 @@ mod faults;
 mod http;
 mod messaging;
 mod protocol;
+mod security;
