@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use benchmarks::client::Connection;
 use common::{close_code, KickReason};
 use rand::distributions::{Alphanumeric, DistString};
 use tests::checker::Counts;
@@ -112,19 +113,20 @@ async fn locations(port: u16) -> Vec<(String, String, String)> {
     all
 }
 
-/// Sockets of the process listening on `port` still owned by it (ESTABLISHED or CLOSE_WAIT on that local port);
-/// a socket the process closed with unsent data lingers as an orphan in FIN_WAIT and is not counted.
-fn owned_sockets(port: u16) -> usize {
+/// Whether the server side of the TCP connection `server_port` ↔ `client_port` is still owned by the server process
+/// (ESTABLISHED or CLOSE_WAIT). A socket the process closed with unsent data lingers as an orphan in FIN_WAIT, which
+/// does not count.
+fn server_socket_open(server_port: u16, client_port: u16) -> bool {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let port = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.len() > 3 && fields[1].ends_with(&port) && matches!(fields[3], "01" | "08")
-        })
-        .count()
+    let local = format!(":{server_port:04X}");
+    let remote = format!(":{client_port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && fields[1].ends_with(&local)
+            && fields[2].ends_with(&remote)
+            && matches!(fields[3], "01" | "08")
+    })
 }
 
 /// (1) A node is SIGKILLed under traffic: its clients reconnect to the others and catch up; it rejoins.
@@ -339,10 +341,14 @@ async fn fault_slow_consumer() {
     let slow = cluster.user("slow").await.unwrap();
     let flooder = cluster.user("flood").await.unwrap();
     let addr = cluster.addr(0);
-    let sockets_before = owned_sockets(addr.port());
-    // Two devices that stop reading right after hello: one reads again later, one never does.
+    // Two devices that stop reading right after connecting: one reads again later, one never does.
     let mut late_reader = TestClient::connect(addr, &slow, "phone").await.unwrap();
-    let _never_reads = TestClient::connect(addr, &slow, "tablet").await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let never_port = stream.local_addr().unwrap().port();
+    let _never_reads = Connection::connect_over(stream, addr, &slow.token, "tablet")
+        .await
+        .unwrap();
+    assert!(server_socket_open(addr.port(), never_port));
     let mut sender = TestClient::connect(cluster.addr(1), &flooder, "phone")
         .await
         .unwrap();
@@ -384,7 +390,7 @@ async fn fault_slow_consumer() {
     wait_until(
         "never-reading connection closed",
         Duration::from_secs(15),
-        || async { owned_sockets(addr.port()) <= sockets_before },
+        || async { !server_socket_open(addr.port(), never_port) },
     )
     .await;
     assert!(metric(addr, "im_ws_writer_aborted_total").await >= 1.0);
