@@ -215,6 +215,42 @@ mod tests {
         );
     }
 
+    /// Random frame sequences (a cheap fuzzer): no panic; every message is within the cap; text is valid UTF-8.
+    #[test]
+    fn random_frame_sequences_keep_the_invariants() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let opcodes = [
+            OpCode::Continuation,
+            OpCode::Text,
+            OpCode::Binary,
+            OpCode::Close,
+            OpCode::Ping,
+            OpCode::Pong,
+        ];
+        let alphabet: &[u8] = &[
+            b'a', 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, 0xff, 0x03, 0xe8,
+        ];
+        for _ in 0..20_000 {
+            let mut assembler = Assembler::new(32, rng.gen_bool(0.5));
+            for _ in 0..rng.gen_range(1..12) {
+                let len = rng.gen_range(0..24);
+                let payload: Vec<u8> = (0..len)
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect();
+                let opcode = opcodes[rng.gen_range(0..opcodes.len())];
+                match assembler.accept(&frame(rng.gen_bool(0.6), opcode, &payload)) {
+                    Ok(Inbound::Message { text, payload }) => {
+                        assert!(payload.len() <= 32);
+                        assert!(!text || std::str::from_utf8(&payload).is_ok());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn utf8_fails_fast_and_may_span_fragments() {
         let mut assembler = Assembler::new(64, true);
