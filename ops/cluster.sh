@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # Runs a local cluster: Redis, Postgres and N nodes (default 2), all in the project-local folder .local/.
 # Installs Redis and Postgres if missing (as root, via apt), builds the node, prints the URLs, and stops everything
-# on Ctrl-C.
+# on Ctrl-C. With --prometheus it also runs Prometheus (Debian package `prometheus`, installed if missing) scraping
+# every node, with the recording and alert rules of ops/prometheus/rules loaded.
 #
-#   bash ops/cluster.sh [--nodes N] [--debug]
+#   bash ops/cluster.sh [--nodes N] [--debug] [--prometheus]
 #
-# Ports: Redis 6390, Postgres 5440, nodes 7001, 7002, ... (HTTP, WebSocket at /v1/ws and /metrics on each).
+# Ports: Redis 6390, Postgres 5440, nodes 7001, 7002, ... (HTTP, WebSocket at /v1/ws and /metrics on each),
+# Prometheus 9090; change them with IM_LOCAL_REDIS_PORT, IM_LOCAL_PG_PORT, IM_LOCAL_NODE_PORT (the first node's) and
+# IM_LOCAL_PROMETHEUS_PORT; the folder with IM_LOCAL_DIR. `bash ops/rolling-restart.sh` restarts the nodes one by
+# one while this runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
 
 nodes=2
 profile=release
+prometheus=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
     --debug) profile=debug; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --prometheus) prometheus=yes; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) say "unknown option $1"; exit 2 ;;
   esac
 done
@@ -24,36 +30,54 @@ done
 REDIS_PORT=${IM_LOCAL_REDIS_PORT:-6390}
 PG_PORT=${IM_LOCAL_PG_PORT:-5440}
 FIRST_NODE_PORT=${IM_LOCAL_NODE_PORT:-7001}
+PROMETHEUS_PORT=${IM_LOCAL_PROMETHEUS_PORT:-9090}
 
 ensure_system_deps
-root="$PWD/.local"
+[ "$prometheus" = yes ] && ensure_ops_deps
+root="${IM_LOCAL_DIR:-$PWD/.local}"
 mkdir -p "$root"
+root="$(cd "$root" && pwd)"
 # Postgres runs as the postgres user when we are root; it needs to reach its data folder.
 pg_root="$root/pg"
 if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$root" 2>/dev/null; then
-  pg_root="/tmp/im-local-pg"
+  pg_root="/tmp/im-local-pg-$(printf '%s' "$root" | cksum | cut -d' ' -f1)"
   say "the postgres user cannot reach $root; keeping Postgres data in $pg_root"
 fi
 
-node_pids=()
 redis_pid=""
+prometheus_pid=""
 cleanup() {
   # A second Ctrl-C must not cut the shutdown short.
   trap '' INT TERM
   trap - EXIT
   say "stopping"
-  # Nodes first (they drain and release their leases through Redis), then Redis, then Postgres.
-  for pid in "${node_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${node_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # Nodes first (they drain and release their leases through Redis), then Prometheus, Redis, Postgres. The pid
+  # files, not this shell's children: ops/rolling-restart.sh may have replaced the nodes.
+  local i
+  for i in $(seq 1 "$nodes"); do
+    [ -f "$root/node$i.pid" ] && kill -TERM "$(cat "$root/node$i.pid")" 2>/dev/null || true
+  done
+  for i in $(seq 1 "$nodes"); do stop_local_node "$i" 20 || true; rm -f "$root/node$i.pid"; done
+  [ -n "$prometheus_pid" ] && { kill -TERM "$prometheus_pid" 2>/dev/null || true; wait "$prometheus_pid" 2>/dev/null || true; }
   [ -n "$redis_pid" ] && { kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; }
   as_pg "$(pg_bin_dir)/pg_ctl" -D "$pg_root/data" stop -m fast >/dev/null 2>&1 || true
+  rm -f "$root/cluster.env"
   say "stopped"
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
+
+# Another cluster (or anything else) on our ports would answer our readiness checks: refuse to start instead.
+ports=("$REDIS_PORT" "$PG_PORT")
+for i in $(seq 1 "$nodes"); do ports+=($((FIRST_NODE_PORT + i - 1))); done
+[ "$prometheus" = yes ] && ports+=("$PROMETHEUS_PORT")
+for port in "${ports[@]}"; do
+  port_free "$port" || { say "port $port is in use; choose others with IM_LOCAL_*_PORT (see the header)"; exit 1; }
+done
 
 say "building the node ($profile)"
 if [ "$profile" = release ]; then cargo build --release -p node --bin node; else cargo build -p node --bin node; fi
-node_bin="target/$profile/node"
+node_bin="$PWD/target/$profile/node"
 
 say "starting Redis on 127.0.0.1:$REDIS_PORT"
 # setsid: a terminal's Ctrl-C reaches only this script, which then stops things in order.
@@ -80,20 +104,44 @@ export IM_TOKEN_SECRET
 IM_TOKEN_SECRET="$(cat "$secret_file")"
 export IM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export IM_POSTGRES_URL="host=127.0.0.1 port=$PG_PORT user=im dbname=im"
+# What ops/rolling-restart.sh needs to start nodes exactly like this script does (the secret stays in its file).
+{
+  printf 'cluster_pid=%q\nnodes=%q\nprofile=%q\nnode_bin=%q\nroot=%q\nFIRST_NODE_PORT=%q\n' \
+    "$$" "$nodes" "$profile" "$node_bin" "$root" "$FIRST_NODE_PORT"
+  printf 'export IM_REDIS_URL=%q IM_POSTGRES_URL=%q\n' "$IM_REDIS_URL" "$IM_POSTGRES_URL"
+} >"$root/cluster.env"
 
-for i in $(seq 1 "$nodes"); do
-  port=$((FIRST_NODE_PORT + i - 1))
-  IM_NODE_NAME="node$i" IM_LISTEN="127.0.0.1:$port" setsid "$node_bin" >"$root/node$i.log" 2>&1 &
-  node_pids+=($!)
-done
-for i in $(seq 1 "$nodes"); do
-  port=$((FIRST_NODE_PORT + i - 1))
+for i in $(seq 1 "$nodes"); do start_local_node "$i"; done
+for i in $(seq 1 "$nodes"); do wait_local_node_ready "$i" 10 || exit 1; done
+
+if [ "$prometheus" = yes ]; then
+  prom_root="$root/prometheus"
+  mkdir -p "$prom_root/data"
+  {
+    echo "# Written by ops/cluster.sh --prometheus; the rules are the repository's."
+    echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
+    echo "rule_files: [\"$PWD/ops/prometheus/rules/*.yml\"]"
+    echo "scrape_configs:"
+    echo "  - job_name: im-node"
+    echo "    static_configs:"
+    echo "      - targets:"
+    for i in $(seq 1 "$nodes"); do echo "          - 127.0.0.1:$((FIRST_NODE_PORT + i - 1))"; done
+    echo "  - job_name: prometheus"
+    echo "    static_configs: [{targets: [\"127.0.0.1:$PROMETHEUS_PORT\"]}]"
+  } >"$prom_root/prometheus.yml"
+  promtool check config --syntax-only "$prom_root/prometheus.yml" >/dev/null
+  say "starting Prometheus on 127.0.0.1:$PROMETHEUS_PORT"
+  setsid prometheus --config.file="$prom_root/prometheus.yml" --storage.tsdb.path="$prom_root/data" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >"$root/prometheus.log" 2>&1 &
+  prometheus_pid=$!
   for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    curl -fs "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null 2>&1 && break
+    kill -0 "$prometheus_pid" 2>/dev/null || break
     sleep 0.1
   done
-  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 || { say "node$i did not become ready; see $root/node$i.log"; exit 1; }
-done
+  curl -fs "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null 2>&1 ||
+    { say "Prometheus did not start; see $root/prometheus.log"; exit 1; }
+fi
 
 say "cluster ready"
 for i in $(seq 1 "$nodes"); do
@@ -101,5 +149,13 @@ for i in $(seq 1 "$nodes"); do
   echo "  node$i  http://127.0.0.1:$port   ws://127.0.0.1:$port/v1/ws   http://127.0.0.1:$port/metrics"
 done
 echo "  redis   redis://127.0.0.1:$REDIS_PORT      postgres  host=127.0.0.1 port=$PG_PORT user=im dbname=im"
-echo "  logs    $root/*.log          Ctrl-C stops everything"
-wait
+if [ "$prometheus" = yes ]; then
+  echo "  prometheus  http://127.0.0.1:$PROMETHEUS_PORT   (targets: /targets, alerts: /alerts, rules: /rules)"
+fi
+echo "  logs    $root/*.log          rolling restart: bash ops/rolling-restart.sh          Ctrl-C stops everything"
+# Wait for a signal; the nodes may be replaced by ops/rolling-restart.sh, so do not wait on them.
+while true; do
+  sleep 1 &
+  wait $! || true
+  [ -n "$redis_pid" ] && ! kill -0 "$redis_pid" 2>/dev/null && { say "Redis exited; see $root/redis.log"; exit 1; }
+done

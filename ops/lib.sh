@@ -65,3 +65,76 @@ ensure_kosoku() {
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "kosoku==$KOSOKU_VERSION"
 }
+
+# Installs (as root, via apt) the tools ops/check-ops.sh and ops/cluster.sh --prometheus need: promtool and
+# prometheus (Debian package prometheus), haproxy (to check ops/haproxy/haproxy.cfg) and python3-venv.
+ensure_ops_deps() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${missing[*]} (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The packages start their own services where they can; ours run on their own ports, so stop those.
+    if command -v service >/dev/null 2>&1; then
+      service prometheus stop >/dev/null 2>&1 || true
+      service haproxy stop >/dev/null 2>&1 || true
+    fi
+  else
+    say "missing: ${missing[*]}. Install them, e.g.: sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+}
+
+# --- The local cluster's nodes (ops/cluster.sh starts them, ops/rolling-restart.sh replaces them). ---------------
+# Both read the settings cluster.sh saves in .local/cluster.env: root, node_bin, FIRST_NODE_PORT and the IM_*
+# variables every node shares.
+
+# True while process $1 exists and is not a zombie (an exited child its parent has not reaped yet).
+pid_running() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# True when nothing accepts connections on 127.0.0.1:$1.
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Starts local node $1 (1, 2, ...) in the background, appending to its log, and records its pid.
+start_local_node() {
+  local i="$1" port=$((FIRST_NODE_PORT + $1 - 1))
+  # setsid: a terminal's Ctrl-C reaches only the script, which then stops things in order.
+  IM_NODE_NAME="node$i" IM_LISTEN="127.0.0.1:$port" setsid "$node_bin" >>"$root/node$i.log" 2>&1 &
+  echo $! >"$root/node$i.pid"
+}
+
+# Waits up to $2 seconds (default 30) for local node $1 to answer /readyz with 200.
+wait_local_node_ready() {
+  local i="$1" limit="${2:-30}" port=$((FIRST_NODE_PORT + $1 - 1)) tries
+  for tries in $(seq 1 $((limit * 10))); do
+    pid_running "$(cat "$root/node$i.pid")" || { say "node$i exited; see $root/node$i.log"; return 1; }
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  say "node$i did not become ready in ${limit}s; see $root/node$i.log"
+  return 1
+}
+
+# Sends SIGTERM to local node $1 (it drains) and waits up to $2 seconds for it to exit.
+stop_local_node() {
+  local i="$1" limit="${2:-20}" pid tries
+  pid=$(cat "$root/node$i.pid" 2>/dev/null) || return 0
+  pid_running "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for tries in $(seq 1 $((limit * 10))); do
+    pid_running "$pid" || return 0
+    sleep 0.1
+  done
+  say "node$i (pid $pid) still running ${limit}s after SIGTERM"
+  return 1
+}

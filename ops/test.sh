@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property and multi-process tests against real Redis, Postgres and node processes,
-# plus formatting and lints. Installs Redis and Postgres first if they are missing (as root, via apt).
+# plus formatting and lints, the offline checks of the deployment files (ops/check-ops.sh) and an end-to-end run of
+# the local-cluster scripts (ops/check-local-cluster.sh). Installs Redis, Postgres, Prometheus (promtool) and
+# HAProxy first if they are missing (as root, via apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -10,6 +12,12 @@ ensure_kosoku
 say "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-say "running the test suite"
+say "checking the deployment files (rules, compose, Kubernetes, Dockerfile, HAProxy)"
+bash ops/check-ops.sh
 cargo build --quiet -p node --bin node
+say "checking the local-cluster scripts (cluster.sh --prometheus, rolling-restart.sh)"
+bash ops/check-local-cluster.sh
+say "running the test suite"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+say "running the multi-process suite again against a 3-master Redis Cluster (sharded pub/sub)"
+IM_TEST_REDIS=cluster cargo test -p tests --test suite --no-fail-fast 2>&1 | tee target/test-output-redis-cluster.txt

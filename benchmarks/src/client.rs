@@ -36,31 +36,59 @@ pub async fn http_json(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
+    http_json_auth(addr, method, path, None, body).await
+}
+
+/// Like `http_json`, with `Authorization: Bearer <token>` when a token is given.
+pub async fn http_json_auth(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let payload = match &body {
         Some(value) => Bytes::from(serde_json::to_vec(value)?),
         None => Bytes::new(),
     };
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(payload))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
+    let (status, bytes) = http_raw(addr, method, path, token, "application/json", payload).await?;
     let value = if bytes.is_empty() {
         serde_json::Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
     };
     Ok((status, value))
+}
+
+/// One HTTP/1.1 request with raw bytes; returns the status and the raw answer.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    payload: Bytes,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", content_type);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = sender
+        .send_request(request.body(Full::new(payload))?)
+        .await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((status, bytes))
 }
 
 /// Registers a user (201) and returns its id.
@@ -100,6 +128,7 @@ pub async fn login(addr: SocketAddr, username: &str, password: &str) -> anyhow::
 
 /// What a read returned.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     Frame(ServerFrame),
     /// The server closed the connection with this code and reason.

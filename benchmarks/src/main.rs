@@ -55,6 +55,8 @@ fn codec_sizes() -> anyhow::Result<()> {
             kind: "text".into(),
             body,
             ts: 1_790_000_000_000,
+            attrs: None,
+            recalled: false,
         });
         let plain = common::encode(&frame, usize::MAX)?.len();
         let compressed = common::encode(&frame, 0)?.len();

@@ -130,6 +130,20 @@ pub fn encode<T: Serialize>(frame: &T, compress_threshold: usize) -> Result<Vec<
     Ok(framed)
 }
 
+/// For a zstd-compressed frame, the size of the frame once inflated (header byte included) as its zstd header
+/// declares it; `None` for a plain frame or one that declares no size. Nothing is decompressed: metrics use it to
+/// report the compression ratio at the cost of a header parse.
+pub fn declared_plain_size(message: &[u8]) -> Option<u64> {
+    let (&header, body) = message.split_first()?;
+    if header & FLAG_ZSTD == 0 {
+        return None;
+    }
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) => Some(size + 1),
+        _ => None,
+    }
+}
+
 /// Decodes one frame under `limits`. Never panics on any input.
 pub fn decode<T: DeserializeOwned>(message: &[u8], limits: &Limits) -> Result<T, CodecError> {
     if message.len() > limits.max_message_bytes {
@@ -218,7 +232,9 @@ mod tests {
     fn send(body: &str) -> ClientFrame {
         ClientFrame::Send(Send {
             cid: "c1".into(),
-            to: 42,
+            to: Some(42),
+            conv: None,
+            attrs: None,
             kind: "text".into(),
             body: body.into(),
         })
@@ -237,6 +253,17 @@ mod tests {
         assert_eq!(bytes[0], FLAG_ZSTD);
         assert!(bytes.len() < 1000);
         assert_eq!(decode::<ClientFrame>(&bytes, &limits).unwrap(), big);
+    }
+
+    #[test]
+    fn declared_plain_size_reads_the_zstd_header() {
+        let big = send(&"chat ".repeat(400));
+        let plain = encode(&big, usize::MAX).unwrap();
+        let compressed = encode(&big, 512).unwrap();
+        assert_eq!(declared_plain_size(&compressed), Some(plain.len() as u64));
+        assert_eq!(declared_plain_size(&plain), None);
+        assert_eq!(declared_plain_size(&[]), None);
+        assert_eq!(declared_plain_size(&[FLAG_ZSTD, 1, 2]), None);
     }
 
     #[test]
@@ -354,7 +381,9 @@ mod wire_examples {
     fn documented_send_frame() {
         let frame = ClientFrame::Send(Send {
             cid: "c1".into(),
-            to: 42,
+            to: Some(42),
+            conv: None,
+            attrs: None,
             kind: "text".into(),
             body: "hi".into(),
         });

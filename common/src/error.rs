@@ -23,6 +23,14 @@ pub enum ErrorCode {
     UnknownUser,
     /// The sender is not a member of the conversation.
     NotMember,
+    /// 1:1 messages need friendship on this server, and the recipient is not a friend.
+    NotFriends,
+    /// The recipient blocked the sender (or the sender blocked the recipient).
+    Blocked,
+    /// The action is not allowed: recall window passed, not the author or an admin, ...
+    Forbidden,
+    /// The medium named in `attrs.media` was never uploaded.
+    UnknownMedia,
     /// Postgres could not commit the message; nothing was stored; retry with the same `cid`.
     StoreUnavailable,
     /// The node is draining; reconnect to another node and retry with the same `cid`.
@@ -53,6 +61,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::NotMember => "not_member",
+            ErrorCode::NotFriends => "not_friends",
+            ErrorCode::Blocked => "blocked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownMedia => "unknown_media",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Draining => "draining",
             ErrorCode::Internal => "internal",

@@ -12,16 +12,25 @@ use crate::ids::{ConvId, MsgId, Seq, UserId};
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
+// Frames live for one decode or encode; boxing the large variants would add an allocation to every frame.
+#[allow(clippy::large_enum_variant)]
 pub enum ClientFrame {
     /// Send a message; answered by `ack` (after commit) or `error`.
     Send(Send),
     /// Ask for stored messages of a conversation after a seq; answered by `synced` or `error`.
     Sync(SyncRequest),
+    /// Move my read cursor in a conversation (never backwards); my other devices and, in 1:1, the peer are told.
+    Read(ReadRequest),
+    /// I am typing in a conversation: relayed to its online members, never stored.
+    Typing(TypingRequest),
+    /// Recall one of my messages (or, as a group admin, anyone's): answered like `send`, by `ack` or `error`.
+    Recall(RecallRequest),
 }
 
 /// A frame sent by the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum ServerFrame {
     /// First frame on every connection: who you are and where each of your conversations stands.
     Hello(Hello),
@@ -35,19 +44,132 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     /// The server is about to close this connection, and why.
     Kick(Kick),
+    /// Someone (you on another device, or the peer of a 1:1) read a conversation up to a seq.
+    Read(ReadState),
+    /// Someone is typing in one of your conversations.
+    Typing(TypingState),
+    /// Something about your contacts changed: friend requests and answers, presence.
+    Notice(Notice),
 }
 
-/// `send`: one message to one user.
+/// `send`: one message to a user (`to`, a 1:1 conversation) or into a conversation (`conv`, e.g. a group).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Send {
     /// Client idempotency key: the same `(sender, cid)` never makes two messages; retry with the same one.
     pub cid: String,
-    /// The recipient user.
-    pub to: UserId,
-    /// The message kind; `"text"` for now.
+    /// The recipient user (exactly one of `to` and `conv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<UserId>,
+    /// The conversation (exactly one of `to` and `conv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvId>,
+    /// `text`, `emoji`, `image`, `file` or `custom` (see `kinds`).
     pub kind: String,
-    /// The content (UTF-8).
+    /// The text, the emoji code, or a caption; may be empty for media.
+    #[serde(default)]
     pub body: String,
+    /// Typed attributes of non-text kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<Attrs>,
+}
+
+/// Message kinds. Clients may send the first five; `system` and `recall` are made by the server.
+pub mod kinds {
+    pub const TEXT: &str = "text";
+    pub const EMOJI: &str = "emoji";
+    pub const IMAGE: &str = "image";
+    pub const FILE: &str = "file";
+    pub const CUSTOM: &str = "custom";
+    /// Membership and group changes (`attrs.event` says which).
+    pub const SYSTEM: &str = "system";
+    /// A recall notice; `attrs.target_seq` is the recalled message.
+    pub const RECALL: &str = "recall";
+    pub const CLIENT_KINDS: [&str; 5] = [TEXT, EMOJI, IMAGE, FILE, CUSTOM];
+}
+
+/// Typed attributes of a message. Each kind uses some of them; all are optional on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attrs {
+    /// `image`/`file`: SHA-256 (lowercase hex) of an uploaded medium.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
+    /// `file`: the file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `image`/`file`: size in bytes and MIME type, filled in by the server from the upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    /// `custom`: an application-defined type, a memo and an amount (e.g. a red packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    /// `system`: what happened (`created`, `members_added`, `member_left`, `member_removed`, `renamed`,
+    /// `owner_changed`), who did it is `from`, who it concerns is `users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserId>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `recall`: the seq of the recalled message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<Seq>,
+}
+
+/// `read`: my read cursor in `conv` moves up to `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub conv: ConvId,
+    pub seq: Seq,
+}
+
+/// `typing`: I am typing in `conv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypingRequest {
+    pub conv: ConvId,
+}
+
+/// `recall`: recall the message at `seq` of `conv`; `cid` is the idempotency key of the recall itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallRequest {
+    pub cid: String,
+    pub conv: ConvId,
+    pub seq: Seq,
+}
+
+/// `read` (server): `user` has read `conv` up to `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadState {
+    pub conv: ConvId,
+    pub user: UserId,
+    pub seq: Seq,
+}
+
+/// `typing` (server): `user` is typing in `conv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypingState {
+    pub conv: ConvId,
+    pub user: UserId,
+}
+
+/// `notice`: a change about contacts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// `friend_request`, `friend_accepted`, `friend_rejected`, `friend_removed` or `presence`.
+    pub kind: String,
+    /// The other user concerned.
+    pub user: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
 }
 
 /// `sync`: stored messages of `conv` with `seq > after_seq`, oldest first, at most `limit`.
@@ -86,6 +208,9 @@ pub struct ConvState {
     /// For a 1:1 conversation, the other user.
     #[serde(default)]
     pub peer: Option<UserId>,
+    /// For a group, its title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 /// `ack`: the message is committed and will be delivered.
@@ -112,6 +237,11 @@ pub struct Msg {
     pub body: String,
     /// Commit time, milliseconds since the Unix epoch.
     pub ts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<Attrs>,
+    /// The message was recalled: `body` and `attrs` are gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
 }
 
 /// `synced`: the answer to `sync`.

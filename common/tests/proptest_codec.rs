@@ -24,6 +24,8 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
             kind: "text".into(),
             body,
             ts,
+            attrs: None,
+            recalled: false,
         })
 }
 
@@ -32,9 +34,15 @@ fn arb_client() -> impl Strategy<Value = ClientFrame> {
         ("[a-z0-9]{1,64}", any::<i64>(), ".{0,3000}").prop_map(
             |(cid, to, body)| ClientFrame::Send(Send {
                 cid,
-                to,
+                to: Some(to),
+                conv: None,
                 kind: "text".into(),
-                body
+                body,
+                attrs: Some(Attrs {
+                    media: Some("ab".repeat(32)),
+                    amount: Some(5),
+                    ..Attrs::default()
+                }),
             })
         ),
         (any::<u32>(), any::<i64>(), any::<i64>(), any::<u32>()).prop_map(
@@ -80,6 +88,15 @@ fn arb_server() -> impl Strategy<Value = ServerFrame> {
         Just(ServerFrame::Error(
             ErrorFrame::new(ErrorCode::RateLimited, "slow down").for_cid("c")
         )),
+        (any::<i64>(), any::<i64>(), any::<i64>())
+            .prop_map(|(conv, user, seq)| ServerFrame::Read(ReadState { conv, user, seq })),
+        Just(ServerFrame::Notice(Notice {
+            kind: "presence".into(),
+            user: 7,
+            request: None,
+            note: None,
+            online: Some(true)
+        })),
         Just(ServerFrame::Kick(Kick {
             reason: KickReason::Draining,
             msg: "bye".into()

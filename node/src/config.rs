@@ -161,6 +161,42 @@ pub struct Config {
     /// Length of the login-failure window, in seconds, counted from the first failure.
     #[arg(long, env = "IM_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
     pub login_failure_window_secs: u64,
+    /// Whether 1:1 messages require the two users to be friends.
+    #[arg(long, env = "IM_REQUIRE_FRIENDSHIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_friendship: bool,
+
+    /// How long after sending a user may recall a message, in seconds (group admins may recall any message).
+    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = 120)]
+    pub recall_window_secs: i64,
+
+    /// Most members a group may have.
+    #[arg(long, env = "IM_GROUP_MEMBER_CAP", default_value_t = 2000)]
+    pub group_member_cap: i64,
+
+    /// Folder where uploaded media are stored (content-addressed by SHA-256).
+    #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
+    pub media_dir: std::path::PathBuf,
+
+    /// Largest accepted upload, in bytes.
+    #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_media_bytes: usize,
+
+    /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
+    /// when empty.
+    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
+    pub push_webhook_url: String,
+
+    /// Most events in one webhook call.
+    #[arg(long, env = "IM_PUSH_BATCH", default_value_t = 100)]
+    pub push_batch: usize,
+
+    /// Timeout of one webhook call, in milliseconds.
+    #[arg(long, env = "IM_PUSH_TIMEOUT_MS", default_value_t = 2000)]
+    pub push_timeout_ms: u64,
+
+    /// Retries of a failed webhook call.
+    #[arg(long, env = "IM_PUSH_RETRIES", default_value_t = 3)]
+    pub push_retries: u32,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
     #[arg(long, env = "IM_LOG", default_value = "info")]
@@ -195,6 +231,15 @@ impl Config {
         }
         if self.send_rate <= 0.0 || self.send_burst < 1.0 {
             return Err("--send-rate must be > 0 and --send-burst >= 1".into());
+        }
+        if !self.push_webhook_url.is_empty() && !self.push_webhook_url.starts_with("http://") {
+            return Err(
+                "--push-webhook-url must be an http:// URL (put a TLS-terminating proxy in front)"
+                    .into(),
+            );
+        }
+        if self.push_batch == 0 {
+            return Err("--push-batch must be positive".into());
         }
         if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
             return Err(

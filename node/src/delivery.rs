@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use common::frame::{Ack, ErrorFrame, Kick};
-use common::ids::UserId;
+use common::ids::{ConvId, UserId};
 use common::{KickReason, ServerFrame};
 use router::{Bus, BusMessage, LocationRegistry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::members::MemberCache;
 use crate::metrics::{self, Metrics};
 use crate::store::writer::{AckSink, Committed};
 
@@ -274,93 +275,301 @@ impl LocalSessions {
     }
 }
 
+/// Conversations with more members than this are pushed to other nodes by broadcasting one `DeliverConv` to every
+/// live node instead of looking up each member's devices: Redis work per message then grows with the node count,
+/// not the member count.
+pub const BROADCAST_MEMBERS: usize = 16;
+
+/// Everything needed to get a frame to devices anywhere in the cluster.
+#[derive(Clone)]
+pub struct Delivery {
+    pub sessions: Arc<LocalSessions>,
+    pub locations: LocationRegistry,
+    pub bus: Bus,
+    pub members: Arc<MemberCache>,
+    pub node_id: String,
+    pub metrics: Metrics,
+    /// The offline push hook, when configured.
+    pub push: Option<crate::push::PushQueue>,
+}
+
+/// One frame for a set of recipients.
+pub struct Route<'a> {
+    pub conv: Option<ConvId>,
+    pub users: &'a [UserId],
+    pub skip: Option<(UserId, &'a str)>,
+    pub frame: &'a Bytes,
+    /// For a stored message: recipients found offline are offered to the push hook.
+    pub msg: Option<&'a common::frame::Msg>,
+}
+
+impl Delivery {
+    /// Delivers many frames: local devices at once; then one Redis pipeline of location lookups for the small
+    /// fan-outs and one pipeline of publishes for everything remote. Returns local deliveries.
+    pub async fn deliver(&self, routes: &[Route<'_>]) -> u64 {
+        let mut local = 0;
+        let mut lookup_users: Vec<UserId> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut broadcasts: Vec<&Route<'_>> = Vec::new();
+        for route in routes {
+            local += self.sessions.deliver(route.users, route.skip, route.frame);
+            match route.conv {
+                Some(_) if route.users.len() > BROADCAST_MEMBERS => broadcasts.push(route),
+                _ => lookup_users.extend(route.users.iter().copied().filter(|u| seen.insert(*u))),
+            }
+        }
+        self.metrics.delivered_local.increment(local);
+
+        let mut publishes: Vec<(String, BusMessage)> = Vec::new();
+        if !broadcasts.is_empty() {
+            match self.locations.live_nodes().await {
+                Ok(nodes) => {
+                    for route in &broadcasts {
+                        for node in nodes.iter().filter(|n| **n != self.node_id) {
+                            publishes.push((
+                                node.clone(),
+                                BusMessage::DeliverConv {
+                                    conv: route.conv.unwrap_or_default(),
+                                    skip: route.skip.map(|(u, d)| (u, d.to_string())),
+                                    frame: route.frame.to_vec(),
+                                },
+                            ));
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "live-node lookup failed; remote members will get these by sync")
+                }
+            }
+        }
+        if !lookup_users.is_empty() {
+            match self.locations.lookup(&lookup_users).await {
+                Ok(located) => {
+                    for route in routes
+                        .iter()
+                        .filter(|r| r.conv.is_none() || r.users.len() <= BROADCAST_MEMBERS)
+                    {
+                        self.plan_publishes(route, &located, &mut publishes);
+                        self.offer_push(route, &located);
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "location lookup failed; remote recipients will get these by sync")
+                }
+            }
+        }
+        if !publishes.is_empty() {
+            let failed = self.bus.publish_many(&publishes).await;
+            if failed > 0 {
+                warn!(
+                    failed,
+                    "publishes failed; recipients will get those frames by sync"
+                );
+            }
+        }
+        local
+    }
+
+    /// Offers recipients of a stored message with no device anywhere to the push hook.
+    fn offer_push(
+        &self,
+        route: &Route<'_>,
+        located: &HashMap<UserId, Vec<router::locations::DeviceLocation>>,
+    ) {
+        let (Some(push), Some(msg)) = (&self.push, route.msg) else {
+            return;
+        };
+        for user in route.users.iter().filter(|u| **u != msg.from) {
+            let offline = located.get(user).is_none_or(|devices| devices.is_empty())
+                && !self.sessions.has_user(*user);
+            if offline {
+                let preview = if msg.kind == common::frame::kinds::TEXT {
+                    msg.body.chars().take(80).collect()
+                } else {
+                    String::new()
+                };
+                push.offer(crate::push::PushEvent {
+                    user: *user,
+                    conv: msg.conv,
+                    id: msg.id,
+                    seq: msg.seq,
+                    from: msg.from,
+                    kind: msg.kind.clone(),
+                    preview,
+                });
+            }
+        }
+    }
+
+    /// One `Deliver` per other node holding a recipient device of this route.
+    fn plan_publishes(
+        &self,
+        route: &Route<'_>,
+        located: &HashMap<UserId, Vec<router::locations::DeviceLocation>>,
+        publishes: &mut Vec<(String, BusMessage)>,
+    ) {
+        let mut per_node: HashMap<&str, Vec<UserId>> = HashMap::new();
+        for user in route.users {
+            for location in located.get(user).into_iter().flatten() {
+                if location.node == self.node_id
+                    || route.skip == Some((*user, location.device.as_str()))
+                {
+                    continue;
+                }
+                let users = per_node.entry(location.node.as_str()).or_default();
+                if !users.contains(user) {
+                    users.push(*user);
+                }
+            }
+        }
+        for (node, users) in per_node {
+            publishes.push((
+                node.to_string(),
+                BusMessage::Deliver {
+                    users,
+                    skip: route.skip.map(|(u, d)| (u, d.to_string())),
+                    frame: route.frame.to_vec(),
+                },
+            ));
+        }
+    }
+
+    /// Encodes and delivers one server frame to users (events: read state, typing, notices).
+    pub async fn event_to_users(
+        &self,
+        users: &[UserId],
+        skip: Option<(UserId, &str)>,
+        frame: &ServerFrame,
+    ) {
+        match common::encode(frame, 0) {
+            Ok(bytes) => {
+                let bytes = Bytes::from(bytes);
+                self.deliver(&[Route {
+                    conv: None,
+                    users,
+                    skip,
+                    frame: &bytes,
+                    msg: None,
+                }])
+                .await;
+            }
+            Err(error) => warn!(%error, "could not encode an event"),
+        }
+    }
+
+    /// Encodes and delivers one server frame to every member of a conversation.
+    pub async fn event_to_conv(
+        &self,
+        conv: ConvId,
+        users: &[UserId],
+        skip: Option<(UserId, &str)>,
+        frame: &ServerFrame,
+    ) {
+        match common::encode(frame, 0) {
+            Ok(bytes) => {
+                let bytes = Bytes::from(bytes);
+                self.deliver(&[Route {
+                    conv: Some(conv),
+                    users,
+                    skip,
+                    frame: &bytes,
+                    msg: None,
+                }])
+                .await;
+            }
+            Err(error) => warn!(%error, "could not encode an event"),
+        }
+    }
+
+    /// Tells the user's friends that the user came online or went offline (cluster-wide: first device connected,
+    /// last device gone). Runs in the background; presence is best effort.
+    pub fn presence_changed(&self, pool: deadpool_postgres::Pool, user: UserId, connected: bool) {
+        let delivery = self.clone();
+        tokio::spawn(async move {
+            let devices = match delivery.locations.lookup(&[user]).await {
+                Ok(located) => located.get(&user).map_or(0, Vec::len),
+                Err(_) => return,
+            };
+            let transition = if connected {
+                devices == 1
+            } else {
+                devices == 0
+            };
+            if !transition {
+                return;
+            }
+            let Ok(friends) = crate::contacts::friends_of(&pool, user).await else {
+                return;
+            };
+            if friends.is_empty() {
+                return;
+            }
+            ::metrics::counter!("im_presence_changes_total").increment(1);
+            let frame = ServerFrame::Notice(common::frame::Notice {
+                kind: "presence".into(),
+                user,
+                request: None,
+                note: None,
+                online: Some(connected),
+            });
+            delivery.event_to_users(&friends, None, &frame).await;
+        });
+    }
+
+    /// Tells every live node (itself included) that a conversation's members changed.
+    pub async fn members_changed(&self, conv: ConvId) {
+        self.members.invalidate(conv);
+        self.broadcast(BusMessage::ConvChanged { conv }).await;
+    }
+
+    /// Sends a bus message to every other live node.
+    pub async fn broadcast(&self, message: BusMessage) {
+        match self.locations.refresh_live_nodes().await {
+            Ok(nodes) => {
+                let publishes: Vec<(String, BusMessage)> = nodes
+                    .into_iter()
+                    .filter(|n| *n != self.node_id)
+                    .map(|n| (n, message.clone()))
+                    .collect();
+                self.bus.publish_many(&publishes).await;
+            }
+            Err(error) => warn!(%error, "could not broadcast to the other nodes"),
+        }
+    }
+}
+
 /// Routes committed batches, in commit order, until the writer stops.
 pub async fn run_router(
     mut committed: mpsc::Receiver<Vec<Committed>>,
-    sessions: Arc<LocalSessions>,
-    locations: LocationRegistry,
-    bus: Bus,
-    node_id: String,
+    delivery: Delivery,
     compress_threshold: usize,
-    metrics: Metrics,
 ) {
     while let Some(batch) = committed.recv().await {
         let mut frames = Vec::with_capacity(batch.len());
         for item in &batch {
-            let frame = match common::encode(
-                &ServerFrame::Msg(item.msg.clone()),
-                compress_threshold,
-            ) {
-                Ok(bytes) => Bytes::from(bytes),
+            match common::encode(&ServerFrame::Msg(item.msg.clone()), compress_threshold) {
+                Ok(bytes) => frames.push((item, Bytes::from(bytes))),
                 Err(error) => {
-                    warn!(%error, "could not encode a committed message; recipients will get it by sync");
-                    continue;
+                    warn!(%error, "could not encode a committed message; recipients will get it by sync")
                 }
-            };
-            let skip = Some((item.msg.from, &*item.sender_device));
-            let local = sessions.deliver(&item.members, skip, &frame);
-            metrics.delivered_local.increment(local);
-            frames.push((item, frame));
+            }
         }
-
-        // Every recipient's devices on other nodes, in one Redis pipeline for the whole batch.
-        let users: Vec<UserId> = {
-            let mut seen = HashSet::new();
-            batch
-                .iter()
-                .flat_map(|c| c.members.iter().copied())
-                .filter(|u| seen.insert(*u))
-                .collect()
-        };
-        let located = match locations.lookup(&users).await {
-            Ok(located) => located,
-            Err(error) => {
-                warn!(%error, "location lookup failed; remote recipients will get this batch by sync");
-                continue;
-            }
-        };
-        let mut publishes = Vec::new();
-        for (item, frame) in &frames {
-            // Target node → its recipient users for this message.
-            let mut per_node: HashMap<&str, Vec<UserId>> = HashMap::new();
-            for user in item.members.iter() {
-                for location in located.get(user).into_iter().flatten() {
-                    if location.node == node_id {
-                        continue;
-                    }
-                    let is_sender_device =
-                        *user == item.msg.from && location.device == *item.sender_device;
-                    if is_sender_device {
-                        continue;
-                    }
-                    let users = per_node.entry(location.node.as_str()).or_default();
-                    if !users.contains(user) {
-                        users.push(*user);
-                    }
-                }
-            }
-            for (node, users) in per_node {
-                publishes.push((
-                    node.to_string(),
-                    BusMessage::Deliver {
-                        users,
-                        skip: Some((item.msg.from, item.sender_device.to_string())),
-                        frame: frame.to_vec(),
-                    },
-                ));
-            }
-            metrics
+        let routes: Vec<Route<'_>> = frames
+            .iter()
+            .map(|(item, frame)| Route {
+                conv: Some(item.msg.conv),
+                users: &item.members,
+                skip: Some((item.msg.from, &*item.sender_device)),
+                frame,
+                msg: Some(&item.msg),
+            })
+            .collect();
+        delivery.deliver(&routes).await;
+        for item in &batch {
+            delivery
+                .metrics
                 .route_latency
                 .record(item.committed_at.elapsed().as_secs_f64());
-        }
-        if !publishes.is_empty() {
-            let failed = bus.publish_many(&publishes).await;
-            if failed > 0 {
-                warn!(
-                    failed,
-                    "publishes failed; recipients will get those messages by sync"
-                );
-            }
         }
     }
     debug!("router stopped");
@@ -369,9 +578,11 @@ pub async fn run_router(
 /// Applies what other nodes published for this node.
 pub async fn run_bus_consumer(
     mut inbox: mpsc::Receiver<BusMessage>,
-    sessions: Arc<LocalSessions>,
-    metrics: Metrics,
+    delivery: Delivery,
+    pairs: Arc<crate::contacts::PairCache>,
 ) {
+    let sessions = &delivery.sessions;
+    let metrics = &delivery.metrics;
     while let Some(message) = inbox.recv().await {
         match message {
             BusMessage::Deliver { users, skip, frame } => {
@@ -381,9 +592,27 @@ pub async fn run_bus_consumer(
                     .delivered_redis
                     .increment(sessions.deliver(&users, skip, &frame));
             }
+            BusMessage::DeliverConv { conv, skip, frame } => match delivery.members.get(conv).await
+            {
+                Ok(Some(members)) => {
+                    let frame = Bytes::from(frame);
+                    let skip = skip.as_ref().map(|(user, device)| (*user, device.as_str()));
+                    // One pass under one lock: members without a local device are skipped inside.
+                    let local = &members.users;
+                    metrics
+                        .delivered_redis
+                        .increment(sessions.deliver(local, skip, &frame));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    warn!(%error, conv, "could not load members; local members will get this by sync")
+                }
+            },
             BusMessage::KickDevice { user, device } => {
                 sessions.kick_device(user, &device, KickReason::Replaced);
             }
+            BusMessage::ConvChanged { conv } => delivery.members.invalidate(conv),
+            BusMessage::PairChanged { a, b } => pairs.invalidate(a, b),
         }
     }
 }

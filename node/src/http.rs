@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -22,7 +23,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::state::NodeState;
-use crate::{accounts, store, ws};
+use crate::{accounts, api, store, ws};
 
 /// The client's address, put into each request's extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -38,13 +39,73 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 pub fn routes(state: Arc<NodeState>) -> Router {
+    let media_limit = state.config.max_media_bytes;
     let mut router = Router::new();
     if state.config.conformance_echo {
         router = router.route("/v1/echo", get(ws::echo::handle));
     }
     router
-        .route("/v1/users", post(accounts::register))
+        .route(
+            "/v1/users",
+            post(accounts::register).get(api::profiles::search),
+        )
+        .route(
+            "/v1/users/me",
+            get(api::profiles::me).patch(api::profiles::update_me),
+        )
+        .route("/v1/users/{id}", get(api::profiles::get_user))
+        .route("/v1/presence", get(api::profiles::presence))
         .route("/v1/sessions", post(accounts::login))
+        .route("/v1/friends", get(api::friends::list))
+        .route("/v1/friends/{user}", delete(api::friends::remove))
+        .route(
+            "/v1/friends/requests",
+            post(api::friends::request).get(api::friends::list_requests),
+        )
+        .route(
+            "/v1/friends/requests/{id}/{action}",
+            post(api::friends::answer),
+        )
+        .route("/v1/blocks", get(api::friends::list_blocks))
+        .route(
+            "/v1/blocks/{user}",
+            put(api::friends::block).delete(api::friends::unblock),
+        )
+        .route(
+            "/v1/groups",
+            post(api::groups::create).get(api::groups::list_mine),
+        )
+        .route("/v1/groups/{id}", patch(api::groups::rename))
+        .route(
+            "/v1/groups/{id}/members",
+            get(api::groups::members).post(api::groups::add_members),
+        )
+        .route(
+            "/v1/groups/{id}/members/{user}",
+            delete(api::groups::remove_member),
+        )
+        .route("/v1/groups/{id}/leave", post(api::groups::leave))
+        .route("/v1/groups/{id}/owner", post(api::groups::transfer))
+        .route(
+            "/v1/groups/{id}/admins/{user}",
+            put(api::groups::appoint_admin).delete(api::groups::dismiss_admin),
+        )
+        .route("/v1/conversations", get(api::conversations::list))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(api::conversations::history),
+        )
+        .route(
+            "/v1/conversations/{id}/reads",
+            get(api::conversations::reads),
+        )
+        .route(
+            "/v1/media",
+            post(api::media::upload).layer(DefaultBodyLimit::max(media_limit)),
+        )
+        .route("/v1/media/{hash}", get(api::media::get))
+        .route("/v1/media/{hash}/thumb", get(api::media::get_thumb))
+        .route("/v1/media/{hash}/info", get(api::media::info))
         .route("/v1/ws", get(ws::upgrade::handle))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -6,11 +6,16 @@
 //! publish it, release the lease, exit.
 
 pub mod accounts;
+pub mod api;
 pub mod auth;
 pub mod config;
+pub mod contacts;
 pub mod delivery;
 pub mod http;
+pub mod media;
+pub mod members;
 pub mod metrics;
+pub mod push;
 pub mod shutdown;
 pub mod state;
 pub mod store;
@@ -67,11 +72,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let subscriber = router::bus::subscribe(&settings, &node_id, bus_tx, stop_background.clone())
         .await
         .context("subscribing to the node channel")?;
+    let delivery = delivery::Delivery {
+        sessions: sessions.clone(),
+        locations: locations.clone(),
+        bus: bus.clone(),
+        members: Arc::new(members::MemberCache::new(pool.clone())),
+        node_id: node_id.clone(),
+        metrics: metrics.clone(),
+        push: (!config.push_webhook_url.is_empty()).then(|| {
+            push::spawn(push::PushSettings {
+                url: config.push_webhook_url.clone(),
+                batch: config.push_batch,
+                timeout: Duration::from_millis(config.push_timeout_ms),
+                retries: config.push_retries,
+            })
+        }),
+    };
+    let pairs = Arc::new(contacts::PairCache::new(
+        pool.clone(),
+        config.require_friendship,
+    ));
     let bus_consumer = tokio::spawn(delivery::run_bus_consumer(
         bus_rx,
-        sessions.clone(),
-        metrics.clone(),
+        delivery.clone(),
+        pairs.clone(),
     ));
+    let media = media::LocalMediaStore::new(config.media_dir.clone())
+        .await
+        .context("preparing the media folder")?;
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
@@ -86,14 +114,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics.clone(),
         drain_writer.clone(),
     );
+    let router_delivery = delivery.clone();
     let router_task = tokio::spawn(delivery::run_router(
         committed_rx,
-        sessions.clone(),
-        locations.clone(),
-        bus.clone(),
-        node_id.clone(),
+        router_delivery,
         config.compress_threshold,
-        metrics.clone(),
     ));
 
     let auth = auth::Authenticator::new(
@@ -115,6 +140,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sessions.clone(),
         locations,
         bus,
+        delivery,
+        pairs,
+        media,
         writer,
         metrics,
         prometheus.clone(),

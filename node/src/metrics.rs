@@ -43,12 +43,16 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     pub flush_seconds: Histogram,
     pub writer_queue_depth: Gauge,
+    pub zstd_wire_in: Counter,
+    pub zstd_plain_in: Counter,
+    pub zstd_wire_out: Counter,
+    pub zstd_plain_out: Counter,
 }
 
 impl Metrics {
     pub fn new(node_name: &str) -> Self {
         gauge!("im_build_info", "version" => env!("CARGO_PKG_VERSION"), "node" => node_name.to_string()).set(1.0);
-        Metrics {
+        let metrics = Metrics {
             connections_open: gauge!("im_connections_open"),
             frames_in: counter!("im_frames_in_total"),
             frames_out: counter!("im_frames_out_total"),
@@ -63,7 +67,54 @@ impl Metrics {
             batch_rows: histogram!("im_writer_batch_rows"),
             flush_seconds: histogram!("im_writer_flush_seconds"),
             writer_queue_depth: gauge!("im_writer_queue_depth"),
+            zstd_wire_in: counter!("im_zstd_wire_bytes_total", "direction" => "in"),
+            zstd_plain_in: counter!("im_zstd_plain_bytes_total", "direction" => "in"),
+            zstd_wire_out: counter!("im_zstd_wire_bytes_total", "direction" => "out"),
+            zstd_plain_out: counter!("im_zstd_plain_bytes_total", "direction" => "out"),
+        };
+        register_rare_events();
+        metrics
+    }
+
+    /// Counts a compressed frame received (wire and inflated size); plain frames cost one header check.
+    pub fn compressed_in(&self, message: &[u8]) {
+        if let Some(plain) = common::codec::declared_plain_size(message) {
+            self.zstd_wire_in.increment(message.len() as u64);
+            self.zstd_plain_in.increment(plain);
         }
+    }
+
+    /// Counts a compressed frame sent (wire and inflated size); plain frames cost one header check.
+    pub fn compressed_out(&self, message: &[u8]) {
+        if let Some(plain) = common::codec::declared_plain_size(message) {
+            self.zstd_wire_out.increment(message.len() as u64);
+            self.zstd_plain_out.increment(plain);
+        }
+    }
+}
+
+/// Registers, at zero, the counters that only move when something goes wrong. A series that exists from the start
+/// lets `rate()` and `increase()` in alerts and dashboards see the first error instead of a series appearing out of
+/// nothing, and lets a test check that every metric the alerts name is exported.
+fn register_rare_events() {
+    for name in [
+        "im_connections_opened_total",
+        "im_rate_limited_total",
+        "im_slow_consumer_disconnects_total",
+        "im_writer_errors_total",
+        "im_redis_publish_total",
+        "im_redis_publish_errors_total",
+        "im_redis_messages_received_total",
+        "im_node_lease_lapses_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for why in ["lagged", "node_busy", "undecodable"] {
+        counter!("im_redis_messages_dropped_total", "why" => why).increment(0);
+    }
+    counter!("im_redis_reconnects_total", "client" => "subscriber").increment(0);
+    for reason in ["redis_unavailable", "store_unavailable"] {
+        counter!("im_handshake_failures_total", "reason" => reason).increment(0);
     }
 }
 

@@ -15,7 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::delivery::LocalSessions;
+use crate::contacts::PairCache;
+use crate::delivery::{Delivery, LocalSessions};
+use crate::media::LocalMediaStore;
 use crate::metrics::Metrics;
 use crate::store::queries::{self, Direct};
 use crate::store::writer::WriterHandle;
@@ -35,6 +37,9 @@ pub struct NodeState {
     pub sessions: Arc<LocalSessions>,
     pub locations: LocationRegistry,
     pub bus: Bus,
+    pub delivery: Delivery,
+    pub pairs: Arc<PairCache>,
+    pub media: LocalMediaStore,
     pub writer: WriterHandle,
     pub metrics: Metrics,
     pub prometheus: PrometheusHandle,
@@ -59,6 +64,9 @@ impl NodeState {
         sessions: Arc<LocalSessions>,
         locations: LocationRegistry,
         bus: Bus,
+        delivery: Delivery,
+        pairs: Arc<PairCache>,
+        media: LocalMediaStore,
         writer: WriterHandle,
         metrics: Metrics,
         prometheus: PrometheusHandle,
@@ -73,6 +81,9 @@ impl NodeState {
             sessions,
             locations,
             bus,
+            delivery,
+            pairs,
+            media,
             writer,
             metrics,
             prometheus,

@@ -1,11 +1,14 @@
 //! The cross-node bus: node `N` subscribes to `im:node:N`; others publish there what N must deliver.
 //!
+//! On a Redis Cluster (a `redis-cluster://` URL) the same channels are shard channels (`SPUBLISH`/`SSUBSCRIBE`, Redis
+//! 7+), so publish load spreads over the shards instead of being broadcast to every one.
+//!
 //! A `BusMessage` is MessagePack. `Deliver` carries the frame already encoded for the wire, so the receiving node
 //! pushes the same bytes to every local device without decoding them.
 
 use std::time::Duration;
 
-use common::ids::UserId;
+use common::ids::{ConvId, UserId};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use metrics::counter;
@@ -27,6 +30,18 @@ pub enum BusMessage {
     },
     /// Close the local connection of this device: it connected again elsewhere.
     KickDevice { user: UserId, device: String },
+    /// Push `frame` to every local device of every member of `conv` (except `skip`). Sent to every live node for
+    /// large conversations, so the cost is one publish per node whatever the member count.
+    DeliverConv {
+        conv: ConvId,
+        skip: Option<(UserId, String)>,
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+    /// The membership of `conv` changed: drop cached member lists.
+    ConvChanged { conv: ConvId },
+    /// Friendship or blocking between two users changed: drop cached send permissions.
+    PairChanged { a: UserId, b: UserId },
 }
 
 impl BusMessage {
@@ -57,10 +72,15 @@ impl Bus {
     /// One publish to one node. Returns how many subscribers received it (0 = that node is gone).
     pub async fn publish(&self, node_id: &str, message: &BusMessage) -> Result<i64, RouterError> {
         let bytes = message.to_bytes()?;
-        let result = self
-            .client
-            .publish::<i64, _, _>(channel(node_id), bytes.as_slice())
-            .await;
+        let result = if self.client.is_clustered() {
+            self.client
+                .spublish::<i64, _, _>(channel(node_id), bytes.as_slice())
+                .await
+        } else {
+            self.client
+                .publish::<i64, _, _>(channel(node_id), bytes.as_slice())
+                .await
+        };
         match result {
             Ok(receivers) => {
                 counter!("im_redis_publish_total").increment(1);
@@ -78,26 +98,26 @@ impl Bus {
     /// Publishes many messages in one pipeline (one round trip); order is kept per target node. Returns how many
     /// failed.
     pub async fn publish_many(&self, messages: &[(String, BusMessage)]) -> usize {
-        let pipeline = self.client.pipeline();
-        let mut failed = 0;
-        for (node_id, message) in messages {
-            match message.to_bytes() {
-                Ok(bytes) => {
-                    let queued: Result<(), _> =
-                        pipeline.publish(channel(node_id), bytes.as_slice()).await;
-                    if queued.is_err() {
-                        failed += 1;
-                    }
-                }
-                Err(_) => failed += 1,
-            }
-        }
-        let results: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
-        for result in &results {
-            if result.is_err() {
-                failed += 1;
-            }
-        }
+        // Issued concurrently: fred pipelines them per connection (keeping their order per target channel), and on
+        // a Redis Cluster each SPUBLISH goes to the shard that owns its channel.
+        let publishes = messages.iter().map(|(node_id, message)| async move {
+            let bytes = message.to_bytes()?;
+            let receivers: i64 = if self.client.is_clustered() {
+                self.client
+                    .spublish(channel(node_id), bytes.as_slice())
+                    .await?
+            } else {
+                self.client
+                    .publish(channel(node_id), bytes.as_slice())
+                    .await?
+            };
+            Ok::<i64, RouterError>(receivers)
+        });
+        let failed = futures::future::join_all(publishes)
+            .await
+            .iter()
+            .filter(|r| r.is_err())
+            .count();
         counter!("im_redis_publish_total").increment(messages.len() as u64);
         if failed > 0 {
             counter!("im_redis_publish_errors_total").increment(failed as u64);
@@ -120,7 +140,11 @@ pub async fn subscribe(
     crate::init_with_retry(&subscriber, settings).await?;
     let mut messages = subscriber.message_rx();
     let _manager = subscriber.manage_subscriptions();
-    subscriber.subscribe(channel(node_id)).await?;
+    if subscriber.is_clustered() {
+        subscriber.ssubscribe(channel(node_id)).await?;
+    } else {
+        subscriber.subscribe(channel(node_id)).await?;
+    }
     let mut reconnects = subscriber.reconnect_rx();
     let handle = tokio::spawn(async move {
         loop {

@@ -116,11 +116,16 @@ impl LocationRegistry {
             return Ok(HashMap::new());
         }
         let mut live = self.live_nodes().await?;
-        let pipeline = self.client.pipeline();
-        for user in users {
-            let _: () = pipeline.hgetall(key(*user)).await?;
-        }
-        let results: Vec<HashMap<String, String>> = pipeline.all().await?;
+        // Concurrent commands: fred pipelines them on each connection, and on a Redis Cluster each goes to the
+        // shard that owns its key (an explicit pipeline would assume one connection).
+        let lookups = users.iter().map(|user| {
+            self.client
+                .hgetall::<HashMap<String, String>, _>(key(*user))
+        });
+        let results: Vec<HashMap<String, String>> = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         // A node missing from the cached set may have started after the cache was filled: ask again before
         // treating it as dead, or a new node's devices would miss pushes (and lose their entries) for a while.
         if results

@@ -21,6 +21,13 @@ use common::ids::{ConvId, MsgId, Seq, UserId};
 
 use crate::client::ConvLog;
 
+/// Kinds of message the server makes itself (no client send behind them).
+const SERVER_KINDS: [&str; 2] = [common::frame::kinds::SYSTEM, common::frame::kinds::RECALL];
+
+fn is_server_made(kind: &str) -> bool {
+    SERVER_KINDS.contains(&kind)
+}
+
 /// One send as the traffic generator made it (a retry reuses the record).
 #[derive(Debug, Clone)]
 struct SendRecord {
@@ -168,6 +175,10 @@ impl Checker {
                 counts.reordered += log.shown.windows(2).filter(|w| w[1] < w[0]).count();
                 let mut by_cid: HashMap<(UserId, &str), HashSet<MsgId>> = HashMap::new();
                 for msg in log.msgs.values() {
+                    if is_server_made(&msg.kind) {
+                        // Group events (created, member added, …) come from the server, not from a send.
+                        continue;
+                    }
                     counts.delivered += 1;
                     let key = (msg.from, msg.cid.to_string());
                     match sends.get(&key) {
@@ -215,7 +226,10 @@ impl Checker {
 
         // Postgres: every acked message stored as acked; one row per (sender, cid); nothing nobody sent.
         let rows = sql
-            .query("SELECT id, conv_id, seq, sender, cid FROM messages", &[])
+            .query(
+                "SELECT id, conv_id, seq, sender, cid FROM messages WHERE kind <> ALL($1)",
+                &[&SERVER_KINDS.to_vec()],
+            )
             .await?;
         let mut stored: HashMap<MsgId, (ConvId, Seq)> = HashMap::new();
         let mut per_cid: HashMap<(UserId, String), usize> = HashMap::new();

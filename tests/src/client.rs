@@ -40,6 +40,9 @@ pub struct TestClient {
     pub acks: HashMap<String, Ack>,
     pub errors: HashMap<String, ErrorFrame>,
     pub convs: HashMap<ConvId, ConvLog>,
+    pub reads: Vec<common::frame::ReadState>,
+    pub typing: Vec<common::frame::TypingState>,
+    pub notices: Vec<common::frame::Notice>,
     next_rid: u32,
 }
 
@@ -63,6 +66,9 @@ impl TestClient {
             acks: HashMap::new(),
             errors: HashMap::new(),
             convs: HashMap::new(),
+            reads: Vec::new(),
+            typing: Vec::new(),
+            notices: Vec::new(),
             next_rid: 1,
         })
     }
@@ -75,11 +81,60 @@ impl TestClient {
     pub async fn send_text(&mut self, to: i64, cid: &str, body: &str) -> anyhow::Result<()> {
         let frame = ClientFrame::Send(Send {
             cid: cid.into(),
-            to,
+            to: Some(to),
+            conv: None,
             kind: "text".into(),
             body: body.into(),
+            attrs: None,
         });
         self.conn.send(&frame).await
+    }
+
+    /// Sends any client frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
+        self.conn.send(frame).await
+    }
+
+    /// Sends a message of any kind to a user (1:1) and waits for the ack.
+    pub async fn send_to_conv_or_user(
+        &mut self,
+        to: i64,
+        cid: &str,
+        kind: &str,
+        body: &str,
+        attrs: Option<common::frame::Attrs>,
+    ) -> anyhow::Result<Ack> {
+        let frame = ClientFrame::Send(Send {
+            cid: cid.into(),
+            to: Some(to),
+            conv: None,
+            kind: kind.into(),
+            body: body.into(),
+            attrs,
+        });
+        self.conn.send(&frame).await?;
+        self.wait_ack(cid, WAIT).await
+    }
+
+    /// Sends a message of any kind into a conversation and waits for the ack.
+    pub async fn send_to_conv(
+        &mut self,
+        conv: ConvId,
+        cid: &str,
+        kind: &str,
+        body: &str,
+        attrs: Option<common::frame::Attrs>,
+    ) -> anyhow::Result<Ack> {
+        let frame = ClientFrame::Send(Send {
+            cid: cid.into(),
+            to: None,
+            conv: Some(conv),
+            kind: kind.into(),
+            body: body.into(),
+            attrs,
+        });
+        self.conn.send(&frame).await?;
+        self.wait_ack(cid, WAIT).await
     }
 
     /// Sends and waits for the ack.
@@ -144,6 +199,24 @@ impl TestClient {
         }
     }
 
+    /// Reads until `done` holds, applying frames on the way.
+    pub async fn wait_until(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&TestClient) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("condition not met within {limit:?}");
+            }
+            let frame = self.next(left).await?;
+            self.handle(frame).await?;
+        }
+        Ok(())
+    }
+
     /// Applies frames until nothing arrives for `quiet`.
     pub async fn drain(&mut self, quiet: Duration) -> anyhow::Result<()> {
         loop {
@@ -188,6 +261,9 @@ impl TestClient {
             }
             ServerFrame::Msg(msg) => self.on_push(msg).await?,
             ServerFrame::Kick(kick) => bail!("kicked: {kick:?}"),
+            ServerFrame::Read(read) => self.reads.push(read),
+            ServerFrame::Typing(typing) => self.typing.push(typing),
+            ServerFrame::Notice(notice) => self.notices.push(notice),
             other => bail!("unexpected frame {other:?}"),
         }
         Ok(())

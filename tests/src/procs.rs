@@ -400,6 +400,139 @@ impl Drop for Redis {
     }
 }
 
+/// A throwaway Redis Cluster of N masters (no replicas), from the same `redis-server` binary.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port > 1024 && port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> anyhow::Result<RedisCluster> {
+        let dir = scratch_dir("redis-cluster");
+        let ports: Vec<u16> = (0..masters).map(|_| free_cluster_port()).collect();
+        let mut cluster = RedisCluster {
+            ports: ports.clone(),
+            children: (0..masters).map(|_| None).collect(),
+            dir,
+        };
+        for index in 0..masters {
+            cluster.spawn(index)?;
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in &ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        cluster.wait_ok(Duration::from_secs(20))?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let port = self.ports[index];
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .arg("--cluster-config-file")
+            .arg(self.dir.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        harden(&mut command, None);
+        self.children[index] = Some(
+            command
+                .spawn()
+                .context("starting redis-server in cluster mode")?,
+        );
+        wait_for_port(port, Duration::from_secs(10))
+    }
+
+    /// Waits until every master reports `cluster_state:ok`.
+    pub fn wait_ok(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all_ok = self.ports.iter().all(|port| {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if all_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("redis cluster not ok within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills master `index` (its data is lost: no persistence) and starts it again with its cluster identity.
+    pub fn restart_master(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn(index)?;
+        self.wait_ok(Duration::from_secs(20))
+    }
+
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.ports[0]);
+        for (i, port) in self.ports.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{port}"));
+        }
+        url
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether this test run uses a Redis Cluster (`IM_TEST_REDIS=cluster`) instead of a single Redis.
+pub fn redis_cluster_mode() -> bool {
+    std::env::var("IM_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
 /// Path of the node binary, built once per test process.
 fn node_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -528,11 +661,20 @@ pub struct ClusterOptions {
     pub private_postgres: bool,
     /// Nodes that reach Redis through a `TcpProxy` the test can cut (`Cluster::redis_proxies`).
     pub proxied_redis: Vec<usize>,
+    /// Use the single Redis even when `IM_TEST_REDIS` asks for a cluster (tests that restart, cut or tap it).
+    pub single_redis: bool,
+    /// Use a 3-master Redis Cluster even when `IM_TEST_REDIS` does not ask for one.
+    pub redis_cluster: bool,
 }
 
 impl ClusterOptions {
     pub fn private_postgres(mut self) -> Self {
         self.private_postgres = true;
+        self
+    }
+
+    pub fn single_redis(mut self) -> Self {
+        self.single_redis = true;
         self
     }
 
@@ -562,6 +704,8 @@ pub struct Cluster {
     pub postgres: Option<PrivatePostgres>,
     /// Node index → the proxy it reaches Redis through.
     pub redis_proxies: std::collections::HashMap<usize, TcpProxy>,
+    /// Set in cluster mode (`IM_TEST_REDIS=cluster`): the nodes then use this instead of `redis`.
+    pub redis_cluster: Option<RedisCluster>,
     pub postgres_url: String,
     pub nodes: Vec<NodeProc>,
     pub secret: String,
@@ -591,10 +735,17 @@ impl Cluster {
         let redis = Redis::start()?;
         let dir = scratch_dir("cluster");
         let secret = format!("test-secret-{:032x}", rand::random::<u128>());
+        let redis_cluster =
+            if !options.single_redis && (redis_cluster_mode() || options.redis_cluster) {
+                Some(RedisCluster::start(3)?)
+            } else {
+                None
+            };
         let mut cluster = Cluster {
             redis,
             postgres: private,
             redis_proxies: std::collections::HashMap::new(),
+            redis_cluster,
             postgres_url,
             nodes: Vec::new(),
             secret,
@@ -607,7 +758,7 @@ impl Cluster {
                 cluster.redis_proxies.insert(index, proxy);
                 url
             } else {
-                cluster.redis.url()
+                cluster.redis_url()
             };
             let mut args = vec![
                 ("node-name".to_string(), format!("n{index}")),
@@ -621,11 +772,16 @@ impl Cluster {
                 ("send-rate".to_string(), "2000".to_string()),
                 ("lease-ttl-ms".to_string(), "3000".to_string()),
                 ("log".to_string(), "info".to_string()),
+                // Most tests exercise messaging, not friendship; the friends tests turn it back on.
+                ("require-friendship".to_string(), "false".to_string()),
+                (
+                    "media-dir".to_string(),
+                    cluster.dir.join("media").display().to_string(),
+                ),
             ];
-            // A flag given in the options replaces the harness default (clap refuses a flag given twice).
             for (key, value) in &options.node_args {
                 match args.iter_mut().find(|(k, _)| k == key) {
-                    Some(slot) => slot.1 = value.clone(),
+                    Some(existing) => existing.1 = value.clone(),
                     None => args.push((key.clone(), value.clone())),
                 }
             }
@@ -702,6 +858,102 @@ impl Cluster {
         device: &str,
     ) -> anyhow::Result<TestClient> {
         TestClient::connect(self.addr(index), user, device).await
+    }
+
+    /// The URL the nodes use: the Redis Cluster's in cluster mode, else the single Redis'.
+    pub fn redis_url(&self) -> String {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.url(),
+            None => self.redis.url(),
+        }
+    }
+
+    /// Every Redis server the nodes use (one, or each master).
+    pub fn redis_ports(&self) -> Vec<u16> {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.ports.clone(),
+            None => vec![self.redis.port],
+        }
+    }
+
+    /// Runs `redis-cli -c` (following cluster redirects) against the cluster's Redis and returns its output.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let port = self.redis_ports()[0].to_string();
+        let output = Command::new("redis-cli")
+            .args(["-c", "-p", &port])
+            .args(args)
+            .output();
+        output
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// PUBLISH plus SPUBLISH calls served so far, summed over every Redis server.
+    pub fn publish_count(&self) -> u64 {
+        let mut total = 0;
+        for port in self.redis_ports() {
+            let output = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "INFO", "commandstats"])
+                .output();
+            let text = output
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for line in text.lines() {
+                for prefix in ["cmdstat_publish:calls=", "cmdstat_spublish:calls="] {
+                    if let Some(count) = line.strip_prefix(prefix).and_then(|r| r.split(',').next())
+                    {
+                        total += count.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    /// An authenticated JSON call to node `index`.
+    pub async fn api(
+        &self,
+        index: usize,
+        user: &TestUser,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, value) = benchmarks::client::http_json_auth(
+            self.addr(index),
+            method,
+            path,
+            Some(&user.token),
+            body,
+        )
+        .await?;
+        Ok((status.as_u16(), value))
+    }
+
+    /// Makes two users friends through the API (request by `a`, accept by `b`).
+    pub async fn befriend(&self, a: &TestUser, b: &TestUser) -> anyhow::Result<()> {
+        let (status, body) = self
+            .api(
+                0,
+                a,
+                "POST",
+                "/v1/friends/requests",
+                Some(serde_json::json!({"user": b.id, "note": "hi"})),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "friend request: {status} {body}");
+        let id = body["id"].as_i64().unwrap_or_default();
+        let (status, body) = self
+            .api(
+                0,
+                b,
+                "POST",
+                &format!("/v1/friends/requests/{id}/accept"),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "accept: {status} {body}");
+        Ok(())
     }
 
     /// A direct SQL connection to the cluster's database.

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::frame::{kinds, Send};
 use common::ids::{ConvId, UserId};
+use common::ClientFrame;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -23,14 +25,25 @@ use crate::procs::{Cluster, TestUser};
 pub enum Target {
     /// A 1:1 conversation with this user.
     Direct(UserId),
+    /// A group conversation and all its members.
+    Group { conv: ConvId, members: Vec<UserId> },
 }
 
 impl Target {
-    /// The `to` of a `send` frame.
-    fn to(&self) -> UserId {
-        match self {
-            Target::Direct(user) => *user,
-        }
+    /// The `send` frame for this target.
+    fn frame(&self, cid: &str, body: &str) -> ClientFrame {
+        let (to, conv) = match self {
+            Target::Direct(user) => (Some(*user), None),
+            Target::Group { conv, .. } => (None, Some(*conv)),
+        };
+        ClientFrame::Send(Send {
+            cid: cid.into(),
+            to,
+            conv,
+            kind: kinds::TEXT.into(),
+            body: body.into(),
+            attrs: None,
+        })
     }
 
     /// Every member, the sender included.
@@ -38,6 +51,7 @@ impl Target {
         match self {
             Target::Direct(user) if *user == sender => vec![sender],
             Target::Direct(user) => vec![sender, *user],
+            Target::Group { members, .. } => members.clone(),
         }
     }
 }
@@ -70,8 +84,9 @@ impl Default for TrafficSettings {
     }
 }
 
-/// A plan with users on every node, each sending to users homed on other nodes (cross-node 1:1), and one user with
-/// a second device on another node (so "the sender's other devices" are checked too).
+/// A plan with users on every node, each sending to users homed on other nodes (cross-node 1:1) and into one group
+/// of everyone, and one user with a second device on another node (so "the sender's other devices" are checked
+/// too).
 pub async fn cross_node_plan(
     cluster: &Cluster,
     users_per_node: usize,
@@ -81,12 +96,31 @@ pub async fn cross_node_plan(
     for index in 0..nodes * users_per_node {
         users.push((index % nodes, cluster.user("f").await?));
     }
+    let group = match users.first() {
+        Some((_, owner)) => {
+            let members: Vec<UserId> = users.iter().skip(1).map(|(_, u)| u.id).collect();
+            let body = serde_json::json!({"title": "fault run", "members": members});
+            let (status, created) = cluster
+                .api(0, owner, "POST", "/v1/groups", Some(body))
+                .await?;
+            anyhow::ensure!(status == 201, "creating the group: {status} {created}");
+            let conv = created["id"]
+                .as_i64()
+                .ok_or_else(|| anyhow::anyhow!("no group id in {created}"))?;
+            Some(Target::Group {
+                conv,
+                members: users.iter().map(|(_, u)| u.id).collect(),
+            })
+        }
+        None => None,
+    };
     let mut plans = Vec::new();
     for (home, user) in &users {
         let targets = users
             .iter()
             .filter(|(other_home, other)| other_home != home && other.id != user.id)
             .map(|(_, other)| Target::Direct(other.id))
+            .chain(group.clone())
             .collect();
         plans.push(DevicePlan {
             user: user.clone(),
@@ -256,7 +290,7 @@ impl SimDevice {
                     &target.members(self.plan.user.id),
                 );
                 attempts += 1;
-                let sent = client.send_text(target.to(), &cid, "fault run").await;
+                let sent = client.send(&target.frame(&cid, "fault run")).await;
                 let result = match sent {
                     Ok(()) => client.wait_ack(&cid, self.settings.ack_timeout).await,
                     Err(error) => Err(error),

@@ -3,6 +3,7 @@
 //! Postgres is the source of truth for every message; Redis only ever holds routing state. This module must not
 //! know about sockets or Redis: the writer hands committed messages to `delivery` through a channel.
 
+pub mod chat;
 pub mod queries;
 pub mod schema;
 pub mod writer;

@@ -9,6 +9,7 @@ use tokio_postgres::error::SqlState;
 use super::StoreError;
 
 pub const KIND_DIRECT: i16 = 1;
+pub const KIND_GROUP: i16 = 2;
 
 /// Outcome of creating a user.
 pub enum NewUser {
@@ -101,7 +102,7 @@ pub async fn conversation_states(
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT c.id, c.last_seq, m.read_seq, c.kind, c.direct_low, c.direct_high
+            "SELECT c.id, c.last_seq, m.read_seq, c.kind, c.direct_low, c.direct_high, c.title
              FROM conversation_members m JOIN conversations c ON c.id = m.conv_id
              WHERE m.user_id = $1 ORDER BY c.last_msg_ms DESC, c.id DESC LIMIT $2",
         )
@@ -116,11 +117,13 @@ pub async fn conversation_states(
             (KIND_DIRECT, Some(low), Some(high)) => Some(if low == user { high } else { low }),
             _ => None,
         };
+        let title: String = row.try_get(6)?;
         states.push(ConvState {
             conv: row.try_get(0)?,
             last_seq: row.try_get(1)?,
             read_seq: row.try_get(2)?,
             peer,
+            title: (kind != KIND_DIRECT).then_some(title),
         });
     }
     Ok(states)
@@ -146,7 +149,7 @@ pub async fn sync(
         .await?;
     let page = client
         .prepare_cached(
-            "SELECT id, seq, sender, cid, kind, body, created_ms FROM messages
+            "SELECT id, seq, sender, cid, kind, body, created_ms, attrs::text, recalled FROM messages
              WHERE conv_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .await?;
@@ -160,18 +163,26 @@ pub async fn sync(
     let more = rows.len() > limit as usize;
     let mut msgs = Vec::with_capacity(rows.len().min(limit as usize));
     for row in rows.into_iter().take(limit as usize) {
-        msgs.push(Msg {
-            id: row.try_get(0)?,
-            conv,
-            seq: row.try_get(1)?,
-            from: row.try_get(2)?,
-            cid: row.try_get(3)?,
-            kind: row.try_get(4)?,
-            body: row.try_get(5)?,
-            ts: row.try_get(6)?,
-        });
+        msgs.push(message_from_row(&row, conv)?);
     }
     Ok(SyncPage::Messages { msgs, more })
+}
+
+/// Builds a `Msg` from `id, seq, sender, cid, kind, body, created_ms, attrs::text, recalled`.
+pub fn message_from_row(row: &tokio_postgres::Row, conv: ConvId) -> Result<Msg, StoreError> {
+    let attrs: Option<String> = row.try_get(7)?;
+    Ok(Msg {
+        id: row.try_get(0)?,
+        conv,
+        seq: row.try_get(1)?,
+        from: row.try_get(2)?,
+        cid: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        body: row.try_get(5)?,
+        ts: row.try_get(6)?,
+        attrs: attrs.and_then(|text| serde_json::from_str(&text).ok()),
+        recalled: row.try_get(8)?,
+    })
 }
 
 /// Cheap liveness probe for `/readyz`.

@@ -12,7 +12,14 @@ use super::StoreError;
 const MIGRATION_LOCK: i64 = 0x494d_5f4d_4947;
 
 /// (version, SQL), in order. Never edit a released migration: add a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_core.sql")),
+    (2, include_str!("../../migrations/0002_chat.sql")),
+    (
+        3,
+        include_str!("../../migrations/0003_partitioned_messages.sql"),
+    ),
+];
 
 /// Applies every migration not yet recorded; returns how many it applied.
 pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {

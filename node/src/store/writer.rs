@@ -6,8 +6,9 @@
 //! 2. locks the batch's conversations in id order and advances each one's `last_seq` by its count of new
 //!    messages — the seq is allocated inside the commit, so commit order is seq order and a settled gap stays
 //!    settled (two writers of one conversation serialize on its row lock; the fixed order rules out deadlocks),
-//! 3. inserts the rows with one `INSERT … SELECT unnest(…)` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
-//!    retry racing through another node), and advances each sender's own `read_seq`,
+//! 3. takes the idempotency keys in `message_keys` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
+//!    retry racing through another node; the membership check rides along), inserts the rows whose key it took into
+//!    the hash-partitioned `messages` with one `INSERT … SELECT unnest(…)`, and advances each sender's `read_seq`,
 //! 4. commits.
 //!
 //! Only then does each sender get its `ack` and are the new messages handed, in commit order, to delivery. A failed
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::frame::{Ack, ErrorFrame, Msg};
+use common::frame::{Ack, Attrs, ErrorFrame, Msg};
 use common::ids::{ConvId, MsgId, Seq, UserId};
 use common::ErrorCode;
 use deadpool_postgres::Pool;
@@ -43,6 +44,11 @@ pub struct Submission {
     pub members: Arc<[UserId]>,
     pub kind: String,
     pub body: String,
+    pub attrs: Option<Attrs>,
+    /// Made by the server (group changes, recalls): stored even if the sender is no longer a member.
+    pub system: bool,
+    /// For a recall: the seq whose content is erased in the same transaction.
+    pub recall_target: Option<Seq>,
     pub reply: Arc<dyn AckSink>,
     pub received_at: Instant,
 }
@@ -166,7 +172,16 @@ async fn commit_batch(
                 .record(started.elapsed().as_secs_f64());
             let committed_at = Instant::now();
             let mut fresh = Vec::with_capacity(outcome.new_count);
-            for (submission, (stored, is_new)) in batch.into_iter().zip(outcome.per_submission) {
+            for (submission, result) in batch.into_iter().zip(outcome.per_submission) {
+                let (stored, is_new) = match result {
+                    Ok(pair) => pair,
+                    Err(code) => {
+                        let frame = ErrorFrame::new(code, "not a member of this conversation")
+                            .for_cid(submission.cid.clone());
+                        submission.reply.answer(Err(frame), submission.received_at);
+                        continue;
+                    }
+                };
                 let ack = Ack {
                     cid: submission.cid.clone(),
                     id: stored.id,
@@ -186,6 +201,8 @@ async fn commit_batch(
                             kind: submission.kind,
                             body: submission.body,
                             ts: stored.ts,
+                            attrs: submission.attrs,
+                            recalled: false,
                         },
                         members: submission.members,
                         sender_device: submission.sender_device,
@@ -214,8 +231,8 @@ async fn commit_batch(
 }
 
 struct Outcome {
-    /// Per submission, in batch order: the stored message and whether this batch created it.
-    per_submission: Vec<(Stored, bool)>,
+    /// Per submission, in batch order: the stored message and whether this batch created it, or why it was refused.
+    per_submission: Vec<Result<(Stored, bool), ErrorCode>>,
     new_count: usize,
 }
 
@@ -245,7 +262,7 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
     let cids: Vec<&str> = unique.iter().map(|&i| batch[i].cid.as_str()).collect();
     let existing_stmt = tx
         .prepare_cached(
-            "SELECT m.sender, m.cid, m.id, m.conv_id, m.seq, m.created_ms FROM messages m
+            "SELECT m.sender, m.cid, m.id, m.conv_id, m.seq, m.created_ms FROM message_keys m
              JOIN unnest($1::bigint[], $2::text[]) AS k(sender, cid) ON m.sender = k.sender AND m.cid = k.cid",
         )
         .await?;
@@ -311,6 +328,9 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
         let mut col_cid: Vec<&str> = Vec::with_capacity(new.len());
         let mut col_kind: Vec<&str> = Vec::with_capacity(new.len());
         let mut col_body: Vec<&str> = Vec::with_capacity(new.len());
+        let mut col_attrs: Vec<Option<String>> = Vec::with_capacity(new.len());
+        let mut col_system: Vec<bool> = Vec::with_capacity(new.len());
+
         // Highest own seq per (conversation, sender): the sender has read their own messages.
         let mut own_read: HashMap<(ConvId, UserId), Seq> = HashMap::new();
         for &i in &new {
@@ -334,34 +354,38 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             col_cid.push(s.cid.as_str());
             col_kind.push(s.kind.as_str());
             col_body.push(s.body.as_str());
+            col_attrs.push(s.attrs.as_ref().and_then(|a| serde_json::to_string(a).ok()));
+            col_system.push(s.system);
+
             let read = own_read.entry((s.conv, s.sender)).or_insert(seq);
             *read = (*read).max(seq);
         }
-        let insert_stmt = tx
+        // First the idempotency keys (with the message ids): a key already taken by a retry racing through another
+        // node is skipped here, and only rows whose key was taken by this batch are then inserted.
+        let keys_stmt = tx
             .prepare_cached(
-                "INSERT INTO messages (conv_id, seq, sender, sender_device, cid, kind, body, created_ms)
-                 SELECT c, s, u, d, k, t, b, $8 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
-                     $5::text[], $6::text[], $7::text[]) AS v(c, s, u, d, k, t, b)
+                "INSERT INTO message_keys (sender, cid, conv_id, seq, id, created_ms)
+                 SELECT u, k, c, s, nextval('message_ids'), $6
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[]) AS v(u, k, c, s, sys)
+                 WHERE v.sys OR EXISTS (SELECT 1 FROM conversation_members m WHERE m.conv_id = v.c AND m.user_id = v.u)
                  ON CONFLICT (sender, cid) DO NOTHING
                  RETURNING sender, cid, id, conv_id, seq",
             )
             .await?;
-        let inserted = tx
+        let taken = tx
             .query(
-                &insert_stmt,
+                &keys_stmt,
                 &[
+                    &col_sender,
+                    &col_cid,
                     &col_conv,
                     &col_seq,
-                    &col_sender,
-                    &col_device,
-                    &col_cid,
-                    &col_kind,
-                    &col_body,
+                    &col_system,
                     &now_ms,
                 ],
             )
             .await?;
-        for row in inserted {
+        for row in taken {
             new_keys.insert(
                 (row.try_get(0)?, row.try_get(1)?),
                 Stored {
@@ -372,6 +396,52 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                 },
             );
         }
+        let mut row_conv = Vec::with_capacity(new_keys.len());
+        let mut row_seq = Vec::with_capacity(new_keys.len());
+        let mut row_id = Vec::with_capacity(new_keys.len());
+        let mut row_sender = Vec::with_capacity(new_keys.len());
+        let mut row_device: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_cid: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_kind: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_body: Vec<&str> = Vec::with_capacity(new_keys.len());
+        let mut row_attrs: Vec<Option<String>> = Vec::with_capacity(new_keys.len());
+        for (column, &i) in new.iter().enumerate() {
+            let Some(stored) = new_keys.get(&(batch[i].sender, batch[i].cid.clone())) else {
+                continue;
+            };
+            row_conv.push(stored.conv);
+            row_seq.push(stored.seq);
+            row_id.push(stored.id);
+            row_sender.push(col_sender[column]);
+            row_device.push(col_device[column]);
+            row_cid.push(col_cid[column]);
+            row_kind.push(col_kind[column]);
+            row_body.push(col_body[column]);
+            row_attrs.push(col_attrs[column].clone());
+        }
+        let insert_stmt = tx
+            .prepare_cached(
+                "INSERT INTO messages (conv_id, seq, id, sender, sender_device, cid, kind, body, attrs, created_ms)
+                 SELECT c, s, i, u, d, k, t, b, a::jsonb, $10 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[],
+                     $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS v(c, s, i, u, d, k, t, b, a)",
+            )
+            .await?;
+        tx.execute(
+            &insert_stmt,
+            &[
+                &row_conv,
+                &row_seq,
+                &row_id,
+                &row_sender,
+                &row_device,
+                &row_cid,
+                &row_kind,
+                &row_body,
+                &row_attrs,
+                &now_ms,
+            ],
+        )
+        .await?;
 
         // A retry that raced through another node lost the insert here; answer with the winner's row. Its seq
         // allocated above stays unused: a gap, which clients settle by sync.
@@ -396,6 +466,47 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             }
         }
 
+        // Side effects of the messages just inserted: recalls erase their target, media become visible in the
+        // conversation they were sent to.
+        let mut recall_convs = Vec::new();
+        let mut recall_seqs = Vec::new();
+        let mut media_convs = Vec::new();
+        let mut media_hashes: Vec<&str> = Vec::new();
+        for &i in &new {
+            let s = &batch[i];
+            if !new_keys.contains_key(&(s.sender, s.cid.clone())) {
+                continue;
+            }
+            if let Some(target) = s.recall_target {
+                recall_convs.push(s.conv);
+                recall_seqs.push(target);
+            }
+            if let Some(hash) = s.attrs.as_ref().and_then(|a| a.media.as_deref()) {
+                media_convs.push(s.conv);
+                media_hashes.push(hash);
+            }
+        }
+        if !recall_convs.is_empty() {
+            let recall_stmt = tx
+                .prepare_cached(
+                    "UPDATE messages m SET recalled = true, body = '', attrs = NULL
+                     FROM unnest($1::bigint[], $2::bigint[]) AS v(c, s) WHERE m.conv_id = v.c AND m.seq = v.s",
+                )
+                .await?;
+            tx.execute(&recall_stmt, &[&recall_convs, &recall_seqs])
+                .await?;
+        }
+        if !media_convs.is_empty() {
+            let media_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO conversation_media (conv_id, hash) SELECT * FROM unnest($1::bigint[], $2::text[])
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            tx.execute(&media_stmt, &[&media_convs, &media_hashes])
+                .await?;
+        }
+
         let (read_convs, (read_users, read_seqs)): (Vec<ConvId>, (Vec<UserId>, Vec<Seq>)) =
             own_read
                 .into_iter()
@@ -418,17 +529,14 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
     for (index, submission) in batch.iter().enumerate() {
         let key = (submission.sender, submission.cid.clone());
         let first = first_index.get(&key).copied() == Some(index);
-        let outcome = match (new_keys.get(&key), stored.get(&key)) {
-            (Some(created), _) => Some((*created, first)),
-            (None, Some(existing)) => Some((*existing, false)),
-            (None, None) => None,
-        };
-        match outcome {
-            Some((value, is_new)) => {
-                new_count += usize::from(is_new);
-                per_submission.push((value, is_new));
+        match (new_keys.get(&key), stored.get(&key)) {
+            (Some(created), _) => {
+                new_count += usize::from(first);
+                per_submission.push(Ok((*created, first)));
             }
-            None => return Err(StoreError::Invalid("a committed message vanished".into())),
+            (None, Some(existing)) => per_submission.push(Ok((*existing, false))),
+            // Neither inserted nor stored before: the membership check in the INSERT refused it.
+            (None, None) => per_submission.push(Err(ErrorCode::NotMember)),
         }
     }
     Ok(Outcome {

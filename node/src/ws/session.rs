@@ -12,7 +12,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::frame::{ErrorFrame, Send, SyncRequest, Synced};
+use std::collections::HashMap;
+
+use common::frame::{
+    kinds, Attrs, ErrorFrame, ReadRequest, ReadState, RecallRequest, Send, SyncRequest, Synced,
+    TypingRequest, TypingState,
+};
 use common::ids::{is_valid_cid, UserId};
 use common::{close_code, ClientFrame, ErrorCode, KickReason, ServerFrame};
 use fastwebsockets::upgrade::UpgradeFut;
@@ -23,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
+use crate::contacts::PairPolicy;
 use crate::delivery::{Outbound, Outbox};
 use crate::metrics;
 use crate::state::NodeState;
@@ -99,13 +105,16 @@ pub(crate) struct CloseInstruction {
 /// Removes the device from this node and, if the registry still points here, from Redis.
 pub async fn unregister(state: &NodeState, user: UserId, device: &str, conn_id: u64) {
     if state.sessions.remove(user, device, conn_id) {
-        if let Err(error) = state
+        match state
             .locations
             .unregister(user, device, &state.node_id)
             .await
         {
+            Ok(_) => state
+                .delivery
+                .presence_changed(state.pool.clone(), user, false),
             // The entry will be ignored once this node's lease lapses, and replaced when the device reconnects.
-            debug!(%error, "could not remove the device location");
+            Err(error) => debug!(%error, "could not remove the device location"),
         }
     }
 }
@@ -170,6 +179,7 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         device: device.clone(),
         outbox: outbox.clone(),
         bucket: TokenBucket::new(state.config.send_burst),
+        typing: HashMap::new(),
     };
     let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
     let max_message = state.config.max_message_bytes;
@@ -347,6 +357,7 @@ async fn write_binary(
 ) -> Result<(), WebSocketError> {
     state.metrics.frames_out.increment(1);
     state.metrics.bytes_out.increment(bytes.len() as u64);
+    state.metrics.compressed_out(bytes);
     writer
         .write_frame(Frame::binary(Payload::Borrowed(bytes)))
         .await
@@ -387,6 +398,21 @@ struct Connection {
     device: Arc<str>,
     outbox: Arc<Outbox>,
     bucket: TokenBucket,
+    /// When this connection last relayed `typing` per conversation.
+    typing: HashMap<common::ids::ConvId, Instant>,
+}
+
+const MAX_EMOJI_BYTES: usize = 64;
+const MAX_CAPTION_BYTES: usize = 1024;
+const MAX_FILE_NAME_BYTES: usize = 255;
+const MAX_CUSTOM_TYPE_BYTES: usize = 64;
+const MAX_MEMO_BYTES: usize = 256;
+
+fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Connection {
@@ -395,9 +421,13 @@ impl Connection {
         let metrics = &self.state.metrics;
         metrics.frames_in.increment(1);
         metrics.bytes_in.increment(message.len() as u64);
+        metrics.compressed_in(message);
         match common::decode::<ClientFrame>(message, &self.state.limits) {
             Ok(ClientFrame::Send(send)) => self.on_send(send).await,
             Ok(ClientFrame::Sync(request)) => self.on_sync(request).await,
+            Ok(ClientFrame::Read(request)) => self.on_read(request).await,
+            Ok(ClientFrame::Typing(request)) => self.on_typing(request).await,
+            Ok(ClientFrame::Recall(request)) => self.on_recall(request).await,
             Err(error) => {
                 // The connection stays usable: a bad frame is answered, not fatal.
                 self.outbox
@@ -409,7 +439,6 @@ impl Connection {
 
     async fn on_send(&mut self, send: Send) {
         let received_at = Instant::now();
-        let config = &self.state.config;
         if !is_valid_cid(&send.cid) {
             self.outbox.error(ErrorFrame::new(
                 ErrorCode::InvalidRequest,
@@ -417,26 +446,16 @@ impl Connection {
             ));
             return;
         }
-        let fail =
-            |code: ErrorCode, msg: String| ErrorFrame::new(code, msg).for_cid(send.cid.clone());
-        if send.kind != "text" {
-            self.outbox.error(fail(
-                ErrorCode::InvalidRequest,
-                format!("unknown kind {:?}; supported: text", send.kind),
-            ));
-            return;
-        }
-        if send.body.len() > config.max_body_bytes {
-            self.outbox.error(fail(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "body of {} bytes exceeds the limit of {}",
-                    send.body.len(),
-                    config.max_body_bytes
-                ),
-            ));
-            return;
-        }
+        let cid = send.cid.clone();
+        let fail = |code: ErrorCode, msg: String| ErrorFrame::new(code, msg).for_cid(cid.clone());
+        let attrs = match self.check_content(&send).await {
+            Ok(attrs) => attrs,
+            Err((code, msg)) => {
+                self.outbox.error(fail(code, msg));
+                return;
+            }
+        };
+        let config = &self.state.config;
         if !self.bucket.take(config.send_rate, config.send_burst) {
             ::metrics::counter!("im_rate_limited_total").increment(1);
             self.outbox.error(fail(
@@ -445,26 +464,12 @@ impl Connection {
             ));
             return;
         }
-        let conv = match self.state.direct_conversation(self.user, send.to).await {
-            Ok(Direct::Conversation(conv)) => conv,
-            Ok(Direct::UnknownUser) => {
-                self.outbox
-                    .error(fail(ErrorCode::UnknownUser, format!("no user {}", send.to)));
+        let (conv, members) = match self.resolve_target(send.to, send.conv).await {
+            Ok(target) => target,
+            Err((code, msg)) => {
+                self.outbox.error(fail(code, msg));
                 return;
             }
-            Err(error) => {
-                warn!(%error, "could not resolve the conversation");
-                self.outbox.error(fail(
-                    ErrorCode::StoreUnavailable,
-                    "message store unavailable; retry".into(),
-                ));
-                return;
-            }
-        };
-        let members: Arc<[UserId]> = if send.to == self.user {
-            Arc::from([self.user])
-        } else {
-            Arc::from([self.user, send.to])
         };
         let submission = Submission {
             sender: self.user,
@@ -474,9 +479,16 @@ impl Connection {
             members,
             kind: send.kind,
             body: send.body,
+            attrs,
+            system: false,
+            recall_target: None,
             reply: self.outbox.clone(),
             received_at,
         };
+        self.submit(submission).await;
+    }
+
+    async fn submit(&self, submission: Submission) {
         if let Err(submission) = self.state.writer.submit(submission).await {
             self.outbox.error(
                 ErrorFrame::new(
@@ -486,6 +498,378 @@ impl Connection {
                 .for_cid(submission.cid),
             );
         }
+    }
+
+    /// The conversation and its members for a `send`: `to` names a user (1:1, subject to friendship and blocks),
+    /// `conv` a conversation the sender belongs to.
+    async fn resolve_target(
+        &self,
+        to: Option<UserId>,
+        conv: Option<common::ids::ConvId>,
+    ) -> Result<(common::ids::ConvId, Arc<[UserId]>), (ErrorCode, String)> {
+        let unavailable = |error: crate::store::StoreError| {
+            warn!(%error, "could not resolve the conversation");
+            (
+                ErrorCode::StoreUnavailable,
+                "message store unavailable; retry".to_string(),
+            )
+        };
+        match (to, conv) {
+            (Some(to), None) => {
+                match self
+                    .state
+                    .pairs
+                    .policy(self.user, to)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    PairPolicy::Allowed => {}
+                    PairPolicy::NotFriends => {
+                        return Err((
+                            ErrorCode::NotFriends,
+                            format!("user {to} is not your friend"),
+                        ));
+                    }
+                    PairPolicy::Blocked => {
+                        return Err((
+                            ErrorCode::Blocked,
+                            "messages between you are blocked".into(),
+                        ))
+                    }
+                }
+                match self
+                    .state
+                    .direct_conversation(self.user, to)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Direct::Conversation(conv) => {
+                        let members: Arc<[UserId]> = if to == self.user {
+                            Arc::from([self.user])
+                        } else {
+                            Arc::from([self.user, to])
+                        };
+                        Ok((conv, members))
+                    }
+                    Direct::UnknownUser => Err((ErrorCode::UnknownUser, format!("no user {to}"))),
+                }
+            }
+            (None, Some(conv)) => match self
+                .state
+                .delivery
+                .members
+                .get(conv)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(members) if members.contains(self.user) => Ok((conv, members.users.clone())),
+                _ => Err((
+                    ErrorCode::NotMember,
+                    format!("not a member of conversation {conv}"),
+                )),
+            },
+            _ => Err((
+                ErrorCode::InvalidRequest,
+                "exactly one of `to` and `conv` is required".into(),
+            )),
+        }
+    }
+
+    /// Checks a message's kind, body and attributes against the kind's rules; returns the attributes to store.
+    async fn check_content(&self, send: &Send) -> Result<Option<Attrs>, (ErrorCode, String)> {
+        let max_body = self.state.config.max_body_bytes;
+        let too_long = |what: &str, len: usize, max: usize| {
+            (
+                ErrorCode::LimitExceeded,
+                format!("{what} of {len} bytes exceeds the limit of {max}"),
+            )
+        };
+        let attrs = send.attrs.clone().unwrap_or_default();
+        match send.kind.as_str() {
+            kinds::TEXT => {
+                if send.body.is_empty() {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        "a text message needs a body".into(),
+                    ));
+                }
+                if send.body.len() > max_body {
+                    return Err(too_long("body", send.body.len(), max_body));
+                }
+                Ok(None)
+            }
+            kinds::EMOJI => {
+                if send.body.is_empty() || send.body.len() > MAX_EMOJI_BYTES {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!("an emoji code is 1-{MAX_EMOJI_BYTES} bytes"),
+                    ));
+                }
+                Ok(None)
+            }
+            kinds::IMAGE | kinds::FILE => {
+                if send.body.len() > MAX_CAPTION_BYTES {
+                    return Err(too_long("caption", send.body.len(), MAX_CAPTION_BYTES));
+                }
+                let Some(hash) = attrs.media.filter(|h| is_sha256_hex(h)) else {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        "attrs.media must be the SHA-256 (hex) of an upload".into(),
+                    ));
+                };
+                let name = attrs.name.filter(|n| !n.is_empty());
+                if name.as_ref().is_some_and(|n| n.len() > MAX_FILE_NAME_BYTES) {
+                    return Err((
+                        ErrorCode::LimitExceeded,
+                        format!("file names are at most {MAX_FILE_NAME_BYTES} bytes"),
+                    ));
+                }
+                let found =
+                    crate::store::chat::accessible_media(&self.state.pool, &hash, self.user)
+                        .await
+                        .map_err(|error| {
+                            warn!(%error, "media lookup failed");
+                            (
+                                ErrorCode::StoreUnavailable,
+                                "message store unavailable; retry".to_string(),
+                            )
+                        })?;
+                let Some((size, mime)) = found else {
+                    return Err((
+                        ErrorCode::UnknownMedia,
+                        "no such upload (upload it first)".into(),
+                    ));
+                };
+                if send.kind == kinds::IMAGE && !mime.starts_with("image/") {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!("an image message needs an image, not {mime}"),
+                    ));
+                }
+                Ok(Some(Attrs {
+                    media: Some(hash),
+                    name,
+                    size: Some(size),
+                    mime: Some(mime),
+                    ..Attrs::default()
+                }))
+            }
+            kinds::CUSTOM => {
+                if send.body.len() > max_body {
+                    return Err(too_long("body", send.body.len(), max_body));
+                }
+                let Some(custom_type) = attrs
+                    .custom_type
+                    .filter(|t| !t.is_empty() && t.len() <= MAX_CUSTOM_TYPE_BYTES)
+                else {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!("attrs.custom_type must be 1-{MAX_CUSTOM_TYPE_BYTES} bytes"),
+                    ));
+                };
+                if attrs
+                    .memo
+                    .as_ref()
+                    .is_some_and(|m| m.len() > MAX_MEMO_BYTES)
+                {
+                    return Err((
+                        ErrorCode::LimitExceeded,
+                        format!("attrs.memo is at most {MAX_MEMO_BYTES} bytes"),
+                    ));
+                }
+                Ok(Some(Attrs {
+                    custom_type: Some(custom_type),
+                    memo: attrs.memo,
+                    amount: attrs.amount,
+                    ..Attrs::default()
+                }))
+            }
+            other => Err((
+                ErrorCode::InvalidRequest,
+                format!(
+                    "unknown kind {other:?}; clients may send {}",
+                    kinds::CLIENT_KINDS.join(", ")
+                ),
+            )),
+        }
+    }
+
+    async fn on_read(&mut self, request: ReadRequest) {
+        if request.seq < 0 {
+            self.outbox.error(ErrorFrame::new(
+                ErrorCode::InvalidRequest,
+                "seq must be >= 0",
+            ));
+            return;
+        }
+        let marked = match crate::store::chat::mark_read(
+            &self.state.pool,
+            self.user,
+            request.conv,
+            request.seq,
+        )
+        .await
+        {
+            Ok(marked) => marked,
+            Err(error) => {
+                warn!(%error, "read cursor update failed");
+                self.outbox.error(ErrorFrame::new(
+                    ErrorCode::StoreUnavailable,
+                    "message store unavailable; retry",
+                ));
+                return;
+            }
+        };
+        let Some((read_seq, conv_kind)) = marked else {
+            self.outbox.error(ErrorFrame::new(
+                ErrorCode::NotMember,
+                "not a member of this conversation",
+            ));
+            return;
+        };
+        ::metrics::counter!("im_read_updates_total").increment(1);
+        let frame = ServerFrame::Read(ReadState {
+            conv: request.conv,
+            user: self.user,
+            seq: read_seq,
+        });
+        // My devices keep unread badges in step; in 1:1 the peer gets a read receipt. Group receipts are asked for.
+        let mut users = vec![self.user];
+        if conv_kind == crate::store::queries::KIND_DIRECT {
+            if let Ok(Some(members)) = self.state.delivery.members.get(request.conv).await {
+                users.extend(members.users.iter().copied().filter(|u| *u != self.user));
+            }
+        }
+        self.state
+            .delivery
+            .event_to_users(&users, Some((self.user, &self.device)), &frame)
+            .await;
+    }
+
+    async fn on_typing(&mut self, request: TypingRequest) {
+        // At most one relayed typing frame per conversation per second from one connection.
+        let now = Instant::now();
+        if self
+            .typing
+            .get(&request.conv)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        if self.typing.len() > 64 {
+            self.typing.clear();
+        }
+        self.typing.insert(request.conv, now);
+        let members = match self.state.delivery.members.get(request.conv).await {
+            Ok(Some(members)) if members.contains(self.user) => members,
+            Ok(_) => {
+                self.outbox.error(ErrorFrame::new(
+                    ErrorCode::NotMember,
+                    "not a member of this conversation",
+                ));
+                return;
+            }
+            Err(error) => {
+                debug!(%error, "typing dropped: members unavailable");
+                return;
+            }
+        };
+        ::metrics::counter!("im_typing_relayed_total").increment(1);
+        let frame = ServerFrame::Typing(TypingState {
+            conv: request.conv,
+            user: self.user,
+        });
+        self.state
+            .delivery
+            .event_to_conv(
+                request.conv,
+                &members.users,
+                Some((self.user, &self.device)),
+                &frame,
+            )
+            .await;
+    }
+
+    async fn on_recall(&mut self, request: RecallRequest) {
+        let received_at = Instant::now();
+        if !is_valid_cid(&request.cid) {
+            self.outbox.error(ErrorFrame::new(
+                ErrorCode::InvalidRequest,
+                "cid must be 1-64 characters of [A-Za-z0-9_.-]",
+            ));
+            return;
+        }
+        let fail =
+            |code: ErrorCode, msg: &str| ErrorFrame::new(code, msg).for_cid(request.cid.clone());
+        let target = match crate::store::chat::recall_target(
+            &self.state.pool,
+            request.conv,
+            request.seq,
+            self.user,
+        )
+        .await
+        {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                self.outbox.error(fail(
+                    ErrorCode::NotMember,
+                    "no such message in a conversation of yours",
+                ));
+                return;
+            }
+            Err(error) => {
+                warn!(%error, "recall lookup failed");
+                self.outbox.error(fail(
+                    ErrorCode::StoreUnavailable,
+                    "message store unavailable; retry",
+                ));
+                return;
+            }
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let own_in_time = target.sender == self.user
+            && now_ms - target.created_ms <= self.state.config.recall_window_secs * 1000;
+        let group_admin = target.conv_kind == crate::store::queries::KIND_GROUP && target.role >= 1;
+        if target.kind == kinds::SYSTEM || target.kind == kinds::RECALL || target.recalled {
+            self.outbox.error(fail(
+                ErrorCode::Forbidden,
+                "this message cannot be recalled",
+            ));
+            return;
+        }
+        if !own_in_time && !group_admin {
+            self.outbox.error(fail(
+                ErrorCode::Forbidden,
+                "only your own messages, within the recall window",
+            ));
+            return;
+        }
+        let members = match self.state.delivery.members.get(request.conv).await {
+            Ok(Some(members)) => members.users.clone(),
+            _ => Arc::from([self.user]),
+        };
+        ::metrics::counter!("im_recalls_total").increment(1);
+        self.submit(Submission {
+            sender: self.user,
+            sender_device: self.device.clone(),
+            cid: request.cid,
+            conv: request.conv,
+            members,
+            kind: kinds::RECALL.into(),
+            body: String::new(),
+            attrs: Some(Attrs {
+                target_seq: Some(request.seq),
+                ..Attrs::default()
+            }),
+            system: false,
+            recall_target: Some(request.seq),
+            reply: self.outbox.clone(),
+            received_at,
+        })
+        .await;
     }
 
     async fn on_sync(&mut self, request: SyncRequest) {

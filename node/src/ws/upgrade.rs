@@ -130,6 +130,9 @@ pub async fn handle(
                 );
             }
         };
+        state
+            .delivery
+            .presence_changed(state.pool.clone(), user, true);
         if let Some(node) = previous_node {
             let kick = BusMessage::KickDevice {
                 user,

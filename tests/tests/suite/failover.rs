@@ -91,12 +91,7 @@ async fn sigterm_drains_kicks_and_exits_cleanly() {
     assert_eq!(cb.violations(), 0);
 
     // The lease is released at once, not left to expire.
-    let redis = cluster.redis.url();
-    let out = std::process::Command::new("redis-cli")
-        .args(["-u", &redis, "ZRANGE", "im:nodes", "0", "-1"])
-        .output()
-        .unwrap();
-    let nodes = String::from_utf8_lossy(&out.stdout);
+    let nodes = cluster.redis_cli(&["ZRANGE", "im:nodes", "0", "-1"]);
     assert!(
         !nodes.contains("n1-"),
         "drained node still holds a lease: {nodes}"

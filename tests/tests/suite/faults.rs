@@ -16,6 +16,12 @@ use tests::{Cluster, ClusterOptions, TestClient};
 
 const USERS_PER_NODE: usize = 2;
 
+/// Every scenario runs on one plain Redis, also when the suite runs against a Redis Cluster (`IM_TEST_REDIS`): the
+/// faults restart, cut and tap that server. Redis Cluster failover is covered by `redis_cluster.rs`.
+fn single_redis() -> ClusterOptions {
+    ClusterOptions::default().single_redis()
+}
+
 async fn start_traffic(cluster: &Cluster) -> Traffic {
     let plans = cross_node_plan(cluster, USERS_PER_NODE).await.unwrap();
     let addrs = (0..cluster.nodes.len()).map(|i| cluster.addr(i)).collect();
@@ -132,7 +138,7 @@ fn server_socket_open(server_port: u16, client_port: u16) -> bool {
 /// (1) A node is SIGKILLed under traffic: its clients reconnect to the others and catch up; it rejoins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_sigkill_node() {
-    let mut cluster = Cluster::start(3).await.unwrap();
+    let mut cluster = Cluster::start_with(3, single_redis()).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     cluster.nodes[1].signal(libc::SIGKILL);
     assert!(cluster.nodes[1].wait_exit(Duration::from_secs(5)).is_some());
@@ -153,7 +159,7 @@ async fn fault_sigkill_node() {
 /// keeper finds the lapse, kicks every session (its stale sockets close) and no stale location points at it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_sigstop_past_lease() {
-    let options = ClusterOptions::default().arg("lease-ttl-ms", 2000);
+    let options = single_redis().arg("lease-ttl-ms", 2000);
     let cluster = Cluster::start_with(3, options).await.unwrap();
     let redis_port = cluster.redis.port;
     let traffic = start_traffic(&cluster).await;
@@ -208,7 +214,7 @@ async fn fault_sigstop_past_lease() {
 /// and every device is registered again; sends are acknowledged after recovery; no seq is reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_redis_restart_without_data() {
-    let mut cluster = Cluster::start(3).await.unwrap();
+    let mut cluster = Cluster::start_with(3, single_redis()).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     let devices_before = locations(cluster.redis.port).await.len();
     assert!(devices_before >= 7, "devices registered: {devices_before}");
@@ -245,9 +251,7 @@ async fn fault_redis_restart_without_data() {
 /// memory stays bounded, and it recovers when the link returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_node_cut_off_from_redis() {
-    let options = ClusterOptions::default()
-        .proxied_redis(1)
-        .arg("lease-ttl-ms", 2000);
+    let options = single_redis().proxied_redis(1).arg("lease-ttl-ms", 2000);
     let cluster = Cluster::start_with(3, options).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     let addr = cluster.addr(1);
@@ -289,7 +293,7 @@ async fn fault_node_cut_off_from_redis() {
 /// acknowledged, retries with the same cid make exactly one row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_postgres_immediate_restart() {
-    let options = ClusterOptions::default()
+    let options = single_redis()
         .private_postgres()
         .arg("writer-flush-us", 5000);
     let mut cluster = Cluster::start_with(3, options).await.unwrap();
@@ -314,7 +318,7 @@ async fn fault_postgres_immediate_restart() {
 /// (6) Every cross-node publish is delivered twice: recipients show each message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_publish_delivered_twice() {
-    let cluster = Cluster::start(3).await.unwrap();
+    let cluster = Cluster::start_with(3, single_redis()).await.unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let duplicator = tokio::spawn(resp::duplicate_publishes(cluster.redis.port, stopped));
     let traffic = start_traffic(&cluster).await;
@@ -335,7 +339,7 @@ async fn fault_publish_delivered_twice() {
 /// reads at all has its socket closed anyway, and everyone else is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_slow_consumer() {
-    let options = ClusterOptions::default().arg("outbound-queue", 16);
+    let options = single_redis().arg("outbound-queue", 16);
     let cluster = Cluster::start_with(3, options).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     let slow = cluster.user("slow").await.unwrap();
@@ -405,7 +409,7 @@ async fn fault_slow_consumer() {
 /// (8) SIGTERM drains a node; then every node in turn is drained and restarted (a rolling restart) under traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_rolling_restart() {
-    let mut cluster = Cluster::start(3).await.unwrap();
+    let mut cluster = Cluster::start_with(3, single_redis()).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     for index in 0..3 {
         cluster.nodes[index].signal(libc::SIGTERM);
@@ -430,7 +434,7 @@ async fn fault_rolling_restart() {
 /// The checker is not vacuous: on a real run's records, each kind of breach it must catch is caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checker_catches_each_kind_of_breach() {
-    let cluster = Cluster::start(2).await.unwrap();
+    let cluster = Cluster::start_with(2, single_redis()).await.unwrap();
     let traffic = start_traffic(&cluster).await;
     let (checker, devices) = traffic.collect().await.unwrap();
     let sql = cluster.sql().await.unwrap();
@@ -443,7 +447,10 @@ async fn checker_catches_each_kind_of_breach() {
         .enumerate()
         .find_map(|(d, device)| {
             device.convs.iter().find_map(|(conv, log)| {
-                let received = log.msgs.values().find(|m| m.from != device.user)?;
+                let received = log
+                    .msgs
+                    .values()
+                    .find(|m| m.from != device.user && m.kind == "text")?;
                 (log.msgs.len() >= 2).then_some((d, *conv, received.seq))
             })
         })

@@ -261,3 +261,29 @@ async fn two_writers_one_conversation_keeps_seq_order() {
             .all(|(x, y)| x < y));
     }
 }
+
+/// Messages are hash-partitioned by conversation; the sync and history queries read exactly one partition.
+#[tokio::test]
+async fn sync_and_history_read_one_partition() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let sql = cluster.sql().await.unwrap();
+    let partitions: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(partitions, 16);
+    for query in [
+        "EXPLAIN SELECT id FROM messages WHERE conv_id = 42 AND seq > 0 ORDER BY seq LIMIT 100",
+        "EXPLAIN SELECT id FROM messages WHERE conv_id = 42 AND seq < 1000 ORDER BY seq DESC LIMIT 50",
+    ] {
+        let plan: Vec<String> = sql.query(query, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let plan = plan.join("\n");
+        // One scan node, on one partition ("… on messages_pN messages").
+        let scanned = plan.lines().filter(|line| line.contains(" on messages_p")).count();
+        assert_eq!(scanned, 1, "{query} should touch one partition:\n{plan}");
+    }
+}

@@ -136,9 +136,11 @@ async fn fragmented_message_within_the_cap_is_accepted() {
     let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
     let frame = common::ClientFrame::Send(common::frame::Send {
         cid: "frag".into(),
-        to: a.id,
+        to: Some(a.id),
+        conv: None,
         kind: "text".into(),
         body: "in pieces".into(),
+        attrs: None,
     });
     let bytes = common::encode(&frame, usize::MAX).unwrap();
     let (head, tail) = bytes.split_at(5);

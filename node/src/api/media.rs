@@ -1,0 +1,225 @@
+//! Uploads and downloads of media.
+//!
+//! `POST /v1/media` takes the raw bytes with their `Content-Type`. The SHA-256 of the bytes names the medium: a
+//! second upload of the same bytes stores nothing and answers at once. `GET /v1/media/{hash}/info` tells whether a
+//! hash exists before any bytes are sent. Downloads (`/v1/media/{hash}`, `/thumb`) are allowed to the uploader and
+//! to members of a conversation where the medium was sent.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{bad_request, not_found, unavailable, AuthUser};
+use crate::http::json_error;
+use crate::media::{sha256_hex, thumbnail, MediaStore, ALLOWED_TYPES};
+use crate::state::NodeState;
+use crate::store::StoreError;
+
+fn valid_hash(hash: &str) -> bool {
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub async fn upload(
+    State(state): State<Arc<NodeState>>,
+    AuthUser(me): AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !ALLOWED_TYPES.contains(&mime.as_str()) {
+        ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_type",
+            &format!("Content-Type must be one of {}", ALLOWED_TYPES.join(", ")),
+        );
+    }
+    if body.is_empty() {
+        return bad_request("empty", "an upload needs a body");
+    }
+    let hash = sha256_hex(&body);
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return unavailable(error.into()),
+    };
+    let existing = match client
+        .query_opt(
+            "SELECT size, mime, has_thumb FROM media WHERE hash = $1",
+            &[&hash],
+        )
+        .await
+    {
+        Ok(existing) => existing,
+        Err(error) => return unavailable(error.into()),
+    };
+    if let Some(row) = existing {
+        if let Err(error) = client
+            .execute(
+                "INSERT INTO media_uploads (hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&hash, &me],
+            )
+            .await
+        {
+            return unavailable(error.into());
+        }
+        ::metrics::counter!("im_media_uploads_total", "result" => "deduplicated").increment(1);
+        let (size, mime, has_thumb): (i64, String, bool) = (row.get(0), row.get(1), row.get(2));
+        return Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": has_thumb, "deduplicated": true }))
+            .into_response();
+    }
+    let thumb = if mime.starts_with("image/") {
+        let bytes = body.clone();
+        tokio::task::spawn_blocking(move || thumbnail(&bytes))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    if mime.starts_with("image/") && thumb.is_none() {
+        return bad_request(
+            "bad_image",
+            "the bytes are not a decodable image of the declared type",
+        );
+    }
+    if let Err(error) = state.media.put(&hash, &body).await {
+        tracing::warn!(%error, "could not store a medium");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "media storage unavailable",
+        );
+    }
+    if let Some(thumb) = &thumb {
+        if let Err(error) = state.media.put_thumb(&hash, thumb).await {
+            tracing::warn!(%error, "could not store a thumbnail");
+        }
+    }
+    let size = body.len() as i64;
+    let stored: Result<(), tokio_postgres::Error> = async {
+        client
+            .execute(
+                "INSERT INTO media (hash, size, mime, uploader, has_thumb) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&hash, &size, &mime, &me, &thumb.is_some()],
+            )
+            .await?;
+        client
+            .execute("INSERT INTO media_uploads (hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash, &me])
+            .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = stored {
+        return unavailable(error.into());
+    }
+    ::metrics::counter!("im_media_uploads_total", "result" => "stored").increment(1);
+    ::metrics::counter!("im_media_bytes_total").increment(body.len() as u64);
+    (
+        StatusCode::CREATED,
+        Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": thumb.is_some(), "deduplicated": false })),
+    )
+        .into_response()
+}
+
+/// `GET /v1/media/{hash}/info`: does this medium exist (size, type)? For "instant upload" checks.
+pub async fn info(
+    State(state): State<Arc<NodeState>>,
+    AuthUser(_): AuthUser,
+    Path(hash): Path<String>,
+) -> Response {
+    if !valid_hash(&hash) {
+        return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    }
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return unavailable(error.into()),
+    };
+    match client
+        .query_opt(
+            "SELECT size, mime, has_thumb FROM media WHERE hash = $1",
+            &[&hash],
+        )
+        .await
+    {
+        Ok(Some(row)) => Json(
+            json!({ "hash": hash, "size": row.get::<_, i64>(0), "mime": row.get::<_, String>(1),
+                                      "thumbnail": row.get::<_, bool>(2) }),
+        )
+        .into_response(),
+        Ok(None) => not_found("no such medium"),
+        Err(error) => unavailable(error.into()),
+    }
+}
+
+async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Response {
+    if !valid_hash(hash) {
+        return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    }
+    let access = crate::store::chat::accessible_media(&state.pool, hash, me).await;
+    let mime = match access {
+        Ok(Some((_, mime))) => mime,
+        // Unknown and forbidden look the same, so hashes cannot be probed through downloads.
+        Ok(None) => return not_found("no such medium, or not shared with you"),
+        Err(error) => return unavailable(error),
+    };
+    let bytes = if thumb {
+        state.media.get_thumb(hash).await
+    } else {
+        state.media.get(hash).await
+    };
+    match bytes {
+        Ok(bytes) => {
+            let content_type = if thumb { "image/png".to_string() } else { mime };
+            ::metrics::counter!("im_media_downloads_total").increment(1);
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (
+                        header::CACHE_CONTROL,
+                        "private, max-age=31536000, immutable".into(),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            not_found("no stored bytes for this medium")
+        }
+        Err(error) => unavailable(StoreError::Invalid(error.to_string())),
+    }
+}
+
+pub async fn get(
+    State(state): State<Arc<NodeState>>,
+    AuthUser(me): AuthUser,
+    Path(hash): Path<String>,
+) -> Response {
+    download(&state, me, &hash, false).await
+}
+
+pub async fn get_thumb(
+    State(state): State<Arc<NodeState>>,
+    AuthUser(me): AuthUser,
+    Path(hash): Path<String>,
+) -> Response {
+    download(&state, me, &hash, true).await
+}
