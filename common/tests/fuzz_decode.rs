@@ -64,14 +64,22 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 }
 
 fn seed() -> impl Strategy<Value = Vec<u8>> {
-    let send = ("[a-zA-Z0-9_.-]{1,64}", any::<i64>(), ".{0,400}").prop_map(|(cid, to, body)| {
-        ClientFrame::Send(Send {
-            cid,
-            to,
-            kind: "text".into(),
-            body,
-        })
-    });
+    let send = (
+        "[a-zA-Z0-9_.-]{1,64}",
+        any::<i64>(),
+        any::<bool>(),
+        ".{0,400}",
+    )
+        .prop_map(|(cid, target, group, body)| {
+            ClientFrame::Send(Send {
+                cid,
+                to: (!group).then_some(target),
+                conv: group.then_some(target),
+                kind: "text".into(),
+                body,
+                attrs: None,
+            })
+        });
     let sync = (any::<u32>(), any::<i64>(), any::<i64>(), any::<u32>()).prop_map(
         |(rid, conv, after_seq, limit)| {
             ClientFrame::Sync(SyncRequest {
