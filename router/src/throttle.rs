@@ -35,10 +35,14 @@ impl FailureCounters {
         self.window
     }
 
-    /// The current counts of `names`, in order (0 for none).
+    /// The current counts of `names`, in order (0 for none). One GET per key in a pipeline, not MGET: the keys
+    /// may live in different slots of a Redis Cluster.
     pub async fn counts(&self, names: &[&str]) -> Result<Vec<i64>, RouterError> {
-        let keys: Vec<String> = names.iter().map(|n| key(n)).collect();
-        let values: Vec<Option<i64>> = self.client.mget(keys).await?;
+        let pipeline = self.client.pipeline();
+        for name in names {
+            let _: () = pipeline.get(key(name)).await?;
+        }
+        let values: Vec<Option<i64>> = pipeline.all().await?;
         Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 
