@@ -115,6 +115,13 @@ export IM_TOKEN_SECRET
 IM_TOKEN_SECRET="$(cat "$secret_file")"
 export IM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export IM_POSTGRES_URL="host=127.0.0.1 port=$PG_PORT user=im dbname=im"
+# The web app served by one node may fail over to the others: allow every local node's origin.
+IM_ALLOWED_ORIGINS=""
+for i in $(seq 1 "$nodes"); do
+  port=$((FIRST_NODE_PORT + i - 1))
+  IM_ALLOWED_ORIGINS+="${IM_ALLOWED_ORIGINS:+,}http://127.0.0.1:$port,http://localhost:$port"
+done
+export IM_ALLOWED_ORIGINS
 # What ops/rolling-restart.sh needs to start nodes exactly like this script does (the secret stays in its file).
 {
   printf 'cluster_pid=%q\nnodes=%q\nprofile=%q\nnode_bin=%q\nroot=%q\nFIRST_NODE_PORT=%q\n' \

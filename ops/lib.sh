@@ -45,6 +45,27 @@ as_pg() {
   fi
 }
 
+# The pinned Autobahn|Testsuite runner (PyPI `kosoku`), in a virtualenv under target/ (the conformance test finds
+# it there).
+KOSOKU_VERSION=0.1.0
+ensure_kosoku() {
+  local venv=target/kosoku-venv
+  if [ -x "$venv/bin/kosoku" ] && "$venv/bin/pip" show kosoku 2>/dev/null | grep -q "^Version: $KOSOKU_VERSION$"; then
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing python3-venv (apt-get)"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+  fi
+  say "installing kosoku $KOSOKU_VERSION into $venv"
+  mkdir -p target
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "kosoku==$KOSOKU_VERSION"
+}
+
 # Installs (as root, via apt) the tools ops/check-ops.sh and ops/cluster.sh --prometheus need: promtool and
 # prometheus (Debian package prometheus), haproxy (to check ops/haproxy/haproxy.cfg) and python3-venv.
 ensure_ops_deps() {

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source ops/lib.sh
 
 ensure_system_deps
+ensure_kosoku
 say "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

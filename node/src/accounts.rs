@@ -1,19 +1,22 @@
 //! Registration and login over REST.
 //!
 //! `POST /v1/users {username, password}` → 201 `{id, username}` (409 if the name is taken);
-//! `POST /v1/sessions {username, password}` → 200 `{user_id, token, expires_at}` (401 on bad credentials).
+//! `POST /v1/sessions {username, password}` → 200 `{user_id, token, expires_at}` (401 on bad credentials, 429
+//! after too many failures for the username or the client address within the window, counted cluster-wide).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
+use router::FailureCounters;
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::http::json_error;
+use crate::http::{json_error, PeerAddr};
 use crate::state::NodeState;
 use crate::store::queries::{self, NewUser};
 
@@ -97,14 +100,72 @@ pub async fn register(
     }
 }
 
+fn invalid_credentials() -> Response {
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "wrong username or password",
+    )
+}
+
+/// Refuses (429) a login for a username or client address with too many recent failures, cluster-wide. If Redis
+/// cannot say, the login goes ahead: the Argon2 cost and its bounded pool still limit guessing.
+async fn throttled(
+    state: &NodeState,
+    failures: &FailureCounters,
+    user_key: &str,
+    peer_key: &str,
+) -> Option<Response> {
+    let counts = match failures.counts(&[user_key, peer_key]).await {
+        Ok(counts) => counts,
+        Err(error) => {
+            ::metrics::counter!("im_login_throttle_unavailable_total").increment(1);
+            debug!(%error, "login failure counts unavailable; not throttling");
+            return None;
+        }
+    };
+    let scope = match counts.as_slice() {
+        [user, _] if *user >= state.config.login_max_failures_per_user => "user",
+        [_, peer] if *peer >= state.config.login_max_failures_per_ip => "ip",
+        _ => return None,
+    };
+    ::metrics::counter!("im_login_throttled_total", "scope" => scope).increment(1);
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_failures",
+        "too many failed logins; try again later",
+    );
+    if let Ok(value) = axum::http::HeaderValue::from_str(&failures.window().as_secs().to_string()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    Some(response)
+}
+
 pub async fn login(
     State(state): State<Arc<NodeState>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
     let Json(credentials) = match body {
         Ok(body) => body,
         Err(rejection) => return bad_body(rejection),
     };
+    if !valid_username(&credentials.username) {
+        // No such user can exist; answering at once also keeps junk out of the failure counters.
+        ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
+        return invalid_credentials();
+    }
+    let failures = FailureCounters::new(
+        state.redis.clone(),
+        Duration::from_secs(state.config.login_failure_window_secs),
+    );
+    let user_key = format!("login:user:{}", credentials.username);
+    let peer_key = format!("login:ip:{}", peer.ip());
+    if let Some(refused) = throttled(&state, &failures, &user_key, &peer_key).await {
+        return refused;
+    }
     let stored = match queries::user_credentials(&state.pool, &credentials.username).await {
         Ok(stored) => stored,
         Err(error) => {
@@ -116,21 +177,23 @@ pub async fn login(
             );
         }
     };
-    let Some((user, hash)) = stored else {
-        ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "wrong username or password",
-        );
+    let verified = match stored {
+        Some((user, hash)) => state
+            .auth
+            .check_password(credentials.password, hash)
+            .await
+            .then_some(user),
+        None => None,
     };
-    if !state.auth.check_password(credentials.password, hash).await {
+    let Some(user) = verified else {
         ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "wrong username or password",
-        );
+        if let Err(error) = failures.record(&[&user_key, &peer_key]).await {
+            debug!(%error, "could not count a failed login");
+        }
+        return invalid_credentials();
+    };
+    if let Err(error) = failures.clear(&user_key).await {
+        debug!(%error, "could not clear the login failures");
     }
     ::metrics::counter!("im_logins_total", "result" => "ok").increment(1);
     let (token, expires_at) = state.auth.issue(user);

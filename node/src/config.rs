@@ -139,6 +139,28 @@ pub struct Config {
     #[arg(long, env = "IM_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
 
+    /// Serve `GET /v1/echo`, an unauthenticated WebSocket echo for protocol-conformance runs (Autobahn). Never in
+    /// production.
+    #[arg(long, env = "IM_CONFORMANCE_ECHO", default_value_t = false)]
+    pub conformance_echo: bool,
+
+    /// Browser origins allowed to open WebSockets, comma-separated (e.g. `https://chat.example.com`); `*` allows
+    /// any. The node's own origin (pages it served) is always allowed. An upgrade that carries any other `Origin` is
+    /// refused (403); one without `Origin` (a native client, not a browser) is not affected.
+    #[arg(long, env = "IM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Failed logins for one username, cluster-wide, before its logins are refused (429) for the rest of the window.
+    #[arg(long, env = "IM_LOGIN_MAX_FAILURES_PER_USER", default_value_t = 10)]
+    pub login_max_failures_per_user: i64,
+
+    /// Failed logins from one client address, cluster-wide, before its logins are refused for the rest of the window.
+    #[arg(long, env = "IM_LOGIN_MAX_FAILURES_PER_IP", default_value_t = 100)]
+    pub login_max_failures_per_ip: i64,
+
+    /// Length of the login-failure window, in seconds, counted from the first failure.
+    #[arg(long, env = "IM_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
+    pub login_failure_window_secs: u64,
     /// Whether 1:1 messages require the two users to be friends.
     #[arg(long, env = "IM_REQUIRE_FRIENDSHIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_friendship: bool,
@@ -229,7 +251,37 @@ impl Config {
                     .into(),
             );
         }
+        if self.login_max_failures_per_user < 1
+            || self.login_max_failures_per_ip < 1
+            || self.login_failure_window_secs == 0
+        {
+            return Err(
+                "--login-max-failures-* and --login-failure-window-secs must be positive".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// Whether a WebSocket upgrade with this `Origin` header (None: no header) may proceed.
+    /// Whether a WebSocket upgrade with this `Origin` may proceed: no `Origin` (native clients), the node's own
+    /// origin (a page this node served, judged by the request's `Host`), or a listed one.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(origin) => {
+                let same_origin = host.is_some_and(|host| {
+                    origin
+                        .strip_prefix("http://")
+                        .or_else(|| origin.strip_prefix("https://"))
+                        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+                });
+                same_origin
+                    || self
+                        .allowed_origins
+                        .iter()
+                        .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+            }
+        }
     }
 
     pub fn limits(&self) -> common::Limits {
@@ -256,5 +308,25 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         let short = Config::parse_from(["node", "--token-secret", "short"]);
         assert!(short.validate().is_err());
+    }
+
+    #[test]
+    fn origins_are_checked_only_when_sent() {
+        let secret = "s".repeat(32);
+        let closed = Config::parse_from(["node", "--token-secret", &secret]);
+        assert!(closed.origin_allowed(None, Some("node.example:7001")));
+        assert!(!closed.origin_allowed(Some("https://evil.example"), Some("node.example:7001")));
+        // A page the node served itself.
+        assert!(closed.origin_allowed(Some("http://node.example:7001"), Some("node.example:7001")));
+        assert!(!closed.origin_allowed(Some("http://node.example:7002"), Some("node.example:7001")));
+        let listed = Config::parse_from([
+            "node",
+            "--token-secret",
+            &secret,
+            "--allowed-origins",
+            "https://chat.example,https://app.example",
+        ]);
+        assert!(listed.origin_allowed(Some("https://APP.example"), None));
+        assert!(!listed.origin_allowed(Some("https://chat.example.evil"), None));
     }
 }

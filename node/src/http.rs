@@ -42,7 +42,11 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 pub fn routes(state: Arc<NodeState>) -> Router {
     let media_limit = state.config.max_media_bytes;
     let web_root = crate::web::web_root(&state.config.web_dir);
-    Router::new()
+    let mut router = Router::new();
+    if state.config.conformance_echo {
+        router = router.route("/v1/echo", get(ws::echo::handle));
+    }
+    router
         .route(
             "/v1/users",
             post(accounts::register).get(api::profiles::search),

@@ -14,6 +14,7 @@
 pub mod bus;
 pub mod lease;
 pub mod locations;
+pub mod throttle;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use fred::prelude::*;
 pub use bus::{Bus, BusMessage};
 pub use lease::NodeLease;
 pub use locations::LocationRegistry;
+pub use throttle::FailureCounters;
 
 /// What can go wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]

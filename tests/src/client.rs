@@ -24,6 +24,8 @@ pub struct ConvLog {
     pub msgs: BTreeMap<Seq, Msg>,
     pub settled_missing: BTreeSet<Seq>,
     pub duplicates: usize,
+    /// Seqs in the order this device showed them (after dedup); a fault checker looks for any step down.
+    pub shown: Vec<Seq>,
     /// Messages that arrived below the settled point without having been seen: the "settled gap stays settled"
     /// promise broken.
     pub violations: usize,
@@ -279,6 +281,7 @@ impl TestClient {
             log.violations += 1;
         } else if msg.seq == log.last_seq + 1 {
             log.last_seq = msg.seq;
+            log.shown.push(msg.seq);
             log.msgs.insert(msg.seq, msg);
         } else {
             // A gap: fetch what is missing, then settle whatever the store does not have.
@@ -286,7 +289,10 @@ impl TestClient {
             let pushed_seq = msg.seq;
             self.sync_after(conv, after).await?;
             let log = self.convs.entry(conv).or_default();
-            log.msgs.entry(msg.seq).or_insert(msg);
+            if !log.msgs.contains_key(&msg.seq) {
+                log.shown.push(msg.seq);
+                log.msgs.insert(msg.seq, msg);
+            }
             for seq in (after + 1)..pushed_seq {
                 if !log.msgs.contains_key(&seq) {
                     log.settled_missing.insert(seq);
@@ -334,6 +340,7 @@ impl TestClient {
                 if log.settled_missing.contains(&msg.seq) {
                     log.violations += 1;
                 }
+                log.shown.push(msg.seq);
                 log.msgs.insert(msg.seq, msg);
             }
             log.last_seq = log.last_seq.max(cursor);

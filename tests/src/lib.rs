@@ -5,8 +5,13 @@
 //! database; Redis and the nodes are per cluster. Every child process is started with a parent-death signal, so
 //! nothing outlives the test run even when a test panics or the runner is killed.
 
+pub mod checker;
 pub mod client;
+pub mod probe;
 pub mod procs;
+pub mod proxy;
+pub mod resp;
+pub mod traffic;
 
 pub use client::TestClient;
 pub use procs::{Cluster, ClusterOptions, TestUser};

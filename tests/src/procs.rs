@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 use crate::client::TestClient;
+pub use crate::proxy::TcpProxy;
 
 /// A free TCP port on 127.0.0.1 (the listener is dropped; the tiny reuse race is acceptable in tests).
 pub fn free_port() -> u16 {
@@ -130,85 +131,24 @@ impl Postgres {
         let bin = postgres_bin_dir()?;
         let ids = postgres_ids();
         let dir = scratch_dir("pg");
-        let data = dir.join("data");
-        if let Some((uid, gid)) = ids {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        }
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb
-            .args(["-D"])
-            .arg(&data)
-            .args(["-A", "trust", "-U", "im", "--no-sync", "-E", "UTF8"]);
-        initdb.stdout(Stdio::null()).stderr(Stdio::piped());
-        harden(&mut initdb, ids);
-        let output = initdb.output().context("running initdb")?;
-        if !output.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
+        let data = init_data_dir(&bin, &dir, ids)?;
         let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log"))?;
         // The server must live as long as the test process, not as long as the test thread that first asked
         // for it: a dedicated thread spawns it and then parks forever, so the parent-death signal only fires
         // when the whole process ends.
         let (tx, rx) = std::sync::mpsc::channel();
         let socket_dir = dir.clone();
+        let server_bin = bin.clone();
         std::thread::spawn(move || {
-            let mut command = Command::new(bin.join("postgres"));
-            command
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "max_connections=300",
-                ])
-                // fsync off: tests check commit semantics, not survival of a power cut; keeps CI fast.
-                .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-                .arg("-k")
-                .arg(&socket_dir)
-                .stdout(Stdio::null())
-                .stderr(log);
-            harden(&mut command, ids);
-            let _ = tx.send(command.spawn().map(|_child| ()));
+            let spawned = postgres_command(&server_bin, &data, port, &socket_dir, ids)
+                .and_then(|mut command| Ok(command.spawn()?));
+            let _ = tx.send(spawned.map(|_child| ()));
             loop {
                 std::thread::park();
             }
         });
         rx.recv()?.context("starting postgres")?;
-        wait_for_port(port, Duration::from_secs(30))?;
-        // Accepting TCP is not accepting queries yet: retry a trivial query.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = Command::new(postgres_bin_dir()?.join("psql"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-U",
-                    "im",
-                    "-d",
-                    "postgres",
-                    "-Atc",
-                    "SELECT 1",
-                ])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "postgres did not accept queries; see {}",
-                    dir.join("postgres.log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_queries(&bin, port, &dir)?;
         Ok(Postgres {
             port,
             databases: AtomicUsize::new(0),
@@ -232,6 +172,158 @@ impl Postgres {
             "host=127.0.0.1 port={} user=im dbname={database}",
             self.port
         )
+    }
+}
+
+/// Runs initdb in `dir/data` (as the `postgres` user when root) and returns the data directory.
+fn init_data_dir(bin: &Path, dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+    let data = dir.join("data");
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .args(["-D"])
+        .arg(&data)
+        .args(["-A", "trust", "-U", "im", "--no-sync", "-E", "UTF8"]);
+    initdb.stdout(Stdio::null()).stderr(Stdio::piped());
+    harden(&mut initdb, ids);
+    let output = initdb.output().context("running initdb")?;
+    if !output.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(data)
+}
+
+/// The `postgres` server command for `data` on `port`, logging to `dir/postgres.log`.
+fn postgres_command(
+    bin: &Path,
+    data: &Path,
+    port: u16,
+    dir: &Path,
+    ids: Option<(u32, u32)>,
+) -> anyhow::Result<Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))?;
+    let mut command = Command::new(bin.join("postgres"));
+    command
+        .arg("-D")
+        .arg(data)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=300",
+        ])
+        // fsync off: tests check commit semantics, not survival of a power cut; keeps CI fast. An immediate
+        // shutdown (a crash of the server, not of the machine) still keeps every committed transaction.
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        .arg("-k")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log);
+    harden(&mut command, ids);
+    Ok(command)
+}
+
+/// Waits until the server on `port` answers a trivial query (accepting TCP is not accepting queries yet).
+fn wait_for_queries(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<()> {
+    wait_for_port(port, Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = Command::new(bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "im",
+                "-d",
+                "postgres",
+                "-Atc",
+                "SELECT 1",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "postgres did not accept queries; see {}",
+                dir.join("postgres.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Postgres server owned by one cluster, for tests that crash or restart it (the shared one must never go away).
+/// Spawned from the calling thread: call it from the test's own thread, which outlives the server.
+pub struct PrivatePostgres {
+    pub server: Postgres,
+    bin: PathBuf,
+    data: PathBuf,
+    dir: PathBuf,
+    ids: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> anyhow::Result<PrivatePostgres> {
+        let bin = postgres_bin_dir()?;
+        let ids = postgres_ids();
+        let dir = scratch_dir("pg-private");
+        let data = init_data_dir(&bin, &dir, ids)?;
+        let mut private = PrivatePostgres {
+            server: Postgres {
+                port: free_port(),
+                databases: AtomicUsize::new(0),
+            },
+            bin,
+            data,
+            dir,
+            ids,
+            child: None,
+        };
+        private.spawn()?;
+        Ok(private)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut command =
+            postgres_command(&self.bin, &self.data, self.server.port, &self.dir, self.ids)?;
+        self.child = Some(command.spawn().context("starting postgres")?);
+        wait_for_queries(&self.bin, self.server.port, &self.dir)
+    }
+
+    /// Stops the server in immediate mode (SIGQUIT to the postmaster, what `pg_ctl stop -m immediate` sends: no
+    /// checkpoint, open transactions aborted, crash recovery on the next start) and waits for it to exit.
+    pub fn stop_immediate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGQUIT);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data (crash recovery runs first).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop_immediate();
     }
 }
 
@@ -484,7 +576,11 @@ impl NodeProc {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (key, value) in &self.args {
-            command.arg(format!("--{key}")).arg(value);
+            // An empty value is a switch (`--conformance-echo`).
+            command.arg(format!("--{key}"));
+            if !value.is_empty() {
+                command.arg(value);
+            }
         }
         command.arg("--listen").arg(self.addr.to_string());
         let log = std::fs::OpenOptions::new()
@@ -523,6 +619,18 @@ impl NodeProc {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -549,11 +657,32 @@ impl Drop for NodeProc {
 #[derive(Default, Clone)]
 pub struct ClusterOptions {
     pub node_args: Vec<(String, String)>,
+    /// Run the cluster on its own Postgres server (`Cluster::postgres`), which the test may crash and restart.
+    pub private_postgres: bool,
+    /// Nodes that reach Redis through a `TcpProxy` the test can cut (`Cluster::redis_proxies`).
+    pub proxied_redis: Vec<usize>,
+    /// Use the single Redis even when `IM_TEST_REDIS` asks for a cluster (tests that restart, cut or tap it).
+    pub single_redis: bool,
     /// Use a 3-master Redis Cluster even when `IM_TEST_REDIS` does not ask for one.
     pub redis_cluster: bool,
 }
 
 impl ClusterOptions {
+    pub fn private_postgres(mut self) -> Self {
+        self.private_postgres = true;
+        self
+    }
+
+    pub fn single_redis(mut self) -> Self {
+        self.single_redis = true;
+        self
+    }
+
+    pub fn proxied_redis(mut self, node: usize) -> Self {
+        self.proxied_redis.push(node);
+        self
+    }
+
     pub fn arg(mut self, key: &str, value: impl ToString) -> Self {
         self.node_args.push((key.to_string(), value.to_string()));
         self
@@ -571,6 +700,10 @@ pub struct TestUser {
 /// Redis, a database on the shared Postgres, and N nodes.
 pub struct Cluster {
     pub redis: Redis,
+    /// The cluster's own Postgres, if `ClusterOptions::private_postgres` asked for one.
+    pub postgres: Option<PrivatePostgres>,
+    /// Node index → the proxy it reaches Redis through.
+    pub redis_proxies: std::collections::HashMap<usize, TcpProxy>,
     /// Set in cluster mode (`IM_TEST_REDIS=cluster`): the nodes then use this instead of `redis`.
     pub redis_cluster: Option<RedisCluster>,
     pub postgres_url: String,
@@ -587,28 +720,55 @@ impl Cluster {
     }
 
     pub async fn start_with(nodes: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
-        let postgres = tokio::task::spawn_blocking(Postgres::shared).await??;
-        let postgres_url = postgres.new_database().await?;
-        let redis = Redis::start()?;
-        let dir = scratch_dir("cluster");
-        let secret = format!("test-secret-{:032x}", rand::random::<u128>());
-        let redis_cluster = if redis_cluster_mode() || options.redis_cluster {
-            Some(RedisCluster::start(3)?)
+        let private = if options.private_postgres {
+            Some(PrivatePostgres::start()?)
         } else {
             None
         };
+        let postgres_url = match &private {
+            Some(private) => private.server.new_database().await?,
+            None => {
+                let shared = tokio::task::spawn_blocking(Postgres::shared).await??;
+                shared.new_database().await?
+            }
+        };
+        let redis = Redis::start()?;
+        let dir = scratch_dir("cluster");
+        let secret = format!("test-secret-{:032x}", rand::random::<u128>());
+        let redis_cluster =
+            if !options.single_redis && (redis_cluster_mode() || options.redis_cluster) {
+                Some(RedisCluster::start(3)?)
+            } else {
+                None
+            };
         let mut cluster = Cluster {
             redis,
+            postgres: private,
+            redis_proxies: std::collections::HashMap::new(),
             redis_cluster,
             postgres_url,
             nodes: Vec::new(),
             secret,
             dir,
         };
-        for index in 0..nodes {
+        // Pages served by one node may open WebSockets on the others (a browser failing over).
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let origins: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        for (index, port) in ports.iter().copied().enumerate() {
+            let redis_url = if options.proxied_redis.contains(&index) {
+                let proxy = TcpProxy::start(cluster.redis.port).await?;
+                let url = format!("redis://{}", proxy.addr);
+                cluster.redis_proxies.insert(index, proxy);
+                url
+            } else {
+                cluster.redis_url()
+            };
             let mut args = vec![
                 ("node-name".to_string(), format!("n{index}")),
-                ("redis-url".to_string(), cluster.redis_url()),
+                ("redis-url".to_string(), redis_url),
                 ("postgres-url".to_string(), cluster.postgres_url.clone()),
                 ("token-secret".to_string(), cluster.secret.clone()),
                 // Cheap hashes keep registration fast in tests; production keeps the defaults.
@@ -624,6 +784,7 @@ impl Cluster {
                     "media-dir".to_string(),
                     cluster.dir.join("media").display().to_string(),
                 ),
+                ("allowed-origins".to_string(), origins.join(",")),
             ];
             for (key, value) in &options.node_args {
                 match args.iter_mut().find(|(k, _)| k == key) {
@@ -632,7 +793,7 @@ impl Cluster {
                 }
             }
             let node = NodeProc {
-                addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 name: format!("n{index}"),
                 child: None,
                 log: cluster.dir.join(format!("node{index}.log")),

@@ -1,5 +1,7 @@
 //! WebSocket connections: `upgrade` authenticates and registers a device before answering 101, `session` runs
 //! the connection until it closes.
 
+pub mod echo;
+pub mod inbound;
 pub mod session;
 pub mod upgrade;

@@ -34,6 +34,7 @@ use crate::metrics;
 use crate::state::NodeState;
 use crate::store::queries::{self, Direct, SyncPage};
 use crate::store::writer::Submission;
+use crate::ws::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
 
 type Io = TokioIo<Upgraded>;
 
@@ -94,11 +95,11 @@ pub struct SessionContext {
 }
 
 /// How the reader wants the connection closed.
-struct CloseInstruction {
+pub(crate) struct CloseInstruction {
     /// A `kick` frame to send first (server-initiated closes).
-    kick: Option<ServerFrame>,
-    code: u16,
-    reason: &'static str,
+    pub(crate) kick: Option<ServerFrame>,
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
 }
 
 /// Removes the device from this node and, if the registry still points here, from Redis.
@@ -182,7 +183,7 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
     };
     let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
     let max_message = state.config.max_message_bytes;
-    let mut assembling: Option<Vec<u8>> = None;
+    let mut assembler = Assembler::new(max_message, false);
     let mut noop = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
 
     let close: Option<CloseInstruction> = loop {
@@ -199,56 +200,21 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
             Ok(Err(error)) => break close_for_error(&error),
             Ok(Ok(frame)) => frame,
         };
-        let complete: Option<Vec<u8>> = match frame.opcode {
-            OpCode::Binary if frame.fin => Some(frame.payload.to_vec()),
-            OpCode::Binary => {
-                assembling = Some(frame.payload.to_vec());
-                None
-            }
-            OpCode::Continuation => match assembling.as_mut() {
-                None => {
-                    break Some(protocol_close(
-                        close_code::PROTOCOL_ERROR,
-                        "continuation without a message",
-                    ))
-                }
-                Some(buffer) => {
-                    if buffer.len() + frame.payload.len() > max_message {
-                        break Some(protocol_close(
-                            close_code::MESSAGE_TOO_BIG,
-                            "message too big",
-                        ));
-                    }
-                    buffer.extend_from_slice(&frame.payload);
-                    if frame.fin {
-                        assembling.take()
-                    } else {
-                        None
-                    }
-                }
-            },
-            OpCode::Text => {
-                break Some(protocol_close(
-                    close_code::UNSUPPORTED_DATA,
-                    "binary frames only",
-                ))
-            }
-            OpCode::Close => {
-                let code = match frame.payload.get(..2) {
-                    Some(raw) => u16::from_be_bytes([raw[0], raw[1]]),
-                    None => close_code::NORMAL,
-                };
+        let complete: Option<Vec<u8>> = match assembler.accept(&frame) {
+            Err(refusal) => break Some(protocol_close(refusal.code, refusal.reason)),
+            Ok(Inbound::Message { payload, .. }) => Some(payload),
+            Ok(Inbound::Close { code }) => {
                 break Some(CloseInstruction {
                     kick: None,
-                    code: echo_close_code(code),
+                    code,
                     reason: "",
-                });
+                })
             }
-            OpCode::Ping => {
-                outbox.pong(Bytes::copy_from_slice(&frame.payload));
+            Ok(Inbound::Ping(payload)) => {
+                outbox.pong(payload);
                 None
             }
-            OpCode::Pong => None,
+            Ok(Inbound::Pong | Inbound::Pending) => None,
         };
         if let Some(message) = complete {
             if let Some(close) = connection.on_message(&message).await {
@@ -274,8 +240,17 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         // Keep reading (and discarding) while the kick and close go out, so the socket is not reset under them.
         drain_input(&shared_read, Duration::from_secs(2), 4 * max_message).await;
     }
-    // The writer finishes its close within a bounded time; a stuck peer cannot hold the task.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    // The writer finishes its close within a bounded time; a stuck peer cannot hold the task. A peer that stopped
+    // reading leaves the writer blocked in a socket write, which no select can interrupt: abort it, or the task,
+    // its queue and the socket would live as long as the peer keeps the TCP connection open.
+    let writer_abort = writer_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer_task)
+        .await
+        .is_err()
+    {
+        ::metrics::counter!("im_ws_writer_aborted_total").increment(1);
+        writer_abort.abort();
+    }
     unregister(&state, user, &device, conn_id).await;
     state.metrics.connections_open.decrement(1.0);
     metrics::connection_closed(reason);
@@ -290,8 +265,11 @@ fn protocol_close(code: u16, reason: &'static str) -> CloseInstruction {
     }
 }
 
-fn close_for_error(error: &WebSocketError) -> Option<CloseInstruction> {
+pub(crate) fn close_for_error(error: &WebSocketError) -> Option<CloseInstruction> {
     match error {
+        WebSocketError::InvalidUTF8 => {
+            Some(protocol_close(INVALID_PAYLOAD, "text is not valid UTF-8"))
+        }
         WebSocketError::FrameTooLarge => Some(protocol_close(
             close_code::MESSAGE_TOO_BIG,
             "message too big",
@@ -303,14 +281,6 @@ fn close_for_error(error: &WebSocketError) -> Option<CloseInstruction> {
             close_code::PROTOCOL_ERROR,
             "websocket protocol error",
         )),
-    }
-}
-
-/// Codes a peer may not send in a close frame are answered with 1002 (RFC 6455 7.4).
-fn echo_close_code(code: u16) -> u16 {
-    match code {
-        1000..=1003 | 1007..=1011 | 3000..=4999 => code,
-        _ => close_code::PROTOCOL_ERROR,
     }
 }
 

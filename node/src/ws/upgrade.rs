@@ -42,6 +42,20 @@ pub async fn handle(
             "node is draining; connect to another node",
         );
     }
+    // Browsers send `Origin` and let any page open a WebSocket with the user's ambient credentials (a `?token=`
+    // in a URL the page got hold of); fastwebsockets does not check it, so we do.
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !state.config.origin_allowed(origin, host) {
+        metrics::handshake_refused("bad_origin");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this Origin may not open WebSockets here",
+        );
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

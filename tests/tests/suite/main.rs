@@ -1,11 +1,14 @@
 //! The multi-process suite: every test starts real Redis, uses the shared real Postgres, and runs real nodes.
 
 mod chat;
+mod conformance;
 mod failover;
+mod faults;
 mod http;
 mod messaging;
 mod openapi;
 mod ops;
 mod protocol;
 mod redis_cluster;
+mod security;
 mod web;
