@@ -27,7 +27,7 @@ async fn start_traffic(cluster: &Cluster) -> Traffic {
     let addrs = (0..cluster.nodes.len()).map(|i| cluster.addr(i)).collect();
     let traffic = Traffic::start(addrs, plans, TrafficSettings::default());
     traffic
-        .wait_acks(30, Duration::from_secs(20))
+        .wait_acks(30, Duration::from_secs(45))
         .await
         .unwrap();
     traffic
@@ -143,12 +143,12 @@ async fn fault_sigkill_node() {
     cluster.nodes[1].signal(libc::SIGKILL);
     assert!(cluster.nodes[1].wait_exit(Duration::from_secs(5)).is_some());
     traffic
-        .wait_acks(60, Duration::from_secs(20))
+        .wait_acks(60, Duration::from_secs(45))
         .await
         .unwrap();
     cluster.start_node(1).await.unwrap();
     traffic
-        .wait_acks(30, Duration::from_secs(20))
+        .wait_acks(30, Duration::from_secs(45))
         .await
         .unwrap();
     let counts = finish("sigkill_node", traffic, &cluster).await;
@@ -179,7 +179,7 @@ async fn fault_sigstop_past_lease() {
     )
     .await;
     traffic
-        .wait_acks(40, Duration::from_secs(20))
+        .wait_acks(40, Duration::from_secs(45))
         .await
         .unwrap();
     cluster.nodes[1].signal(libc::SIGCONT);
@@ -203,7 +203,7 @@ async fn fault_sigstop_past_lease() {
     })
     .await;
     traffic
-        .wait_acks(30, Duration::from_secs(20))
+        .wait_acks(30, Duration::from_secs(45))
         .await
         .unwrap();
     let counts = finish("sigstop_past_lease", traffic, &cluster).await;
@@ -241,7 +241,7 @@ async fn fault_redis_restart_without_data() {
     .await;
     println!("FAULTS redis_restart recovered in {recovered:?}");
     traffic
-        .wait_acks(40, Duration::from_secs(20))
+        .wait_acks(40, Duration::from_secs(45))
         .await
         .unwrap();
     finish("redis_restart_without_data", traffic, &cluster).await;
@@ -264,7 +264,7 @@ async fn fault_node_cut_off_from_redis() {
     .await;
     // The rest of the cluster keeps working, and the cut-off node stays not-ready and bounded meanwhile.
     traffic
-        .wait_acks(60, Duration::from_secs(20))
+        .wait_acks(60, Duration::from_secs(45))
         .await
         .unwrap();
     assert_eq!(ready(addr).await, 503);
@@ -283,7 +283,7 @@ async fn fault_node_cut_off_from_redis() {
         "FAULTS redis_cut: rss {rss_before} -> {rss_during} KiB, ready again after {recovered:?}"
     );
     traffic
-        .wait_acks(40, Duration::from_secs(20))
+        .wait_acks(40, Duration::from_secs(45))
         .await
         .unwrap();
     finish("node_cut_off_from_redis", traffic, &cluster).await;
@@ -420,7 +420,7 @@ async fn fault_rolling_restart() {
         );
         cluster.start_node(index).await.unwrap();
         traffic
-            .wait_acks(25, Duration::from_secs(20))
+            .wait_acks(25, Duration::from_secs(45))
             .await
             .unwrap();
     }
