@@ -40,7 +40,7 @@ pub fn write_plots(ours: &[Value], peer: &[Value], dir: &Path) -> anyhow::Result
     let mut written = Vec::new();
     if let Some(run) = dm_runs(ours).first() {
         let name = "latency-cdf.svg";
-        latency_cdf(run, &dir.join(name))?;
+        latency_cdf(run, dm_runs(peer).first().copied(), &dir.join(name))?;
         written.push(name.to_owned());
         let name = "throughput-vs-rate.svg";
         throughput(run, dm_runs(peer).first().copied(), &dir.join(name))?;
@@ -70,13 +70,19 @@ pub fn write_plots(ours: &[Value], peer: &[Value], dir: &Path) -> anyhow::Result
     Ok(written)
 }
 
-/// Latency (log x) against the cumulative fraction, one line per step.
-fn latency_cdf(run: &Value, path: &Path) -> anyhow::Result<()> {
+/// Latency (log x) against the cumulative fraction, one line per step, ours and the peer's.
+fn latency_cdf(run: &Value, peer: Option<&Value>, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(boxed)?;
     let mut series = Vec::new();
     let mut max_ms: f64 = 1.0;
-    for step in steps(run) {
+    let labelled = steps(run).into_iter().map(|s| ("ours", s)).chain(
+        peer.map(steps)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| ("peer", s)),
+    );
+    for (who, step) in labelled {
         let points: Vec<(f64, f64)> = step["latency_cdf"]
             .as_array()
             .map(|ps| {
@@ -88,7 +94,7 @@ fn latency_cdf(run: &Value, path: &Path) -> anyhow::Result<()> {
         if let Some(last) = points.last() {
             max_ms = max_ms.max(last.0);
         }
-        series.push((format!("{} msg/s", step["target_rate"]), points));
+        series.push((format!("{who} {} msg/s", step["target_rate"]), points));
     }
     let mut chart = ChartBuilder::on(&root)
         .caption(

@@ -348,59 +348,60 @@ async fn dm_step(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_s = drain_started.elapsed().as_secs_f64();
-    let counters = match stats.counters.lock() {
-        Ok(counters) => counters,
-        Err(poisoned) => poisoned.into_inner(),
+    let step = {
+        let counters = match stats.counters.lock() {
+            Ok(counters) => counters,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let window = timing.window_s;
+        let lost = sent_in_window.saturating_sub(counters.delivered);
+        let disconnects = stats.disconnects.load(Ordering::Relaxed);
+        let latency = Percentiles::of(&counters.delivery);
+        let mut verdict = Vec::new();
+        if latency.p99 > rule.p99_ms {
+            verdict.push(format!("p99 {} ms > {} ms", latency.p99, rule.p99_ms));
+        }
+        if lost > 0 {
+            verdict.push(format!("{lost} lost"));
+        }
+        if disconnects > 0 {
+            verdict.push(format!("{disconnects} disconnects"));
+        }
+        let sent_per_s = sent_in_window as f64 / window;
+        if sent_per_s < rule.min_sent_fraction * rate {
+            verdict.push(format!(
+                "sent/s {sent_per_s:.0} < {:.0}% of target",
+                rule.min_sent_fraction * 100.0
+            ));
+        }
+        if send_failures > 0 {
+            verdict.push(format!("{send_failures} sends on dead connections"));
+        }
+        let sustainable = verdict.is_empty();
+        let cdf = cdf_points(&counters.delivery);
+        StepResult {
+            target_rate: rate,
+            sent: sent_in_window,
+            sent_per_s: sent_per_s.round(),
+            expected: sent_in_window,
+            delivered: counters.delivered,
+            delivered_per_s: (counters.delivered as f64 / window).round(),
+            lost,
+            duplicates: counters.duplicates,
+            acked: counters.acked,
+            unacked: sent_in_window.saturating_sub(counters.acked),
+            disconnects,
+            unparsed: stats.unparsed.load(Ordering::Relaxed),
+            errors: counters.errors.clone(),
+            latency_ms: latency,
+            ack_ms: Percentiles::of(&counters.ack),
+            drain_s: (drain_s * 100.0).round() / 100.0,
+            cpu: cpu.unwrap_or_else(|| CpuMeter::start(&[]).stop()),
+            sustainable,
+            verdict,
+            latency_cdf: cdf,
+        }
     };
-    let window = timing.window_s;
-    let lost = sent_in_window.saturating_sub(counters.delivered);
-    let disconnects = stats.disconnects.load(Ordering::Relaxed);
-    let latency = Percentiles::of(&counters.delivery);
-    let mut verdict = Vec::new();
-    if latency.p99 > rule.p99_ms {
-        verdict.push(format!("p99 {} ms > {} ms", latency.p99, rule.p99_ms));
-    }
-    if lost > 0 {
-        verdict.push(format!("{lost} lost"));
-    }
-    if disconnects > 0 {
-        verdict.push(format!("{disconnects} disconnects"));
-    }
-    let sent_per_s = sent_in_window as f64 / window;
-    if sent_per_s < rule.min_sent_fraction * rate {
-        verdict.push(format!(
-            "sent/s {sent_per_s:.0} < {:.0}% of target",
-            rule.min_sent_fraction * 100.0
-        ));
-    }
-    if send_failures > 0 {
-        verdict.push(format!("{send_failures} sends on dead connections"));
-    }
-    let sustainable = verdict.is_empty();
-    let cdf = cdf_points(&counters.delivery);
-    let step = StepResult {
-        target_rate: rate,
-        sent: sent_in_window,
-        sent_per_s: sent_per_s.round(),
-        expected: sent_in_window,
-        delivered: counters.delivered,
-        delivered_per_s: (counters.delivered as f64 / window).round(),
-        lost,
-        duplicates: counters.duplicates,
-        acked: counters.acked,
-        unacked: sent_in_window.saturating_sub(counters.acked),
-        disconnects,
-        unparsed: stats.unparsed.load(Ordering::Relaxed),
-        errors: counters.errors.clone(),
-        latency_ms: latency,
-        ack_ms: Percentiles::of(&counters.ack),
-        drain_s: (drain_s * 100.0).round() / 100.0,
-        cpu: cpu.unwrap_or_else(|| CpuMeter::start(&[]).stop()),
-        sustainable,
-        verdict,
-        latency_cdf: cdf,
-    };
-    drop(counters);
     eprintln!(
         "    -> sent/s {} delivered/s {} lost {} p50 {} p99 {} max {} ms, ack p99 {} ms: {}",
         step.sent_per_s,
