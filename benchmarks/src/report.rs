@@ -233,7 +233,7 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
         for step in ours["run"]["results"]["steps"].as_array().unwrap_or(&empty) {
             let Some(other) = peer_steps
                 .iter()
-                .find(|p| p["target_rate"] == step["target_rate"])
+                .find(|p| p["target_rate"].as_f64() == step["target_rate"].as_f64())
             else {
                 continue;
             };
@@ -269,14 +269,18 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
         );
     }
 
-    for run in of_kind(&folder.ours, "idle") {
+    // Idle steps come one file per step (fresh nodes for each): one table for all of them.
+    let idle_runs = of_kind(&folder.ours, "idle");
+    if !idle_runs.is_empty() {
         let _ = writeln!(
             md,
             "\n### idle — `{}`\n",
-            cell(&run["run"]["scenario"]["name"])
+            cell(&idle_runs[0]["run"]["scenario"]["name"])
         );
         let _ = writeln!(md, "| connections | connected | node RSS/conn KiB | per node: fresh → before → after 5 s → end of hold (MiB) | hold CPU % | disconnects | load-gen RSS MiB |");
         let _ = writeln!(md, "|---:|---:|---:|---|---|---:|---:|");
+    }
+    for run in idle_runs {
         let empty = Vec::new();
         for step in run["run"]["results"]["steps"].as_array().unwrap_or(&empty) {
             if let Some(reason) = step["skipped"].as_str() {

@@ -55,21 +55,19 @@ pub async fn run(scenario: &Scenario, target: &Target) -> anyhow::Result<serde_j
     let results = match &scenario.kind {
         Kind::Dm {
             users,
+            contacts,
             rates,
             bisect_steps,
             timing,
             sustainable,
         } => {
-            run_dm(
-                scenario,
-                target,
-                *users,
+            let ladder = Ladder {
                 rates,
-                *bisect_steps,
+                bisect_steps: *bisect_steps,
                 timing,
-                sustainable,
-            )
-            .await?
+                rule: sustainable,
+            };
+            run_dm(scenario, target, *users, *contacts, &ladder).await?
         }
         Kind::Idle {
             users,
@@ -148,16 +146,95 @@ async fn connect_all(
     Ok(opened.handles)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The rate ladder of an open-loop scenario and its rule.
+struct Ladder<'a> {
+    rates: &'a [f64],
+    bisect_steps: u32,
+    timing: &'a Timing,
+    rule: &'a Sustainable,
+}
+
+/// Fixed contacts per user, on other nodes, drawn with the scenario's seed.
+fn contact_lists(
+    seed: u64,
+    user_count: usize,
+    node_count: usize,
+    per_user: usize,
+) -> Vec<Vec<usize>> {
+    let mut rng = Rng::new(seed ^ 0xc047_ac75);
+    (0..user_count)
+        .map(|sender| {
+            (0..per_user)
+                .map(|_| {
+                    let other = (sender % node_count + 1 + rng.below(node_count - 1)) % node_count;
+                    let slots = (user_count - other).div_ceil(node_count);
+                    other + node_count * rng.below(slots)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Sends one unmeasured message over every contact pair, so each pair's conversation exists before the ladder.
+async fn introduce(
+    scenario: &Scenario,
+    users: &[User],
+    handles: &[Option<ConnHandle>],
+    stats: &Stats,
+    contacts: &[Vec<usize>],
+    next_id: &mut u64,
+) {
+    let started = Instant::now();
+    let before = stats.frames.load(Ordering::Relaxed);
+    let mut pairs = 0u64;
+    for (sender, list) in contacts.iter().enumerate() {
+        for &recipient in list {
+            let id = *next_id;
+            *next_id += 1;
+            let ts = sys::monotonic_us();
+            let frame = ClientFrame::Send(Send {
+                cid: load::stamp_cid(ts, id),
+                to: users[recipient].id,
+                kind: "text".into(),
+                body: load::stamp_body(ts, id, scenario.body_bytes),
+            });
+            if let (Ok(bytes), Some(handle)) =
+                (common::encode(&frame, usize::MAX), &handles[sender])
+            {
+                handle.send(Bytes::from(bytes));
+                pairs += 1;
+            }
+            // A gentle pace: opening a conversation is a transaction of its own; do not bury the nodes.
+            if pairs.is_multiple_of(200) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // Each introduction yields an ack and a delivery.
+    while stats.frames.load(Ordering::Relaxed) - before < 2 * pairs
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "  opened {pairs} contact conversations in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 async fn run_dm(
     scenario: &Scenario,
     target: &Target,
     user_count: usize,
-    rates: &[f64],
-    bisect_steps: u32,
-    timing: &Timing,
-    sustainable: &Sustainable,
+    contacts: Option<usize>,
+    ladder: &Ladder<'_>,
 ) -> anyhow::Result<serde_json::Value> {
+    let (rates, bisect_steps, timing, sustainable) = (
+        ladder.rates,
+        ladder.bisect_steps,
+        ladder.timing,
+        ladder.rule,
+    );
     let node_count = target.nodes.len();
     if node_count < 2 || user_count < 2 * node_count {
         bail!("dm needs at least 2 nodes and 2 users per node");
@@ -167,6 +244,12 @@ async fn run_dm(
     let stats = Stats::new();
     let handles = connect_all(&users, target, stats.clone()).await?;
     let mut next_id = 1u64;
+    let contact_lists =
+        contacts.map(|k| contact_lists(scenario.seed, user_count, node_count, k.max(1)));
+    if let Some(lists) = &contact_lists {
+        introduce(scenario, &users, &handles, &stats, lists, &mut next_id).await;
+    }
+    let contact_lists = contact_lists.as_deref();
     let mut steps: Vec<StepResult> = Vec::new();
     let mut last_good: Option<f64> = None;
     let mut first_bad: Option<f64> = None;
@@ -177,6 +260,7 @@ async fn run_dm(
             &users,
             &handles,
             &stats,
+            contact_lists,
             *rate,
             timing,
             sustainable,
@@ -206,6 +290,7 @@ async fn run_dm(
                 &users,
                 &handles,
                 &stats,
+                contact_lists,
                 rate,
                 timing,
                 sustainable,
@@ -226,6 +311,7 @@ async fn run_dm(
     eprintln!("  max sustainable rate: {max} msgs/s");
     Ok(json!({
         "users": user_count,
+        "contacts": contacts,
         "steps": steps,
         "max_sustainable_rate": max,
         "first_unsustainable_rate": first_bad,
@@ -240,6 +326,7 @@ async fn dm_step(
     users: &[User],
     handles: &[Option<ConnHandle>],
     stats: &Arc<Stats>,
+    contacts: Option<&[Vec<usize>]>,
     rate: f64,
     timing: &Timing,
     rule: &Sustainable,
@@ -286,10 +373,14 @@ async fn dm_step(
         let due = (rate * elapsed).floor() as u64;
         while sent_total < due {
             let sender = rng.below(users.len());
-            let sender_node = sender % node_count;
-            let other = (sender_node + 1 + rng.below(node_count - 1)) % node_count;
-            let candidates = &by_node[other];
-            let recipient = candidates[rng.below(candidates.len())];
+            let recipient = match contacts {
+                Some(lists) => lists[sender][rng.below(lists[sender].len())],
+                None => {
+                    let other = (sender % node_count + 1 + rng.below(node_count - 1)) % node_count;
+                    let candidates = &by_node[other];
+                    candidates[rng.below(candidates.len())]
+                }
+            };
             let id = *next_id;
             *next_id += 1;
             let ts = sys::monotonic_us();

@@ -44,6 +44,12 @@ pub enum Kind {
     /// `bisect_steps` bisections between the last good and the first bad rate.
     Dm {
         users: usize,
+        /// Not in the workload (which draws every recipient uniformly, so nearly every message opens a new
+        /// conversation): when set, each user writes only to this many fixed contacts on other nodes, and every
+        /// pair's conversation is opened before the first step. It isolates the steady-state message path from
+        /// the cost of creating conversations.
+        #[serde(default)]
+        contacts: Option<usize>,
         rates: Vec<f64>,
         bisect_steps: u32,
         timing: Timing,
