@@ -137,7 +137,7 @@ run_scenario() {
   "$imbench" run --scenario "$file" $(node_args) $step_arg --tag "$tag" --out "$out/ours-$name.json"
 }
 
-for name in idle connect sync dm group; do
+for name in idle connect sync dm dm-contacts group; do
   file="$scenarios/$name.json"
   [ -f "$file" ] || continue
   if [ "$name" = idle ]; then
@@ -188,9 +188,15 @@ SQL
   psql -h 127.0.0.1 -p "$PG_PORT" -U im -d limits -qc "\copy messages (conv_id, seq, sender, sender_device, cid, kind, body, created_ms) FROM '$work/rows.txt'" >/dev/null
   copy_end=$(date +%s%N)
   copy_rate=$(python3 -c "print(round($copy_rows / (($copy_end - $copy_start) / 1e9)))")
-  python3 - "$out/limits.json" "$publish_rate" "$copy_rate" "$copy_rows" "$publish_n" <<'PY'
+  # The disk's commit ceiling: one fdatasync of an 8 kB write is what every Postgres commit waits for.
+  fdatasync_rate=""
+  if [ "$suite" != smoke ]; then
+    fdatasync_rate="$(cd "$work" && timeout 60 "$pg/pg_test_fsync" -s 1 -f "$work/fsync-probe" 2>/dev/null |
+      awk '/fdatasync/ && $2 ~ /^[0-9.]+$/ { print $2; exit }')" || true
+  fi
+  python3 - "$out/limits.json" "$publish_rate" "$copy_rate" "$copy_rows" "$publish_n" "$fdatasync_rate" <<'PY'
 import json, sys
-path, publish, copy, rows, n = sys.argv[1:]
+path, publish, copy, rows, n, fdatasync = sys.argv[1:]
 json.dump({
     "kind": "limits",
     "redis_publish_per_s": float(publish) if publish else None,
@@ -198,6 +204,8 @@ json.dump({
     "pg_copy_rows_per_s": int(copy),
     "pg_copy_rows": int(rows),
     "pg_copy_command": "psql \\copy (text format) into a messages-shaped table, fsync on",
+    "fdatasync_per_s": float(fdatasync) if fdatasync else None,
+    "fdatasync_command": "pg_test_fsync -s 1 (one 8 kB write, fdatasync)",
 }, open(path, "w"), indent=2)
 PY
   say "  PUBLISH/s $publish_rate, COPY rows/s $copy_rate"

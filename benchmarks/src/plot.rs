@@ -38,7 +38,7 @@ fn boxed<E: std::fmt::Debug>(error: E) -> anyhow::Error {
 /// Writes the plots that the data allows; returns their file names.
 pub fn write_plots(ours: &[Value], peer: &[Value], dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut written = Vec::new();
-    if let Some(run) = dm_runs(ours).first() {
+    if let Some(run) = crate::report::workload_dm(ours) {
         let name = "latency-cdf.svg";
         latency_cdf(run, dm_runs(peer).first().copied(), &dir.join(name))?;
         written.push(name.to_owned());

@@ -110,8 +110,18 @@ fn read_folder(dir: &Path) -> anyhow::Result<RunFolder> {
     Ok(folder)
 }
 
+/// The `dm` run that follows the workload (recipients drawn uniformly, no fixed contacts): the one compared with
+/// the peer and with the box limits.
+pub fn workload_dm(runs: &[Value]) -> Option<&Value> {
+    let dm = of_kind(runs, "dm");
+    dm.iter()
+        .find(|r| r["run"]["results"]["contacts"].is_null())
+        .or(dm.first())
+        .copied()
+}
+
 /// The runs of one scenario kind.
-fn of_kind<'a>(runs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub fn of_kind<'a>(runs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     runs.iter()
         .filter(|r| r["run"]["scenario"]["kind"].as_str() == Some(kind))
         .collect()
@@ -202,7 +212,9 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
     }
 
     // dm: ours, then the peer.
-    let ours_dm = of_kind(&folder.ours, "dm");
+    let mut ours_dm = of_kind(&folder.ours, "dm");
+    // The workload's dm first, then variants.
+    ours_dm.sort_by_key(|r| !r["run"]["results"]["contacts"].is_null());
     let peer_dm = of_kind(&folder.peer, "dm");
     for run in &ours_dm {
         dm_table(
@@ -221,7 +233,7 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
             run,
         );
     }
-    if let (Some(ours), Some(peer)) = (ours_dm.first(), peer_dm.first()) {
+    if let (Some(ours), Some(peer)) = (workload_dm(&folder.ours), peer_dm.first()) {
         let _ = writeln!(md, "\n### Ours / peer (ours persists every message before acking; the peer persists nothing)\n");
         let _ = writeln!(
             md,
@@ -402,8 +414,7 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or(Value::Null);
         let limits = folder.limits.clone().unwrap_or(Value::Null);
-        let ours_max = ours_dm
-            .first()
+        let ours_max = workload_dm(&folder.ours)
             .and_then(|r| r["run"]["results"]["max_sustainable_rate"].as_f64());
         let _ = writeln!(md, "\n### Limits of the box (same run)\n");
         let _ = writeln!(md, "| measurement | value |");
@@ -425,6 +436,11 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
             md,
             "| Postgres COPY rows/s into a `messages`-shaped table | {} |",
             cell(&limits["pg_copy_rows_per_s"])
+        );
+        let _ = writeln!(
+            md,
+            "| disk: fdatasync/s of one 8 kB write (`pg_test_fsync`; every commit waits for one) | {} |",
+            cell(&limits["fdatasync_per_s"])
         );
         let floor = match (
             limits["redis_publish_per_s"].as_f64(),
