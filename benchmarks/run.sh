@@ -4,11 +4,15 @@
 # Postgres COPY), runs the peer (Socket.IO 4 + Redis adapter) on the same dm workload, writes JSON, summary.md and
 # SVG plots into one results folder, and stops everything it started.
 #
-#   bash benchmarks/run.sh [--quick | --smoke] [--no-peer] [--no-limits] [--debug] [--out DIR]
+#   bash benchmarks/run.sh [--quick | --smoke] [--only idle,dm,...] [--no-peer] [--no-limits] [--debug] [--out DIR]
 #
 #   (default)  benchmarks/scenarios/full/   dm ladder with 20 s windows, idle up to one load process's fd limit
 #   --quick    benchmarks/scenarios/quick/  a couple of minutes
 #   --smoke    benchmarks/scenarios/smoke/  a few seconds, 20 users; ops/test.sh runs it so the suite never rots
+#   --only     just these scenarios of the suite (comma-separated names)
+#
+# idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
+# many nodes as needed, and imbench spreads the clients over several load processes.
 #
 # Ports (documented in benchmarks/RESULTS.md): ours Redis 16381, Postgres 15432, nodes 7101 and 7102, echo 7190;
 # the peer per the workload file: Redis 16380, servers 3101 and 3102.
@@ -21,6 +25,7 @@ peer=1
 limits=1
 profile=release
 out=""
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) suite=quick; shift ;;
@@ -28,6 +33,7 @@ while [ $# -gt 0 ]; do
     --no-peer) peer=0; shift ;;
     --no-limits) limits=0; shift ;;
     --debug) profile=debug; shift ;;
+    --only) only=",$2,"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) say "unknown option $1"; exit 2 ;;
@@ -140,15 +146,29 @@ run_scenario() {
 for name in idle connect sync dm dm-contacts group; do
   file="$scenarios/$name.json"
   [ -f "$file" ] || continue
+  [ -z "$only" ] || [[ "$only" == *",$name,"* ]] || continue
   if [ "$name" = idle ]; then
-    steps=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['users']))" "$file")
-    for step in $(seq 0 $((steps - 1))); do run_scenario "$file" "$step"; done
+    counts=$(python3 -c "import json,sys; print(' '.join(map(str, json.load(open(sys.argv[1]))['users'])))" "$file")
+    step=0
+    for count in $counts; do
+      # At most 19,000 connections per node process, and never fewer than the workload's two nodes.
+      needed=$(( (count + 18999) / 19000 ))
+      [ "$needed" -lt 2 ] && needed=2
+      NODE_PORTS=()
+      for k in $(seq 1 "$needed"); do NODE_PORTS+=($((7100 + k))); done
+      run_scenario "$file" "$step"
+      step=$((step + 1))
+    done
+    stop_nodes
+    NODE_PORTS=(7101 7102)
   else
     run_scenario "$file"
   fi
 done
 stop_nodes
 
+[ -z "$only" ] || [[ "$only" == *",limits,"* ]] || limits=0
+[ -z "$only" ] || [[ "$only" == *",peer,"* ]] || [[ "$only" == *",dm,"* ]] || peer=0
 if [ "$limits" -eq 1 ]; then
   say "limits of the box: bare WebSocket echo, Redis PUBLISH, Postgres COPY"
   echo_seconds=10; copy_rows=300000; publish_n=500000

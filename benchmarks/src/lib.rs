@@ -5,6 +5,7 @@
 pub mod client;
 pub mod cpu;
 pub mod echo;
+pub mod hold;
 pub mod load;
 pub mod plot;
 pub mod report;

@@ -40,6 +40,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Internal to `run` of an idle scenario: holds a slice of the users' connections in a child process.
+    Hold {
+        #[arg(long)]
+        users_file: PathBuf,
+        #[arg(long)]
+        from: usize,
+        #[arg(long)]
+        to: usize,
+        #[arg(long = "node", required = true)]
+        nodes: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 2)]
+        source_first: u8,
+        #[arg(long, default_value_t = 16)]
+        source_count: u8,
+    },
     /// Merges a run folder's JSON files: prints the summary table, writes `summary.md` and the SVG plots.
     Report {
         /// The folder `run.sh` wrote (results of ours, the peer and the box limits).
@@ -98,6 +113,20 @@ fn main() -> anyhow::Result<()> {
                 &serde_json::json!({"kind": "echo", "results": result}),
             )
         }),
+        Command::Hold {
+            users_file,
+            from,
+            to,
+            nodes,
+            source_first,
+            source_count,
+        } => runtime()?.block_on(benchmarks::hold::hold_child(
+            &users_file,
+            from,
+            to,
+            &nodes,
+            &SourceAddresses::new(source_first, source_count),
+        )),
         Command::Report { dir, plots } => report::report(&dir, plots.as_deref().unwrap_or(&dir)),
     }
 }

@@ -46,26 +46,25 @@ pub fn write_plots(ours: &[Value], peer: &[Value], dir: &Path) -> anyhow::Result
         throughput(run, dm_runs(peer).first().copied(), &dir.join(name))?;
         written.push(name.to_owned());
     }
-    if let Some(run) = ours
+    // One idle file per step (run.sh restarts the nodes between steps): collect the points of all of them.
+    let mut points: Vec<(f64, f64)> = ours
         .iter()
-        .find(|r| r["run"]["scenario"]["kind"].as_str() == Some("idle"))
-    {
-        let points: Vec<(f64, f64)> = steps(run)
-            .iter()
-            .filter_map(|s| {
-                let nodes = s["nodes"].as_array()?;
-                let rss: f64 = nodes
-                    .iter()
-                    .filter_map(|n| n["rss_after_mib"].as_f64())
-                    .sum();
-                Some((s["connected"].as_f64()?, rss))
-            })
-            .collect();
-        if !points.is_empty() {
-            let name = "rss-vs-connections.svg";
-            rss_vs_connections(&points, &dir.join(name))?;
-            written.push(name.to_owned());
-        }
+        .filter(|r| r["run"]["scenario"]["kind"].as_str() == Some("idle"))
+        .flat_map(steps)
+        .filter_map(|s| {
+            let nodes = s["nodes"].as_array()?;
+            let rss: f64 = nodes
+                .iter()
+                .filter_map(|n| n["rss_after_mib"].as_f64())
+                .sum();
+            Some((s["connected"].as_f64()?, rss))
+        })
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if !points.is_empty() {
+        let name = "rss-vs-connections.svg";
+        rss_vs_connections(&points, &dir.join(name))?;
+        written.push(name.to_owned());
     }
     Ok(written)
 }

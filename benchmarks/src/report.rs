@@ -184,10 +184,23 @@ fn dm_table(out: &mut String, title: &str, run: &Value) {
             verdict
         );
     }
+    let max = run["run"]["results"]["max_sustainable_rate"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let lowest = run["run"]["results"]["steps"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|s| s["target_rate"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let max_text = if max > 0.0 || !lowest.is_finite() {
+        format!("**{max} msg/s**")
+    } else {
+        format!("**none of the steps** (below {lowest} msg/s, the lowest tried)")
+    };
     let _ = writeln!(
         out,
-        "\nMax sustainable: **{} msg/s** (first unsustainable step: {}).",
-        cell(&run["run"]["results"]["max_sustainable_rate"]),
+        "\nMax sustainable: {max_text} (first unsustainable step: {}).",
         cell(&run["run"]["results"]["first_unsustainable_rate"])
     );
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::client::Connection;
 use crate::cpu::{mib, CpuMeter, CpuReport, Watched};
+use crate::hold;
 use crate::load::{self, ConnHandle, Percentiles, Rng, Stats, User};
 use crate::scenario::{Kind, Scenario, Sustainable, Timing};
 use crate::sys::{self, SourceAddresses};
@@ -548,17 +549,22 @@ async fn run_idle(
     let mut provisioned = 0usize;
     let mut users: Vec<User> = Vec::new();
     for (step_index, &count) in steps.iter().enumerate() {
-        // One load process holds at most ~fd_limit sockets; larger steps need several load processes.
-        if count + 256 > fd_limit {
+        // A node process holds at most ~fd_limit sockets too: past that, run.sh must start more nodes.
+        let per_node = count.div_ceil(target.nodes.len());
+        if per_node + 200 > fd_limit {
             let reason = format!(
-                "skipped: {count} connections exceed what one load process may hold (fd limit {fd_limit}); \
-                 several load processes (and, past ~39,900, more nodes) are needed"
+                "skipped: {count} connections over {} nodes is {per_node} per node, more than one process may \
+                 hold (fd limit {fd_limit}); run more nodes",
+                target.nodes.len()
             );
             eprintln!("  idle {count}: {reason}");
             results.push(json!({"connections": count, "skipped": reason}));
             continue;
         }
-        eprintln!("  idle step {count} connections");
+        eprintln!(
+            "  idle step {count} connections over {} nodes",
+            target.nodes.len()
+        );
         if provisioned < count {
             let tag = format!("{}i{step_index}", target.tag);
             let mut more = load::provision(
@@ -580,19 +586,34 @@ async fn run_idle(
             .iter()
             .map(|pid| sys::rss_kib(*pid))
             .collect();
-        let stats = Stats::new();
-        let opened = load::open_fleet(
-            &users[..count],
+        // The connections live in child `imbench hold` processes, each within the fd limit.
+        let per_process = fd_limit.saturating_sub(1_000).max(1_000);
+        let users_file =
+            std::env::temp_dir().join(format!("imbench-users-{}.txt", std::process::id()));
+        hold::write_users(&users_file, &users[..count])?;
+        let mut holders = hold::spawn_holders(
+            &users_file,
+            count,
+            per_process,
             &target.nodes,
-            &target.sources,
-            100,
-            stats.clone(),
+            target.sources.first(),
         )
-        .await;
-        let connected = count as u64 - opened.failures;
+        .await?;
+        let connected = hold::wait_connected(&mut holders).await;
+        let _ = std::fs::remove_file(&users_file);
+        let connected = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                hold::release(holders).await;
+                return Err(error);
+            }
+        };
         eprintln!(
-            "    connected {connected} in {:.1} s ({} failed); settling {settle_s} s",
-            opened.seconds, opened.failures
+            "    connected {} in {:.1} s ({} failed, {} load processes); settling {settle_s} s",
+            connected.ok,
+            connected.seconds,
+            connected.failed,
+            holders.len()
         );
         tokio::time::sleep(Duration::from_secs_f64(settle_s)).await;
         let after: Vec<u64> = target
@@ -608,14 +629,16 @@ async fn run_idle(
             .iter()
             .map(|pid| sys::rss_kib(*pid))
             .collect();
-        let disconnects = stats.disconnects.load(Ordering::Relaxed);
+        let loadgen_rss = hold::holders_rss_kib(&holders) + sys::rss_kib(std::process::id());
+        let load_processes = holders.len();
+        let disconnects = hold::release(holders).await;
+        let node_count = target.nodes.len();
         let mut per_node = Vec::new();
         for node in 0..target.node_pids.len() {
-            let on_node = opened
-                .handles
+            // Users are spread by index; failures are few and not attributed to a node.
+            let on_node = users[..count]
                 .iter()
-                .enumerate()
-                .filter(|(i, h)| h.is_some() && users[*i].index % target.nodes.len() == node)
+                .filter(|u| u.index % node_count == node)
                 .count();
             let delta = after[node].saturating_sub(before[node]);
             per_node.push(json!({
@@ -631,28 +654,28 @@ async fn run_idle(
         let total_delta: u64 = (0..after.len())
             .map(|n| after[n].saturating_sub(before[n]))
             .sum();
-        let per_conn = if connected > 0 {
-            total_delta as f64 / connected as f64
+        let per_conn = if connected.ok > 0 {
+            total_delta as f64 / connected.ok as f64
         } else {
             0.0
         };
         eprintln!(
-            "    -> node RSS per connection {per_conn:.2} KiB, disconnects during hold {disconnects}, load generator RSS {} MiB",
-            mib(sys::rss_kib(std::process::id()))
+            "    -> node RSS per connection {per_conn:.2} KiB, disconnects during hold {disconnects}, load generators' RSS {} MiB",
+            mib(loadgen_rss)
         );
         results.push(json!({
             "connections": count,
-            "connected": connected,
-            "failed": opened.failures,
-            "first_error": opened.first_error,
-            "connect_s": (opened.seconds * 100.0).round() / 100.0,
+            "connected": connected.ok,
+            "failed": connected.failed,
+            "connect_s": (connected.seconds * 100.0).round() / 100.0,
+            "node_processes": node_count,
+            "load_processes": load_processes,
             "nodes": per_node,
             "rss_per_conn_kib": (per_conn * 100.0).round() / 100.0,
             "disconnects": disconnects,
             "hold_cpu": cpu,
-            "loadgen_rss_mib": mib(sys::rss_kib(std::process::id())),
+            "loadgen_rss_mib": mib(loadgen_rss),
         }));
-        load::close_fleet(&opened.handles, &stats).await;
         // Give the nodes a moment to drop the sessions before the next step's "before" reading.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -57,6 +57,11 @@ impl SourceAddresses {
         }
     }
 
+    /// The first address's last octet.
+    pub fn first(&self) -> u8 {
+        self.first
+    }
+
     /// The address for the `n`-th connection.
     pub fn pick(&self, n: usize) -> Ipv4Addr {
         let offset = (n % self.count as usize) as u8;
