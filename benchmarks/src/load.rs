@@ -580,3 +580,39 @@ pub async fn close_fleet(handles: &[Option<ConnHandle>], stats: &Stats) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_and_cid_carry_ts_and_id() {
+        let body = stamp_body(123_456_789, 42, 100);
+        assert_eq!(body.len(), 100);
+        assert_eq!(parse_body(&body), Some((123_456_789, 42)));
+        assert_eq!(
+            parse_cid(&stamp_cid(123_456_789, 42)),
+            Some((123_456_789, 42))
+        );
+        // The largest possible stamp is still a valid cid (1-64 of [A-Za-z0-9_.-]).
+        assert!(common::ids::is_valid_cid(&stamp_cid(u64::MAX, u64::MAX)));
+    }
+
+    #[test]
+    fn foreign_bodies_and_cids_are_not_ours() {
+        for text in ["", "hello", "12", "x 1", "1 x", "-1 2 x", "lunch?"] {
+            assert_eq!(parse_body(text), None, "{text:?}");
+            assert_eq!(parse_cid(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn rng_is_reproducible_and_in_range() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        for _ in 0..1000 {
+            let x = a.below(13);
+            assert_eq!(x, b.below(13));
+            assert!(x < 13);
+        }
+    }
+}

@@ -106,3 +106,31 @@ impl Scenario {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every checked-in scenario file parses, so a typo fails the test suite instead of a benchmark run.
+    #[test]
+    fn checked_in_scenarios_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut count = 0;
+        for suite in ["full", "quick", "smoke"] {
+            for entry in std::fs::read_dir(root.join(suite)).unwrap() {
+                let path = entry.unwrap().path();
+                let scenario = Scenario::load(&path).unwrap();
+                assert_eq!(
+                    path.file_stem()
+                        .and_then(|s| s.to_str())
+                        .map(|s| scenario.name.starts_with(s)),
+                    Some(true),
+                    "{}",
+                    path.display()
+                );
+                count += 1;
+            }
+        }
+        assert!(count >= 15);
+    }
+}
