@@ -333,8 +333,9 @@ impl Stats {
                 Some((ts, id)) if self.in_window(ts) => {
                     if let Ok(mut counters) = self.counters.lock() {
                         let offset = id.wrapping_sub(counters.first_id) as usize;
-                        // Ids of a step are consecutive from first_id; anything else is not ours to count.
-                        if offset > 1 << 31 {
+                        // Ids of a step are consecutive from first_id (a step sends far fewer than 2^26); anything
+                        // else is not ours to count, and must not grow the bitmap (2^26 ids = 8 MiB at most).
+                        if offset >= 1 << 26 {
                             drop(counters);
                             self.unparsed.fetch_add(1, Ordering::Relaxed);
                             return;
