@@ -509,8 +509,25 @@ async fn dm_step(
             step.verdict.join(", ")
         }
     );
-    // Let stragglers of this step settle before the next one starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An overloaded step can end its drain with a backlog still queued in the cluster; the next step must not start
+    // on top of it. Wait until nothing has arrived for `drain_idle_s` (at most three minutes), outside any window.
+    let settle_started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let quiet_us =
+            sys::monotonic_us().saturating_sub(stats.last_progress_us.load(Ordering::Relaxed));
+        if quiet_us as f64 >= timing.drain_idle_s * 1e6
+            || settle_started.elapsed() >= Duration::from_secs(180)
+        {
+            break;
+        }
+    }
+    if settle_started.elapsed() > Duration::from_secs(2) {
+        eprintln!(
+            "    (waited {:.0} s for the cluster to go quiet before the next step)",
+            settle_started.elapsed().as_secs_f64()
+        );
+    }
     step
 }
 

@@ -218,7 +218,10 @@ async function main() {
       latency_cdf: cdf(latencies),
     };
     console.error(`    -> sent/s ${result.sent_per_s} delivered/s ${result.delivered_per_s} lost ${lost} p50 ${latency.p50} p99 ${latency.p99} max ${latency.max} ms: ${result.sustainable ? "sustainable" : verdict.join(", ")}`);
-    await sleep(500);
+    // An overloaded step can leave a backlog in the servers: let it go quiet before the next step (as imbench does).
+    const settleStart = Date.now();
+    do await sleep(500);
+    while (monoUs() - lastProgress < timing.drain_idle_s * 1e6 && Date.now() - settleStart < 180000);
     return result;
   }
 
