@@ -273,6 +273,12 @@ impl Connection {
         }
     }
 
+    /// The WebSocket itself, for callers that split it into a read and a write half (the load generator writes
+    /// from one task while another reads).
+    pub fn into_websocket(self) -> WebSocket<TokioIo<Upgraded>> {
+        self.ws
+    }
+
     /// Closes politely.
     pub async fn close(mut self) {
         let _ = self.ws.write_frame(Frame::close(1000, b"bye")).await;

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: starts a throwaway cluster (Redis, Postgres, two nodes with benchmark flags),
+# runs every scenario of the suite with imbench, measures the limits of the box (bare WebSocket echo, Redis PUBLISH,
+# Postgres COPY), runs the peer (Socket.IO 4 + Redis adapter) on the same dm workload, writes JSON, summary.md and
+# SVG plots into one results folder, and stops everything it started.
+#
+#   bash benchmarks/run.sh [--quick | --smoke] [--only idle,dm,...] [--no-peer] [--no-limits] [--debug] [--out DIR]
+#
+#   (default)  benchmarks/scenarios/full/   dm ladder with 20 s windows, idle up to one load process's fd limit
+#   --quick    benchmarks/scenarios/quick/  a couple of minutes
+#   --smoke    benchmarks/scenarios/smoke/  a few seconds, 20 users; ops/test.sh runs it so the suite never rots
+#   --only     just these scenarios of the suite (comma-separated names)
+#
+# idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
+# many nodes as needed, and imbench spreads the clients over several load processes.
+#
+# Ports (documented in benchmarks/RESULTS.md): ours Redis 16381, Postgres 15432, nodes 7101 and 7102, echo 7190;
+# the peer per the workload file: Redis 16380, servers 3101 and 3102.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source ops/lib.sh
+
+suite=full
+peer=1
+limits=1
+profile=release
+out=""
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) suite=quick; shift ;;
+    --smoke) suite=smoke; shift ;;
+    --no-peer) peer=0; shift ;;
+    --no-limits) limits=0; shift ;;
+    --debug) profile=debug; shift ;;
+    --only) only=",$2,"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) say "unknown option $1"; exit 2 ;;
+  esac
+done
+
+REDIS_PORT=16381
+PG_PORT=15432
+NODE_PORTS=(7101 7102)
+ECHO_PORT=7190
+PEER_REDIS_PORT=16380
+PEER_PORTS=(3101 3102)
+
+scenarios="benchmarks/scenarios/$suite"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+[ -n "$out" ] || out="benchmarks/results/$suite-$stamp"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+
+ensure_system_deps
+work="$(mktemp -d /tmp/imbench.XXXXXX)"
+[ "$(id -u)" -eq 0 ] && chown postgres: "$work" && chmod 755 "$work"
+pg="$(pg_bin_dir)"
+
+# Everything started here is stopped by PID on exit, whatever happens.
+node_pids=()
+other_pids=()
+pg_started=0
+stop_nodes() {
+  for pid in "${node_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${node_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  node_pids=()
+}
+cleanup() {
+  trap '' INT TERM
+  trap - EXIT
+  stop_nodes
+  for pid in "${other_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${other_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ "$pg_started" -eq 1 ] && as_pg "$pg/pg_ctl" -D "$work/pg" stop -m immediate >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup INT TERM EXIT
+
+say "building node and imbench ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release --quiet -p node --bin node -p benchmarks --bin imbench
+else
+  cargo build --quiet -p node --bin node -p benchmarks --bin imbench
+fi
+node_bin="target/$profile/node"
+imbench="target/$profile/imbench"
+
+say "starting Redis on 127.0.0.1:$REDIS_PORT and Postgres on 127.0.0.1:$PG_PORT (throwaway, in $work)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --maxclients 1000 \
+  >"$work/redis.log" 2>&1 &
+redis_pid=$!
+other_pids+=("$redis_pid")
+# fsync and synchronous_commit stay at their defaults: "ack after commit" is what we measure.
+as_pg "$pg/initdb" --no-sync -D "$work/pg" -A trust -U im -E UTF8 >/dev/null
+as_pg "$pg/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w start \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $work -c max_connections=200" >/dev/null
+pg_started=1
+pg_pid="$(head -n 1 "$work/pg/postmaster.pid")"
+psql -h 127.0.0.1 -p "$PG_PORT" -U im -d postgres -qc "CREATE DATABASE im" >/dev/null
+
+secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Benchmark flags: no per-connection send limit (the load is the point), cheap Argon2 so bulk registration takes
+# seconds, no friendship rule (the workload has no contact lists, like the peer), warnings only in the logs.
+start_nodes() {
+  local i port
+  for i in "${!NODE_PORTS[@]}"; do
+    port="${NODE_PORTS[$i]}"
+    IM_TOKEN_SECRET="$secret" IM_LOG=warn "$node_bin" \
+      --listen "127.0.0.1:$port" --node-name "bench$((i + 1))" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+      --postgres-url "host=127.0.0.1 port=$PG_PORT user=im dbname=im" \
+      --send-rate 1000000 --send-burst 1000000 \
+      --argon2-memory-kib 64 --argon2-iterations 1 --require-friendship false \
+      >>"$work/node$((i + 1)).log" 2>&1 &
+    node_pids+=($!)
+  done
+  for port in "${NODE_PORTS[@]}"; do
+    for _ in $(seq 1 150); do
+      curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 || { say "node on $port not ready"; tail -n 20 "$work"/node*.log; exit 1; }
+  done
+}
+node_args() {
+  local i
+  for i in "${!NODE_PORTS[@]}"; do printf -- '--node 127.0.0.1:%s=%s ' "${NODE_PORTS[$i]}" "${node_pids[$i]}"; done
+  printf -- '--watch redis=%s --watch postgres=%s' "$redis_pid" "$pg_pid"
+}
+
+# Every scenario starts on fresh node processes, so RSS and caches do not carry over.
+run_scenario() {
+  local file="$1" name step_arg="" tag
+  name="$(basename "$file" .json)"
+  shift
+  [ $# -gt 0 ] && { step_arg="--step $1"; name="$name-step$1"; }
+  stop_nodes
+  start_nodes
+  tag="b$(date +%s%N | tail -c 9)"
+  # shellcheck disable=SC2046
+  "$imbench" run --scenario "$file" $(node_args) $step_arg --tag "$tag" --out "$out/ours-$name.json"
+}
+
+for name in idle connect sync dm dm-contacts group; do
+  file="$scenarios/$name.json"
+  [ -f "$file" ] || continue
+  [ -z "$only" ] || [[ "$only" == *",$name,"* ]] || continue
+  if [ "$name" = idle ]; then
+    counts=$(python3 -c "import json,sys; print(' '.join(map(str, json.load(open(sys.argv[1]))['users'])))" "$file")
+    step=0
+    for count in $counts; do
+      # At most 19,000 connections per node process, and never fewer than the workload's two nodes.
+      needed=$(( (count + 18999) / 19000 ))
+      [ "$needed" -lt 2 ] && needed=2
+      NODE_PORTS=()
+      for k in $(seq 1 "$needed"); do NODE_PORTS+=($((7100 + k))); done
+      run_scenario "$file" "$step"
+      step=$((step + 1))
+    done
+    stop_nodes
+    NODE_PORTS=(7101 7102)
+  else
+    run_scenario "$file"
+  fi
+done
+stop_nodes
+
+[ -z "$only" ] || [[ "$only" == *",limits,"* ]] || limits=0
+[ -z "$only" ] || [[ "$only" == *",peer,"* ]] || [[ "$only" == *",dm,"* ]] || peer=0
+if [ "$limits" -eq 1 ]; then
+  say "limits of the box: bare WebSocket echo, Redis PUBLISH, Postgres COPY"
+  echo_seconds=10; copy_rows=300000; publish_n=500000
+  [ "$suite" = quick ] && { echo_seconds=5; copy_rows=200000; publish_n=300000; }
+  [ "$suite" = smoke ] && { echo_seconds=1; copy_rows=10000; publish_n=20000; }
+  "$imbench" echo-server --listen "127.0.0.1:$ECHO_PORT" >"$work/echo.log" 2>&1 &
+  echo_pid=$!
+  other_pids+=("$echo_pid")
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$ECHO_PORT) 2>/dev/null && break; sleep 0.1; done
+  echo_connections=1000
+  [ "$suite" = smoke ] && echo_connections=20
+  "$imbench" echo-load --target "127.0.0.1:$ECHO_PORT" --connections "$echo_connections" --seconds "$echo_seconds" \
+    --out "$out/echo.json"
+  kill -TERM "$echo_pid" 2>/dev/null || true
+
+  # PUBLISH with one subscriber on the channel (so Redis really fans out), 100-byte payloads, 50 clients,
+  # pipelines of 16: the node also pipelines its publishes.
+  redis-cli -p "$REDIS_PORT" SUBSCRIBE im:bench >/dev/null &
+  sub_pid=$!
+  other_pids+=("$sub_pid")
+  payload="$(printf 'x%.0s' $(seq 1 100))"
+  publish_line="$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n "$publish_n" -c 50 -P 16 -q PUBLISH im:bench "$payload" 2>/dev/null | tr '\r' '\n' | grep -a 'requests per second' | tail -n 1)"
+  publish_rate="$(echo "$publish_line" | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/')"
+  kill -TERM "$sub_pid" 2>/dev/null || true
+
+  # COPY into a table shaped like node/migrations/0001_core.sql `messages` (same columns, keys and unique
+  # constraints), text format through psql, rows generated beforehand so only the load is timed.
+  psql -h 127.0.0.1 -p "$PG_PORT" -U im -d postgres -qc "CREATE DATABASE limits" >/dev/null
+  psql -h 127.0.0.1 -p "$PG_PORT" -U im -d limits -q >/dev/null <<'SQL'
+CREATE TABLE messages (
+    conv_id bigint NOT NULL, seq bigint NOT NULL, id bigserial NOT NULL UNIQUE, sender bigint NOT NULL,
+    sender_device text NOT NULL, cid text NOT NULL, kind text NOT NULL, body text NOT NULL, created_ms bigint NOT NULL,
+    PRIMARY KEY (conv_id, seq), UNIQUE (sender, cid));
+SQL
+  psql -h 127.0.0.1 -p "$PG_PORT" -U im -d limits -qc "\copy (SELECT g % 1000, g, g % 2000, 'bench', g::text || '-c', 'text', repeat('x', 100), 1790000000000 + g FROM generate_series(1, $copy_rows) g) TO '$work/rows.txt'" >/dev/null
+  copy_start=$(date +%s%N)
+  psql -h 127.0.0.1 -p "$PG_PORT" -U im -d limits -qc "\copy messages (conv_id, seq, sender, sender_device, cid, kind, body, created_ms) FROM '$work/rows.txt'" >/dev/null
+  copy_end=$(date +%s%N)
+  copy_rate=$(python3 -c "print(round($copy_rows / (($copy_end - $copy_start) / 1e9)))")
+  # The disk's commit ceiling: one fdatasync of an 8 kB write is what every Postgres commit waits for.
+  fdatasync_rate=""
+  if [ "$suite" != smoke ]; then
+    fdatasync_rate="$(cd "$work" && timeout 60 "$pg/pg_test_fsync" -s 1 -f "$work/fsync-probe" 2>/dev/null |
+      awk '/fdatasync/ && $2 ~ /^[0-9.]+$/ { print $2; exit }')" || true
+  fi
+  python3 - "$out/limits.json" "$publish_rate" "$copy_rate" "$copy_rows" "$publish_n" "$fdatasync_rate" <<'PY'
+import json, sys
+path, publish, copy, rows, n, fdatasync = sys.argv[1:]
+json.dump({
+    "kind": "limits",
+    "redis_publish_per_s": float(publish) if publish else None,
+    "redis_command": f"redis-benchmark -n {n} -c 50 -P 16 -q PUBLISH im:bench <100 bytes> (one subscriber)",
+    "pg_copy_rows_per_s": int(copy),
+    "pg_copy_rows": int(rows),
+    "pg_copy_command": "psql \\copy (text format) into a messages-shaped table, fsync on",
+    "fdatasync_per_s": float(fdatasync) if fdatasync else None,
+    "fdatasync_command": "pg_test_fsync -s 1 (one 8 kB write, fdatasync)",
+}, open(path, "w"), indent=2)
+PY
+  say "  PUBLISH/s $publish_rate, COPY rows/s $copy_rate"
+fi
+
+# Our servers are done; the peer gets the machine to itself.
+for pid in "${other_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+for pid in "${other_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+other_pids=()
+as_pg "$pg/pg_ctl" -D "$work/pg" stop -m fast >/dev/null 2>&1 || true
+pg_started=0
+
+if [ "$peer" -eq 1 ] && [ -f "$scenarios/dm.json" ]; then
+  peer_dir=benchmarks/peers/socketio
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    say "peer: Socket.IO 4 + Redis adapter (persists nothing) on $PEER_REDIS_PORT, ${PEER_PORTS[*]}"
+    [ -d "$peer_dir/node_modules" ] || (cd "$peer_dir" && npm ci --no-audit --no-fund --silent)
+    redis-server --port "$PEER_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+      >"$work/peer-redis.log" 2>&1 &
+    peer_redis_pid=$!
+    other_pids+=("$peer_redis_pid")
+    peer_pids=()
+    for port in "${PEER_PORTS[@]}"; do
+      PORT="$port" REDIS_URL="redis://127.0.0.1:$PEER_REDIS_PORT" node "$peer_dir/server.js" >>"$work/peer-$port.log" 2>&1 &
+      peer_pids+=($!)
+      other_pids+=($!)
+    done
+    for port in "${PEER_PORTS[@]}"; do
+      for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+    done
+    node "$peer_dir/load.js" --scenario "$scenarios/dm.json" \
+      --server "127.0.0.1:${PEER_PORTS[0]}=${peer_pids[0]}" --server "127.0.0.1:${PEER_PORTS[1]}=${peer_pids[1]}" \
+      --watch "redis=$peer_redis_pid" --out "$out/peer-dm.json"
+  else
+    say "peer skipped: node and npm are needed"
+  fi
+fi
+
+say "report"
+"$imbench" report --dir "$out"
+say "results in $out"
