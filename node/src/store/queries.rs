@@ -58,39 +58,37 @@ pub enum Direct {
 }
 
 /// Finds or creates the 1:1 conversation of `a` and `b` (a user may also write to themself) with its members.
+///
+/// One statement, one round trip, one commit: this runs on the send path the first time a node sees a pair. A
+/// concurrent creation through another node waits on the unique index and then takes the `DO UPDATE` branch, which
+/// returns the existing id (a no-op update of the same row).
 pub async fn direct_conversation(pool: &Pool, a: UserId, b: UserId) -> Result<Direct, StoreError> {
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let inserted = tx
-        .query_opt(
-            "INSERT INTO conversations (kind, direct_low, direct_high) VALUES ($1, $2, $3)
-             ON CONFLICT (direct_low, direct_high) DO NOTHING RETURNING id",
-            &[&KIND_DIRECT, &low, &high],
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH conv AS (
+                 INSERT INTO conversations (kind, direct_low, direct_high) VALUES ($1, $2, $3)
+                 ON CONFLICT (direct_low, direct_high) DO UPDATE SET kind = EXCLUDED.kind
+                 RETURNING id
+             ), joined AS (
+                 INSERT INTO conversation_members (conv_id, user_id)
+                 SELECT conv.id, u FROM conv, (SELECT DISTINCT unnest(ARRAY[$2, $3]::bigint[]) AS u) AS users
+                 ON CONFLICT DO NOTHING
+             )
+             SELECT id FROM conv",
         )
-        .await;
-    let conv: ConvId = match inserted {
-        Ok(Some(row)) => row.try_get(0)?,
-        // Another node created it concurrently; ON CONFLICT waited for that commit, so a new statement sees it.
-        Ok(None) => tx
-            .query_one(
-                "SELECT id FROM conversations WHERE direct_low = $1 AND direct_high = $2",
-                &[&low, &high],
-            )
-            .await?
-            .try_get(0)?,
+        .await?;
+    match client
+        .query_one(&statement, &[&KIND_DIRECT, &low, &high])
+        .await
+    {
+        Ok(row) => Ok(Direct::Conversation(row.try_get(0)?)),
         Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            return Ok(Direct::UnknownUser)
+            Ok(Direct::UnknownUser)
         }
-        Err(error) => return Err(error.into()),
-    };
-    tx.execute(
-        "INSERT INTO conversation_members (conv_id, user_id) VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING",
-        &[&conv, &low, &high],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Direct::Conversation(conv))
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The user's conversations, most recently active first.
