@@ -10,6 +10,7 @@
 #   --quick    benchmarks/scenarios/quick/  a couple of minutes
 #   --smoke    benchmarks/scenarios/smoke/  a few seconds, 20 users; ops/test.sh runs it so the suite never rots
 #   --only     just these scenarios of the suite (comma-separated names)
+#   --redis-cluster  our nodes use a 3-master Redis Cluster (sharded pub/sub) instead of one Redis
 #
 # idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
 # many nodes as needed, and imbench spreads the clients over several load processes.
@@ -26,6 +27,7 @@ limits=1
 profile=release
 out=""
 only=""
+redis_cluster=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) suite=quick; shift ;;
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --no-limits) limits=0; shift ;;
     --debug) profile=debug; shift ;;
     --only) only=",$2,"; shift 2 ;;
+    --redis-cluster) redis_cluster=1; shift ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) say "unknown option $1"; exit 2 ;;
@@ -87,11 +90,40 @@ fi
 node_bin="target/$profile/node"
 imbench="target/$profile/imbench"
 
-say "starting Redis on 127.0.0.1:$REDIS_PORT and Postgres on 127.0.0.1:$PG_PORT (throwaway, in $work)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --maxclients 1000 \
-  >"$work/redis.log" 2>&1 &
-redis_pid=$!
-other_pids+=("$redis_pid")
+redis_watch=""
+if [ "$redis_cluster" = 1 ] && [ "$limits" = 1 ]; then
+  say "--redis-cluster: skipping the limits of the box (they measure one Redis server)"
+  limits=0
+fi
+if [ "$redis_cluster" = 1 ]; then
+  CLUSTER_PORTS=(16391 16392 16393)
+  say "starting a 3-master Redis Cluster on 127.0.0.1:${CLUSTER_PORTS[*]} and Postgres on 127.0.0.1:$PG_PORT (throwaway, in $work)"
+  for port in "${CLUSTER_PORTS[@]}"; do
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --maxclients 1000 \
+      --cluster-enabled yes --cluster-config-file "$work/nodes-$port.conf" --cluster-node-timeout 2000 \
+      >"$work/redis-$port.log" 2>&1 &
+    other_pids+=("$!")
+    redis_watch+="--watch redis-$port=$! "
+    redis_pid=$!
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 1 100); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.05; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 1 200); do
+    redis-cli -p "${CLUSTER_PORTS[0]}" CLUSTER INFO | grep -q cluster_state:ok && break
+    sleep 0.1
+  done
+  REDIS_URL="redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]}?node=127.0.0.1:${CLUSTER_PORTS[1]}&node=127.0.0.1:${CLUSTER_PORTS[2]}"
+else
+  say "starting Redis on 127.0.0.1:$REDIS_PORT and Postgres on 127.0.0.1:$PG_PORT (throwaway, in $work)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --maxclients 1000 \
+    >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  other_pids+=("$redis_pid")
+  redis_watch="--watch redis=$redis_pid"
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+fi
 # fsync and synchronous_commit stay at their defaults: "ack after commit" is what we measure.
 as_pg "$pg/initdb" --no-sync -D "$work/pg" -A trust -U im -E UTF8 >/dev/null
 as_pg "$pg/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w start \
@@ -109,7 +141,7 @@ start_nodes() {
     port="${NODE_PORTS[$i]}"
     IM_TOKEN_SECRET="$secret" IM_LOG=warn "$node_bin" \
       --listen "127.0.0.1:$port" --node-name "bench$((i + 1))" \
-      --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+      --redis-url "$REDIS_URL" \
       --postgres-url "host=127.0.0.1 port=$PG_PORT user=im dbname=im" \
       --send-rate 1000000 --send-burst 1000000 \
       --argon2-memory-kib 64 --argon2-iterations 1 --require-friendship false \
@@ -127,7 +159,7 @@ start_nodes() {
 node_args() {
   local i
   for i in "${!NODE_PORTS[@]}"; do printf -- '--node 127.0.0.1:%s=%s ' "${NODE_PORTS[$i]}" "${node_pids[$i]}"; done
-  printf -- '--watch redis=%s --watch postgres=%s' "$redis_pid" "$pg_pid"
+  printf -- '%s --watch postgres=%s' "$redis_watch" "$pg_pid"
 }
 
 # Every scenario starts on fresh node processes, so RSS and caches do not carry over.
