@@ -230,6 +230,19 @@ async fn commit_batch(
     }
 }
 
+/// Reads `sender, cid, id, conv_id, seq, created_ms` of a stored message's key.
+fn stored_from_row(row: &tokio_postgres::Row) -> Result<(SendKey, Stored), StoreError> {
+    Ok((
+        (row.try_get(0)?, row.try_get(1)?),
+        Stored {
+            id: row.try_get(2)?,
+            conv: row.try_get(3)?,
+            seq: row.try_get(4)?,
+            ts: row.try_get(5)?,
+        },
+    ))
+}
+
 struct Outcome {
     /// Per submission, in batch order: the stored message and whether this batch created it, or why it was refused.
     per_submission: Vec<Result<(Stored, bool), ErrorCode>>,
@@ -268,15 +281,8 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
         .await?;
     let mut stored: HashMap<SendKey, Stored> = HashMap::new();
     for row in tx.query(&existing_stmt, &[&senders, &cids]).await? {
-        stored.insert(
-            (row.try_get(0)?, row.try_get(1)?),
-            Stored {
-                id: row.try_get(2)?,
-                conv: row.try_get(3)?,
-                seq: row.try_get(4)?,
-                ts: row.try_get(5)?,
-            },
-        );
+        let (key, value) = stored_from_row(&row)?;
+        stored.insert(key, value);
     }
 
     let new: Vec<usize> = unique
@@ -454,15 +460,8 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             let senders: Vec<UserId> = raced.iter().map(|&i| batch[i].sender).collect();
             let cids: Vec<&str> = raced.iter().map(|&i| batch[i].cid.as_str()).collect();
             for row in tx.query(&existing_stmt, &[&senders, &cids]).await? {
-                stored.insert(
-                    (row.try_get(0)?, row.try_get(1)?),
-                    Stored {
-                        id: row.try_get(2)?,
-                        conv: row.try_get(3)?,
-                        seq: row.try_get(4)?,
-                        ts: row.try_get(5)?,
-                    },
-                );
+                let (key, value) = stored_from_row(&row)?;
+                stored.insert(key, value);
             }
         }
 
