@@ -441,20 +441,7 @@ impl Delivery {
         skip: Option<(UserId, &str)>,
         frame: &ServerFrame,
     ) {
-        match common::encode(frame, 0) {
-            Ok(bytes) => {
-                let bytes = Bytes::from(bytes);
-                self.deliver(&[Route {
-                    conv: None,
-                    users,
-                    skip,
-                    frame: &bytes,
-                    msg: None,
-                }])
-                .await;
-            }
-            Err(error) => warn!(%error, "could not encode an event"),
-        }
+        self.event(None, users, skip, frame).await;
     }
 
     /// Encodes and delivers one server frame to every member of a conversation.
@@ -465,11 +452,21 @@ impl Delivery {
         skip: Option<(UserId, &str)>,
         frame: &ServerFrame,
     ) {
+        self.event(Some(conv), users, skip, frame).await;
+    }
+
+    async fn event(
+        &self,
+        conv: Option<ConvId>,
+        users: &[UserId],
+        skip: Option<(UserId, &str)>,
+        frame: &ServerFrame,
+    ) {
         match common::encode(frame, 0) {
             Ok(bytes) => {
                 let bytes = Bytes::from(bytes);
                 self.deliver(&[Route {
-                    conv: Some(conv),
+                    conv,
                     users,
                     skip,
                     frame: &bytes,
