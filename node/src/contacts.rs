@@ -1,18 +1,22 @@
-//! Friends and blocks as they affect messaging: who may send a 1:1 message to whom, cached per pair.
+//! Friends and blocks as they affect messaging: who may send a 1:1 message to whom, and which conversation
+//! carries it, cached per pair.
 //!
-//! The cache is dropped for a pair whenever any node changes that pair's friendship or blocking (it broadcasts
-//! `PairChanged`); entries also expire after 15 s as a backstop (pub/sub may lose an invalidation).
+//! The cache is filled by the writer, which checks a pair's policy and finds or creates its conversation inside the
+//! batch that stores the pair's first message (no round trip of its own on the send path). A policy entry is
+//! dropped whenever any node changes that pair's friendship or blocking (it broadcasts `PairChanged`) and expires
+//! after 15 s as a backstop (pub/sub may lose an invalidation); a pair's conversation id never changes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::ids::UserId;
+use common::ids::{ConvId, UserId};
 use deadpool_postgres::Pool;
 
 use crate::store::StoreError;
 
 const TTL: Duration = Duration::from_secs(15);
+/// Most cached pairs before the cache is cleared (an entry is ~48 bytes).
 const CAPACITY: usize = 200_000;
 
 /// Whether a 1:1 message between two users is allowed.
@@ -23,13 +27,31 @@ pub enum PairPolicy {
     Blocked,
 }
 
-pub struct PairCache {
-    pool: Pool,
-    require_friendship: bool,
-    cached: Mutex<HashMap<(UserId, UserId), (PairPolicy, Instant)>>,
+/// How a 1:1 send is routed, as far as the cache knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Allowed, into this conversation.
+    Conversation(ConvId),
+    /// Refused by the pair's policy.
+    Refused(PairPolicy),
+    /// Not cached (or stale): the writer checks and resolves it inside the batch.
+    Unknown,
 }
 
-fn key(a: UserId, b: UserId) -> (UserId, UserId) {
+#[derive(Clone, Copy)]
+struct Entry {
+    policy: PairPolicy,
+    checked: Instant,
+    conv: Option<ConvId>,
+}
+
+pub struct PairCache {
+    require_friendship: bool,
+    cached: Mutex<HashMap<(UserId, UserId), Entry>>,
+}
+
+/// The pair in canonical order (low, high).
+pub fn pair(a: UserId, b: UserId) -> (UserId, UserId) {
     if a <= b {
         (a, b)
     } else {
@@ -38,55 +60,52 @@ fn key(a: UserId, b: UserId) -> (UserId, UserId) {
 }
 
 impl PairCache {
-    pub fn new(pool: Pool, require_friendship: bool) -> Self {
+    pub fn new(require_friendship: bool) -> Self {
         PairCache {
-            pool,
             require_friendship,
             cached: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, UserId), (PairPolicy, Instant)>> {
+    pub fn require_friendship(&self) -> bool {
+        self.require_friendship
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, UserId), Entry>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// May `from` send a 1:1 message to `to`? Messages to oneself are always allowed.
-    pub async fn policy(&self, from: UserId, to: UserId) -> Result<PairPolicy, StoreError> {
-        if from == to {
-            return Ok(PairPolicy::Allowed);
+    /// The cached route of a 1:1 message from `from` to `to`.
+    pub fn route(&self, from: UserId, to: UserId) -> Route {
+        match self.lock().get(&pair(from, to)) {
+            Some(entry) if entry.checked.elapsed() < TTL => match (entry.policy, entry.conv) {
+                (PairPolicy::Allowed, Some(conv)) => Route::Conversation(conv),
+                (PairPolicy::Allowed, None) => Route::Unknown,
+                (refused, _) => Route::Refused(refused),
+            },
+            _ => Route::Unknown,
         }
-        if let Some((policy, at)) = self.lock().get(&key(from, to)) {
-            if at.elapsed() < TTL {
-                return Ok(*policy);
-            }
-        }
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM blocks WHERE (user_id = $1 AND blocked_id = $2) OR (user_id = $2 AND blocked_id = $1)),
-                        EXISTS (SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2)",
-            )
-            .await?;
-        let row = client.query_one(&statement, &[&from, &to]).await?;
-        let blocked: bool = row.try_get(0)?;
-        let friends: bool = row.try_get(1)?;
-        let policy = if blocked {
-            PairPolicy::Blocked
-        } else if friends || !self.require_friendship {
-            PairPolicy::Allowed
-        } else {
-            PairPolicy::NotFriends
-        };
+    }
+
+    /// Records what a committed batch found out about a pair.
+    pub fn remember(&self, a: UserId, b: UserId, policy: PairPolicy, conv: Option<ConvId>) {
         let mut cached = self.lock();
         if cached.len() >= CAPACITY {
             cached.clear();
         }
-        cached.insert(key(from, to), (policy, Instant::now()));
-        Ok(policy)
+        let entry = cached.entry(pair(a, b)).or_insert(Entry {
+            policy,
+            checked: Instant::now(),
+            conv,
+        });
+        entry.policy = policy;
+        entry.checked = Instant::now();
+        entry.conv = conv.or(entry.conv);
     }
 
+    /// Forgets a pair (its friendship or blocking changed); the next send re-checks it in the writer's batch.
     pub fn invalidate(&self, a: UserId, b: UserId) {
-        self.lock().remove(&key(a, b));
+        self.lock().remove(&pair(a, b));
     }
 }
 

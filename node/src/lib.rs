@@ -89,10 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             })
         }),
     };
-    let pairs = Arc::new(contacts::PairCache::new(
-        pool.clone(),
-        config.require_friendship,
-    ));
+    let pairs = Arc::new(contacts::PairCache::new(config.require_friendship));
     let bus_consumer = tokio::spawn(delivery::run_bus_consumer(
         bus_rx,
         delivery.clone(),
@@ -106,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let drain_writer = CancellationToken::new();
     let (writer, writer_task) = writer::spawn(
         pool.clone(),
+        pairs.clone(),
         WriterSettings {
             batch_rows: config.writer_batch_rows,
             flush_interval: Duration::from_micros(config.writer_flush_us),

@@ -2,11 +2,9 @@
 //!
 //! Built once by `lib::run`; read-only after that except for the small caches and flags declared here.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use common::ids::{ConvId, UserId};
 use common::Limits;
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -19,12 +17,7 @@ use crate::contacts::PairCache;
 use crate::delivery::{Delivery, LocalSessions};
 use crate::media::LocalMediaStore;
 use crate::metrics::Metrics;
-use crate::store::queries::{self, Direct};
 use crate::store::writer::WriterHandle;
-use crate::store::StoreError;
-
-/// Most cached direct-conversation ids before the cache is cleared (each entry is ~40 bytes).
-const DIRECT_CACHE_CAP: usize = 200_000;
 
 pub struct NodeState {
     pub config: Config,
@@ -50,7 +43,6 @@ pub struct NodeState {
     /// Whether the last lease refresh succeeded.
     pub lease_ok: AtomicBool,
     next_conn_id: AtomicU64,
-    direct_cache: Mutex<HashMap<(UserId, UserId), ConvId>>,
 }
 
 impl NodeState {
@@ -91,7 +83,6 @@ impl NodeState {
             draining: AtomicBool::new(false),
             lease_ok: AtomicBool::new(true),
             next_conn_id: AtomicU64::new(1),
-            direct_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,28 +92,5 @@ impl NodeState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
-    }
-
-    /// The 1:1 conversation of two users, from the cache or the store (which creates it on first use).
-    pub async fn direct_conversation(&self, a: UserId, b: UserId) -> Result<Direct, StoreError> {
-        let key = if a <= b { (a, b) } else { (b, a) };
-        if let Some(conv) = self.cache().get(&key) {
-            return Ok(Direct::Conversation(*conv));
-        }
-        let found = queries::direct_conversation(&self.pool, a, b).await?;
-        if let Direct::Conversation(conv) = found {
-            let mut cache = self.cache();
-            if cache.len() >= DIRECT_CACHE_CAP {
-                cache.clear();
-            }
-            cache.insert(key, conv);
-        }
-        Ok(found)
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, UserId), ConvId>> {
-        self.direct_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -23,7 +23,7 @@ use tracing::warn;
 
 use crate::http::json_error;
 use crate::state::NodeState;
-use crate::store::writer::{AckSink, Submission};
+use crate::store::writer::{AckSink, Submission, Target};
 use crate::store::StoreError;
 
 /// The authenticated caller of a REST route.
@@ -100,7 +100,7 @@ pub async fn system_message(
         sender: actor,
         sender_device: Arc::from("server"),
         cid: format!("sys-{:032x}", rand::random::<u128>()),
-        conv,
+        target: Target::Conv(conv),
         members,
         kind: common::frame::kinds::SYSTEM.into(),
         body: String::new(),

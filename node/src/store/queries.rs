@@ -1,10 +1,9 @@
-//! The reads and small writes outside the message hot path: accounts, direct conversations, the `hello` state and
+//! The reads and small writes outside the message hot path: accounts, the `hello` state and
 //! `sync`.
 
 use common::frame::{ConvState, Msg};
 use common::ids::{ConvId, Seq, UserId};
 use deadpool_postgres::Pool;
-use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 
@@ -49,46 +48,6 @@ pub async fn user_credentials(
         .await?;
     row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .transpose()
-}
-
-/// Outcome of resolving the 1:1 conversation between two users.
-pub enum Direct {
-    Conversation(ConvId),
-    UnknownUser,
-}
-
-/// Finds or creates the 1:1 conversation of `a` and `b` (a user may also write to themself) with its members.
-///
-/// One statement, one round trip, one commit: this runs on the send path the first time a node sees a pair. A
-/// concurrent creation through another node waits on the unique index and then takes the `DO UPDATE` branch, which
-/// returns the existing id (a no-op update of the same row).
-pub async fn direct_conversation(pool: &Pool, a: UserId, b: UserId) -> Result<Direct, StoreError> {
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "WITH conv AS (
-                 INSERT INTO conversations (kind, direct_low, direct_high) VALUES ($1, $2, $3)
-                 ON CONFLICT (direct_low, direct_high) DO UPDATE SET kind = EXCLUDED.kind
-                 RETURNING id
-             ), joined AS (
-                 INSERT INTO conversation_members (conv_id, user_id)
-                 SELECT conv.id, u FROM conv, (SELECT DISTINCT unnest(ARRAY[$2, $3]::bigint[]) AS u) AS users
-                 ON CONFLICT DO NOTHING
-             )
-             SELECT id FROM conv",
-        )
-        .await?;
-    match client
-        .query_one(&statement, &[&KIND_DIRECT, &low, &high])
-        .await
-    {
-        Ok(row) => Ok(Direct::Conversation(row.try_get(0)?)),
-        Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            Ok(Direct::UnknownUser)
-        }
-        Err(error) => Err(error.into()),
-    }
 }
 
 /// The user's conversations, most recently active first.

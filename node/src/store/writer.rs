@@ -3,13 +3,17 @@
 //! Sessions submit messages over a bounded channel. The writer commits them many per transaction: it collects up
 //! to `batch_rows` messages or until `flush_interval` has passed since the first, then, in one transaction,
 //! 1. finds `(sender, cid)` pairs already stored (a retried send answers with the stored message),
-//! 2. locks the batch's conversations in id order and advances each one's `last_seq` by its count of new
+//! 2. for 1:1 sends the node has not routed before, checks the pair's policy (blocks, friendship, both users exist)
+//!    and finds or creates the pair's conversation: one statement for the checks and one for the creations of the
+//!    whole batch, so a first message costs no commit of its own (what it learns goes to the `PairCache` after
+//!    the commit),
+//! 3. locks the batch's conversations in id order and advances each one's `last_seq` by its count of new
 //!    messages — the seq is allocated inside the commit, so commit order is seq order and a settled gap stays
 //!    settled (two writers of one conversation serialize on its row lock; the fixed order rules out deadlocks),
-//! 3. takes the idempotency keys in `message_keys` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
+//! 4. takes the idempotency keys in `message_keys` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
 //!    retry racing through another node; the membership check rides along), inserts the rows whose key it took into
 //!    the hash-partitioned `messages` with one `INSERT … SELECT unnest(…)`, and advances each sender's `read_seq`,
-//! 4. commits.
+//! 5. commits.
 //!
 //! Only then does each sender get its `ack` and are the new messages handed, in commit order, to delivery. A failed
 //! transaction answers every sender of the batch with a retryable `store_unavailable`: nothing was stored.
@@ -21,12 +25,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::frame::{Ack, Attrs, ErrorFrame, Msg};
 use common::ids::{ConvId, MsgId, Seq, UserId};
 use common::ErrorCode;
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn, Instrument};
 
+use super::queries::KIND_DIRECT;
 use super::StoreError;
+use crate::contacts::{pair, PairCache, PairPolicy};
 use crate::metrics::Metrics;
 
 /// Where the outcome of one submission goes (the sender's connection).
@@ -39,7 +45,7 @@ pub struct Submission {
     pub sender: UserId,
     pub sender_device: Arc<str>,
     pub cid: String,
-    pub conv: ConvId,
+    pub target: Target,
     /// Every member of the conversation (the sender included), for routing after the commit.
     pub members: Arc<[UserId]>,
     pub kind: String,
@@ -51,6 +57,15 @@ pub struct Submission {
     pub recall_target: Option<Seq>,
     pub reply: Arc<dyn AckSink>,
     pub received_at: Instant,
+}
+
+/// Where a submission goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A conversation the sender is (checked in the batch) a member of.
+    Conv(ConvId),
+    /// The 1:1 conversation with this user, resolved by the writer (policy checked, created if new).
+    Direct(UserId),
 }
 
 /// A newly committed message, on its way to delivery.
@@ -91,6 +106,7 @@ pub struct WriterSettings {
 /// answered.
 pub fn spawn(
     pool: Pool,
+    pairs: Arc<PairCache>,
     settings: WriterSettings,
     committed: mpsc::Sender<Vec<Committed>>,
     metrics: Metrics,
@@ -98,13 +114,14 @@ pub fn spawn(
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue);
     let task = tokio::spawn(
-        run(pool, settings, rx, committed, metrics, drain).instrument(info_span!("writer")),
+        run(pool, pairs, settings, rx, committed, metrics, drain).instrument(info_span!("writer")),
     );
     (WriterHandle { tx }, task)
 }
 
 async fn run(
     pool: Pool,
+    pairs: Arc<PairCache>,
     settings: WriterSettings,
     mut rx: mpsc::Receiver<Submission>,
     committed: mpsc::Sender<Vec<Committed>>,
@@ -140,7 +157,7 @@ async fn run(
             }
         }
         metrics.writer_queue_depth.set(rx.len() as f64);
-        commit_batch(&pool, batch, &committed, &metrics).await;
+        commit_batch(&pool, &pairs, batch, &committed, &metrics).await;
     }
 }
 
@@ -158,14 +175,18 @@ struct Stored {
 
 async fn commit_batch(
     pool: &Pool,
+    pairs: &PairCache,
     batch: Vec<Submission>,
     committed: &mpsc::Sender<Vec<Committed>>,
     metrics: &Metrics,
 ) {
     let started = Instant::now();
     let rows = batch.len();
-    match write(pool, &batch).await {
+    match write(pool, pairs.require_friendship(), &batch).await {
         Ok(outcome) => {
+            for (a, b, policy, conv) in outcome.learned {
+                pairs.remember(a, b, policy, conv);
+            }
             metrics.batch_rows.record(rows as f64);
             metrics
                 .flush_seconds
@@ -175,9 +196,8 @@ async fn commit_batch(
             for (submission, result) in batch.into_iter().zip(outcome.per_submission) {
                 let (stored, is_new) = match result {
                     Ok(pair) => pair,
-                    Err(code) => {
-                        let frame = ErrorFrame::new(code, "not a member of this conversation")
-                            .for_cid(submission.cid.clone());
+                    Err((code, msg)) => {
+                        let frame = ErrorFrame::new(code, msg).for_cid(submission.cid.clone());
                         submission.reply.answer(Err(frame), submission.received_at);
                         continue;
                     }
@@ -243,13 +263,166 @@ fn stored_from_row(row: &tokio_postgres::Row) -> Result<(SendKey, Stored), Store
     ))
 }
 
+/// Why a submission was refused, as its error frame says it.
+type Refusal = (ErrorCode, String);
+
 struct Outcome {
     /// Per submission, in batch order: the stored message and whether this batch created it, or why it was refused.
-    per_submission: Vec<Result<(Stored, bool), ErrorCode>>,
+    per_submission: Vec<Result<(Stored, bool), Refusal>>,
     new_count: usize,
+    /// What the batch found out about 1:1 pairs: `(low, high, policy, conversation)`.
+    learned: Vec<Learned>,
 }
 
-async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError> {
+type Learned = (UserId, UserId, PairPolicy, Option<ConvId>);
+
+/// The conversations and refusals of the batch's unrouted 1:1 sends (see the module comment, step 2).
+struct Directs {
+    conv: HashMap<(UserId, UserId), ConvId>,
+    refused: HashMap<(UserId, UserId), Refusal>,
+    learned: Vec<Learned>,
+}
+
+async fn resolve_directs(
+    tx: &Transaction<'_>,
+    require_friendship: bool,
+    wanted: Vec<(UserId, UserId)>,
+) -> Result<Directs, StoreError> {
+    let mut directs = Directs {
+        conv: HashMap::with_capacity(wanted.len()),
+        refused: HashMap::new(),
+        learned: Vec::with_capacity(wanted.len()),
+    };
+    if wanted.is_empty() {
+        return Ok(directs);
+    }
+    let (lows, highs): (Vec<UserId>, Vec<UserId>) = wanted.iter().copied().unzip();
+    let check_stmt = tx
+        .prepare_cached(
+            "SELECT v.lo, v.hi,
+                 EXISTS (SELECT 1 FROM users u WHERE u.id = v.lo) AND EXISTS (SELECT 1 FROM users u WHERE u.id = v.hi),
+                 v.lo <> v.hi AND EXISTS (SELECT 1 FROM blocks b WHERE (b.user_id = v.lo AND b.blocked_id = v.hi)
+                                                                  OR (b.user_id = v.hi AND b.blocked_id = v.lo)),
+                 v.lo = v.hi OR EXISTS (SELECT 1 FROM friendships f WHERE f.user_id = v.lo AND f.friend_id = v.hi),
+                 c.id
+             FROM unnest($1::bigint[], $2::bigint[]) AS v(lo, hi)
+             LEFT JOIN conversations c ON c.direct_low = v.lo AND c.direct_high = v.hi",
+        )
+        .await?;
+    let mut create: Vec<(UserId, UserId)> = Vec::new();
+    for row in tx.query(&check_stmt, &[&lows, &highs]).await? {
+        let (low, high): (UserId, UserId) = (row.try_get(0)?, row.try_get(1)?);
+        let known: bool = row.try_get(2)?;
+        let blocked: bool = row.try_get(3)?;
+        let friends: bool = row.try_get(4)?;
+        let conv: Option<ConvId> = row.try_get(5)?;
+        let policy = if !known {
+            directs.refused.insert(
+                (low, high),
+                (
+                    ErrorCode::UnknownUser,
+                    "the recipient does not exist".into(),
+                ),
+            );
+            continue;
+        } else if blocked {
+            PairPolicy::Blocked
+        } else if friends || !require_friendship {
+            PairPolicy::Allowed
+        } else {
+            PairPolicy::NotFriends
+        };
+        match (policy, conv) {
+            (PairPolicy::Allowed, Some(conv)) => {
+                directs.conv.insert((low, high), conv);
+            }
+            (PairPolicy::Allowed, None) => create.push((low, high)),
+            (PairPolicy::Blocked, _) => {
+                directs.refused.insert(
+                    (low, high),
+                    (
+                        ErrorCode::Blocked,
+                        "messages between you are blocked".into(),
+                    ),
+                );
+            }
+            (PairPolicy::NotFriends, _) => {
+                directs.refused.insert(
+                    (low, high),
+                    (
+                        ErrorCode::NotFriends,
+                        "you are not friends with this user".into(),
+                    ),
+                );
+            }
+        }
+        directs.learned.push((low, high, policy, conv));
+    }
+    if !create.is_empty() {
+        // Inserted in pair order, so two batches creating overlapping pairs wait on each other in one order only.
+        create.sort_unstable();
+        let (lows, highs): (Vec<UserId>, Vec<UserId>) = create.iter().copied().unzip();
+        let create_stmt = tx
+            .prepare_cached(
+                "WITH ins AS (
+                     INSERT INTO conversations (kind, direct_low, direct_high)
+                     SELECT $1, lo, hi FROM unnest($2::bigint[], $3::bigint[]) AS v(lo, hi) ORDER BY lo, hi
+                     ON CONFLICT (direct_low, direct_high) DO NOTHING
+                     RETURNING id, direct_low, direct_high
+                 ), joined AS (
+                     INSERT INTO conversation_members (conv_id, user_id)
+                     SELECT id, direct_low FROM ins UNION SELECT id, direct_high FROM ins
+                     ON CONFLICT DO NOTHING
+                 )
+                 SELECT id, direct_low, direct_high FROM ins",
+            )
+            .await?;
+        let mut found = HashMap::with_capacity(create.len());
+        for row in tx
+            .query(&create_stmt, &[&KIND_DIRECT, &lows, &highs])
+            .await?
+        {
+            found.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+        }
+        // A pair created meanwhile by another node's batch (committed while this one waited on it).
+        let raced: Vec<(UserId, UserId)> = create
+            .iter()
+            .copied()
+            .filter(|p| !found.contains_key(p))
+            .collect();
+        if !raced.is_empty() {
+            let (lows, highs): (Vec<UserId>, Vec<UserId>) = raced.iter().copied().unzip();
+            let raced_stmt = tx
+                .prepare_cached(
+                    "SELECT c.id, c.direct_low, c.direct_high FROM conversations c
+                     JOIN unnest($1::bigint[], $2::bigint[]) AS v(lo, hi)
+                       ON c.direct_low = v.lo AND c.direct_high = v.hi",
+                )
+                .await?;
+            for row in tx.query(&raced_stmt, &[&lows, &highs]).await? {
+                found.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+            }
+        }
+        for (low, high) in create {
+            let Some(&conv) = found.get(&(low, high)) else {
+                return Err(StoreError::Invalid(format!(
+                    "the conversation of {low} and {high} was neither created nor found"
+                )));
+            };
+            directs.conv.insert((low, high), conv);
+            directs
+                .learned
+                .push((low, high, PairPolicy::Allowed, Some(conv)));
+        }
+    }
+    Ok(directs)
+}
+
+async fn write(
+    pool: &Pool,
+    require_friendship: bool,
+    batch: &[Submission],
+) -> Result<Outcome, StoreError> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -290,12 +463,54 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
         .filter(|&i| !stored.contains_key(&(batch[i].sender, batch[i].cid.clone())))
         .collect();
 
+    // Each new submission's conversation; unrouted 1:1 sends resolved for the whole batch at once.
+    let wanted: Vec<(UserId, UserId)> = {
+        let mut pairs: Vec<(UserId, UserId)> = new
+            .iter()
+            .filter_map(|&i| match batch[i].target {
+                Target::Direct(to) => Some(pair(batch[i].sender, to)),
+                Target::Conv(_) => None,
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        pairs
+    };
+    let directs = resolve_directs(&tx, require_friendship, wanted).await?;
+    let mut refused: HashMap<SendKey, Refusal> = HashMap::new();
+    let mut conv_of: HashMap<usize, ConvId> = HashMap::with_capacity(new.len());
+    for &i in &new {
+        let s = &batch[i];
+        match s.target {
+            Target::Conv(conv) => {
+                conv_of.insert(i, conv);
+            }
+            Target::Direct(to) => {
+                let key = pair(s.sender, to);
+                if let Some(&conv) = directs.conv.get(&key) {
+                    conv_of.insert(i, conv);
+                } else {
+                    let refusal = directs.refused.get(&key).cloned().unwrap_or((
+                        ErrorCode::StoreUnavailable,
+                        "the conversation could not be resolved; retry".into(),
+                    ));
+                    refused.insert((s.sender, s.cid.clone()), refusal);
+                }
+            }
+        }
+    }
+    let new: Vec<usize> = new
+        .into_iter()
+        .filter(|i| conv_of.contains_key(i))
+        .collect();
+    let conv_at = |i: usize| conv_of.get(&i).copied().unwrap_or_default();
+
     let mut new_keys: HashMap<SendKey, Stored> = HashMap::new();
     if !new.is_empty() {
         // Allocate seqs: conversations locked in id order, counters advanced in the same transaction.
         let mut per_conv: BTreeMap<ConvId, i64> = BTreeMap::new();
         for &i in &new {
-            *per_conv.entry(batch[i].conv).or_default() += 1;
+            *per_conv.entry(conv_at(i)).or_default() += 1;
         }
         let conv_ids: Vec<ConvId> = per_conv.keys().copied().collect();
         let counts: Vec<i64> = per_conv.values().copied().collect();
@@ -341,7 +556,8 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
         let mut own_read: HashMap<(ConvId, UserId), Seq> = HashMap::new();
         for &i in &new {
             let s = &batch[i];
-            let seq = match next_seq.get_mut(&s.conv) {
+            let conv = conv_at(i);
+            let seq = match next_seq.get_mut(&conv) {
                 Some(next) => {
                     let seq = *next;
                     *next += 1;
@@ -353,7 +569,7 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                     ))
                 }
             };
-            col_conv.push(s.conv);
+            col_conv.push(conv);
             col_seq.push(seq);
             col_sender.push(s.sender);
             col_device.push(&s.sender_device);
@@ -363,7 +579,7 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
             col_attrs.push(s.attrs.as_ref().and_then(|a| serde_json::to_string(a).ok()));
             col_system.push(s.system);
 
-            let read = own_read.entry((s.conv, s.sender)).or_insert(seq);
+            let read = own_read.entry((conv, s.sender)).or_insert(seq);
             *read = (*read).max(seq);
         }
         // First the idempotency keys (with the message ids): a key already taken by a retry racing through another
@@ -477,11 +693,11 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                 continue;
             }
             if let Some(target) = s.recall_target {
-                recall_convs.push(s.conv);
+                recall_convs.push(conv_at(i));
                 recall_seqs.push(target);
             }
             if let Some(hash) = s.attrs.as_ref().and_then(|a| a.media.as_deref()) {
-                media_convs.push(s.conv);
+                media_convs.push(conv_at(i));
                 media_hashes.push(hash);
             }
         }
@@ -534,12 +750,16 @@ async fn write(pool: &Pool, batch: &[Submission]) -> Result<Outcome, StoreError>
                 per_submission.push(Ok((*created, first)));
             }
             (None, Some(existing)) => per_submission.push(Ok((*existing, false))),
-            // Neither inserted nor stored before: the membership check in the INSERT refused it.
-            (None, None) => per_submission.push(Err(ErrorCode::NotMember)),
+            // Neither inserted nor stored before: the 1:1 checks or the membership check in the INSERT refused it.
+            (None, None) => per_submission.push(Err(refused.get(&key).cloned().unwrap_or((
+                ErrorCode::NotMember,
+                "not a member of this conversation".into(),
+            )))),
         }
     }
     Ok(Outcome {
         per_submission,
         new_count,
+        learned: directs.learned,
     })
 }

@@ -28,12 +28,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
-use crate::contacts::PairPolicy;
+use crate::contacts::{PairPolicy, Route};
 use crate::delivery::{Outbound, Outbox};
 use crate::metrics;
 use crate::state::NodeState;
-use crate::store::queries::{self, Direct, SyncPage};
-use crate::store::writer::Submission;
+use crate::store::queries::{self, SyncPage};
+use crate::store::writer::{Submission, Target};
 use crate::ws::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
 
 type Io = TokioIo<Upgraded>;
@@ -464,7 +464,7 @@ impl Connection {
             ));
             return;
         }
-        let (conv, members) = match self.resolve_target(send.to, send.conv).await {
+        let (target, members) = match self.resolve_target(send.to, send.conv).await {
             Ok(target) => target,
             Err((code, msg)) => {
                 self.outbox.error(fail(code, msg));
@@ -475,7 +475,7 @@ impl Connection {
             sender: self.user,
             sender_device: self.device.clone(),
             cid: send.cid,
-            conv,
+            target,
             members,
             kind: send.kind,
             body: send.body,
@@ -500,13 +500,14 @@ impl Connection {
         }
     }
 
-    /// The conversation and its members for a `send`: `to` names a user (1:1, subject to friendship and blocks),
-    /// `conv` a conversation the sender belongs to.
+    /// The target and its members for a `send`: `to` names a user (1:1, subject to friendship and blocks),
+    /// `conv` a conversation the sender belongs to. A 1:1 pair the node has not routed yet goes to the writer
+    /// unresolved: it checks the pair and creates its conversation inside the batch that stores the message.
     async fn resolve_target(
         &self,
         to: Option<UserId>,
         conv: Option<common::ids::ConvId>,
-    ) -> Result<(common::ids::ConvId, Arc<[UserId]>), (ErrorCode, String)> {
+    ) -> Result<(Target, Arc<[UserId]>), (ErrorCode, String)> {
         let unavailable = |error: crate::store::StoreError| {
             warn!(%error, "could not resolve the conversation");
             (
@@ -516,42 +517,22 @@ impl Connection {
         };
         match (to, conv) {
             (Some(to), None) => {
-                match self
-                    .state
-                    .pairs
-                    .policy(self.user, to)
-                    .await
-                    .map_err(unavailable)?
-                {
-                    PairPolicy::Allowed => {}
-                    PairPolicy::NotFriends => {
-                        return Err((
-                            ErrorCode::NotFriends,
-                            format!("user {to} is not your friend"),
-                        ));
-                    }
-                    PairPolicy::Blocked => {
-                        return Err((
-                            ErrorCode::Blocked,
-                            "messages between you are blocked".into(),
-                        ))
-                    }
-                }
-                match self
-                    .state
-                    .direct_conversation(self.user, to)
-                    .await
-                    .map_err(unavailable)?
-                {
-                    Direct::Conversation(conv) => {
-                        let members: Arc<[UserId]> = if to == self.user {
-                            Arc::from([self.user])
-                        } else {
-                            Arc::from([self.user, to])
-                        };
-                        Ok((conv, members))
-                    }
-                    Direct::UnknownUser => Err((ErrorCode::UnknownUser, format!("no user {to}"))),
+                let members: Arc<[UserId]> = if to == self.user {
+                    Arc::from([self.user])
+                } else {
+                    Arc::from([self.user, to])
+                };
+                match self.state.pairs.route(self.user, to) {
+                    Route::Conversation(conv) => Ok((Target::Conv(conv), members)),
+                    Route::Unknown => Ok((Target::Direct(to), members)),
+                    Route::Refused(PairPolicy::Blocked) => Err((
+                        ErrorCode::Blocked,
+                        "messages between you are blocked".into(),
+                    )),
+                    Route::Refused(_) => Err((
+                        ErrorCode::NotFriends,
+                        "you are not friends with this user".into(),
+                    )),
                 }
             }
             (None, Some(conv)) => match self
@@ -562,7 +543,9 @@ impl Connection {
                 .await
                 .map_err(unavailable)?
             {
-                Some(members) if members.contains(self.user) => Ok((conv, members.users.clone())),
+                Some(members) if members.contains(self.user) => {
+                    Ok((Target::Conv(conv), members.users.clone()))
+                }
                 _ => Err((
                     ErrorCode::NotMember,
                     format!("not a member of conversation {conv}"),
@@ -856,7 +839,7 @@ impl Connection {
             sender: self.user,
             sender_device: self.device.clone(),
             cid: request.cid,
-            conv: request.conv,
+            target: Target::Conv(request.conv),
             members,
             kind: kinds::RECALL.into(),
             body: String::new(),

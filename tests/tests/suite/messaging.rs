@@ -1,5 +1,6 @@
 //! 1:1 messages across nodes: delivery after commit, offline sync, idempotency, ordering under two writers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::frame::Msg;
@@ -286,4 +287,75 @@ async fn sync_and_history_read_one_partition() {
         let scanned = plan.lines().filter(|line| line.contains(" on messages_p")).count();
         assert_eq!(scanned, 1, "{query} should touch one partition:\n{plan}");
     }
+}
+
+/// Every pair of a group of users writes its first message at the same moment, from both ends, through both nodes:
+/// the writer checks each pair and creates its conversation inside the batches (several pairs per batch, the same
+/// pair racing through two nodes). Every send is acknowledged, both ends of a pair land in one conversation, and
+/// Postgres holds exactly one conversation with two members per pair.
+#[tokio::test]
+async fn first_contacts_in_one_burst_make_one_conversation_per_pair() {
+    let cluster = Cluster::start(2).await.unwrap();
+    const USERS: usize = 12;
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        users.push(cluster.user(&format!("burst{i}")).await.unwrap());
+    }
+    let mut clients = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        clients.push(cluster.connect(i % 2, user, "d").await.unwrap());
+    }
+    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                for (j, &to) in ids.iter().enumerate() {
+                    if j != i {
+                        client.send_text(to, &format!("to{j}"), "hi").await.unwrap();
+                    }
+                }
+                let mut convs = Vec::new();
+                for (j, &to) in ids.iter().enumerate() {
+                    if j != i {
+                        let ack = client.wait_ack(&format!("to{j}"), WAIT).await.unwrap();
+                        convs.push((to, ack.conv));
+                    }
+                }
+                (ids[i], convs)
+            })
+        })
+        .collect();
+    let mut conv_of_pair: HashMap<(i64, i64), i64> = HashMap::new();
+    for task in tasks {
+        let (from, convs) = task.await.unwrap();
+        for (to, conv) in convs {
+            let key = (from.min(to), from.max(to));
+            let seen = *conv_of_pair.entry(key).or_insert(conv);
+            assert_eq!(
+                seen, conv,
+                "the two ends of pair {key:?} landed in different conversations"
+            );
+        }
+    }
+    assert_eq!(conv_of_pair.len(), USERS * (USERS - 1) / 2);
+    let sql = cluster.sql().await.unwrap();
+    let row = sql
+        .query_one(
+            "SELECT count(DISTINCT c.id), count(*) FROM conversations c
+             JOIN conversation_members m ON m.conv_id = c.id
+             WHERE c.kind = 1 AND c.direct_low = ANY($1) AND c.direct_high = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+    let (convs, members): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        convs as usize,
+        USERS * (USERS - 1) / 2,
+        "one conversation per pair"
+    );
+    assert_eq!(members, 2 * convs, "two members per conversation");
 }
