@@ -8,8 +8,8 @@
 //! Nothing here retries: a push that cannot happen (device gone, node gone, pub/sub dropped it) is recovered by
 //! the client's `sync`. A full outbox never blocks delivery: its connection is kicked as a slow consumer.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use common::frame::{Ack, ErrorFrame, Kick};
 use common::ids::{ConvId, UserId};
 use common::{KickReason, ServerFrame};
 use router::{Bus, BusMessage, LocationRegistry};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -34,9 +34,56 @@ pub enum Outbound {
     Pong(Bytes),
 }
 
+/// A connection's queue of outbound frames, shared by its `Outbox` (many pushers) and its writer task (one reader).
+///
+/// A deque behind a mutex rather than a tokio channel: a channel allocates a block of 32 slots per connection up
+/// front, this allocates nothing while empty and gives its memory back once drained, which is what an idle
+/// connection is most of the time.
+struct Queue {
+    items: Mutex<VecDeque<Outbound>>,
+    ready: Notify,
+    /// Set when the `Outbox` is dropped: the reader sees the end once the queue is empty.
+    closed: AtomicBool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Drained deques keep at most this many slots; a larger one is freed when it empties.
+const KEEP_SLOTS: usize = 8;
+
+/// The writer task's end of a connection's queue.
+pub struct OutboundRx(Arc<Queue>);
+
+impl OutboundRx {
+    /// The next frame to send; `None` once the outbox is gone and everything queued was taken. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            {
+                let mut items = self.0.lock();
+                if let Some(item) = items.pop_front() {
+                    if items.is_empty() && items.capacity() > KEEP_SLOTS {
+                        *items = VecDeque::new();
+                    }
+                    return Some(item);
+                }
+                if self.0.closed.load(Ordering::Acquire) {
+                    return None;
+                }
+            }
+            // A push between the check above and this wait leaves a permit, so the wakeup is not lost.
+            self.0.ready.notified().await;
+        }
+    }
+}
+
 /// The sending side of one connection: a bounded frame queue and a switch that closes the connection.
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<Queue>,
+    capacity: usize,
     closed: CancellationToken,
     kick_reason: AtomicU8,
     compress_threshold: usize,
@@ -58,16 +105,21 @@ impl Outbox {
         capacity: usize,
         compress_threshold: usize,
         metrics: Metrics,
-    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Arc<Self>, OutboundRx) {
+        let queue = Arc::new(Queue {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
         let outbox = Outbox {
-            tx,
+            queue: queue.clone(),
+            capacity,
             closed: CancellationToken::new(),
             kick_reason: AtomicU8::new(NO_KICK),
             compress_threshold,
             metrics,
         };
-        (Arc::new(outbox), rx)
+        (Arc::new(outbox), OutboundRx(queue))
     }
 
     /// Queues an encoded frame. A full queue kicks the connection (slow consumer); returns whether it was queued.
@@ -81,16 +133,19 @@ impl Outbox {
     }
 
     fn push_outbound(&self, outbound: Outbound) -> bool {
-        match self.tx.try_send(outbound) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.kick(KickReason::SlowConsumer) {
-                    ::metrics::counter!("im_slow_consumer_disconnects_total").increment(1);
-                }
-                false
+        {
+            let mut items = self.queue.lock();
+            if items.len() < self.capacity {
+                items.push_back(outbound);
+                drop(items);
+                self.queue.ready.notify_one();
+                return true;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+        if self.kick(KickReason::SlowConsumer) {
+            ::metrics::counter!("im_slow_consumer_disconnects_total").increment(1);
+        }
+        false
     }
 
     /// Encodes and queues a server frame.
@@ -147,6 +202,13 @@ impl Outbox {
             reason,
             msg: msg.into(),
         })
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        self.queue.ready.notify_one();
     }
 }
 
@@ -611,5 +673,53 @@ pub async fn run_bus_consumer(
             BusMessage::ConvChanged { conv } => delivery.members.invalidate(conv),
             BusMessage::PairChanged { a, b } => pairs.invalidate(a, b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[tokio::test]
+    async fn queue_keeps_order_bounds_its_length_and_ends_when_the_outbox_goes() {
+        let (outbox, mut rx) = Outbox::new(3, usize::MAX, Metrics::new("test"));
+        for n in 0..3 {
+            assert!(outbox.push(frame(n)));
+        }
+        // The fourth frame does not fit: refused, and the connection is kicked as a slow consumer.
+        assert!(!outbox.push(frame(3)));
+        assert_eq!(outbox.kicked(), Some(KickReason::SlowConsumer));
+        for n in 0..3 {
+            match rx.recv().await {
+                Some(Outbound::Frame(bytes)) => assert_eq!(bytes, frame(n)),
+                _ => panic!("expected frame {n}"),
+            }
+        }
+        // A reader waiting on an empty queue is woken by the next push.
+        let waiter = tokio::spawn(async move {
+            let first = rx.recv().await.is_some();
+            let end = rx.recv().await.is_none();
+            (first, end)
+        });
+        tokio::task::yield_now().await;
+        assert!(outbox.pong(frame(9)));
+        drop(outbox);
+        assert_eq!(waiter.await.ok(), Some((true, true)));
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_memory_back() {
+        let (outbox, mut rx) = Outbox::new(1000, usize::MAX, Metrics::new("test"));
+        for n in 0..100 {
+            assert!(outbox.push(frame(n)));
+        }
+        while !outbox.queue.lock().is_empty() {
+            rx.recv().await;
+        }
+        assert!(outbox.queue.lock().capacity() <= KEEP_SLOTS);
     }
 }

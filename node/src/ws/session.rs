@@ -25,11 +25,11 @@ use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, warn, Instrument};
 
 use crate::contacts::{PairPolicy, Route};
-use crate::delivery::{Outbound, Outbox};
+use crate::delivery::{Outbound, OutboundRx, Outbox};
 use crate::metrics;
 use crate::state::NodeState;
 use crate::store::queries::{self, SyncPage};
@@ -90,7 +90,7 @@ pub struct SessionContext {
     pub device: Arc<str>,
     pub conn_id: u64,
     pub outbox: Arc<Outbox>,
-    pub outbound: mpsc::Receiver<Outbound>,
+    pub outbound: OutboundRx,
     pub hello: Bytes,
 }
 
@@ -137,11 +137,11 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
             debug!(%error, "upgrade failed");
-            unregister(&state, user, &device, conn_id).await;
+            Box::pin(unregister(&state, user, &device, conn_id)).await;
             return;
         }
         Err(_) => {
-            unregister(&state, user, &device, conn_id).await;
+            Box::pin(unregister(&state, user, &device, conn_id)).await;
             return;
         }
     };
@@ -217,7 +217,9 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
             Ok(Inbound::Pong | Inbound::Pending) => None,
         };
         if let Some(message) = complete {
-            if let Some(close) = connection.on_message(&message).await {
+            // Boxed: handling a message awaits the store and Redis, and those futures inlined here would make every
+            // connection's task as large as the largest of them for its whole life, idle or not.
+            if let Some(close) = Box::pin(connection.on_message(&message)).await {
                 break Some(close);
             }
         }
@@ -251,7 +253,7 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         ::metrics::counter!("im_ws_writer_aborted_total").increment(1);
         writer_abort.abort();
     }
-    unregister(&state, user, &device, conn_id).await;
+    Box::pin(unregister(&state, user, &device, conn_id)).await;
     state.metrics.connections_open.decrement(1.0);
     metrics::connection_closed(reason);
     debug!(reason, "connection closed");
@@ -286,7 +288,7 @@ pub(crate) fn close_for_error(error: &WebSocketError) -> Option<CloseInstruction
 
 async fn write_loop(
     mut writer: WebSocketWrite<WriteHalf<Io>>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    mut outbound: OutboundRx,
     outbox: Arc<Outbox>,
     hello: Bytes,
     mut close_rx: oneshot::Receiver<CloseInstruction>,
