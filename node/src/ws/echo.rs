@@ -6,7 +6,7 @@
 //! message cap (`--max-message-bytes`), the same idle timeout and the same error-to-close mapping as a protocol
 //! session, so the suite tests the code real connections run. It registers nothing and touches no store.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::http::json_error;
 use crate::state::NodeState;
+use crate::ws::frames::FrameReader;
 use crate::ws::inbound::{Assembler, Inbound};
 use crate::ws::session::close_for_error;
 
@@ -41,7 +42,7 @@ pub async fn handle(
     ::metrics::counter!("im_conformance_echo_connections_total").increment(1);
     let tracker = state.connections.clone();
     tracker.spawn(async move {
-        let Ok(Ok(mut ws)) = tokio::time::timeout(
+        let Ok(Ok(ws)) = tokio::time::timeout(
             Duration::from_secs(state.config.handshake_timeout_secs),
             socket,
         )
@@ -49,14 +50,23 @@ pub async fn handle(
         else {
             return;
         };
-        ws.set_auto_close(false);
-        ws.set_auto_pong(false);
-        ws.set_max_message_size(state.config.max_message_bytes.saturating_add(1));
+        // Read through the same `FrameReader` as protocol sessions; fastwebsockets only writes.
+        let slot = Arc::new(Mutex::new(None));
+        let read_slot = slot.clone();
+        let (_, mut ws) = ws.split(move |io| {
+            let (read, write) = tokio::io::split(io);
+            *read_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(read);
+            (tokio::io::empty(), write)
+        });
+        let Some(read) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut reader = FrameReader::new(read, state.config.max_message_bytes);
         let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
         let mut assembler = Assembler::new(state.config.max_message_bytes, true);
         // The close to send when the loop ends, if any (none when the peer vanished).
         let close: Option<(u16, &'static str)> = loop {
-            let frame = match tokio::time::timeout(idle, ws.read_frame()).await {
+            let frame = match tokio::time::timeout(idle, reader.read_frame()).await {
                 Err(_) => break Some((common::close_code::NORMAL, "idle")),
                 Ok(Err(error)) => break close_for_error(&error).map(|c| (c.code, c.reason)),
                 Ok(Ok(frame)) => frame,

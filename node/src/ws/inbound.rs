@@ -1,11 +1,10 @@
 //! Turning the frames a peer sends into whole messages and control events, under our own limits.
 //!
 //! Shared by the protocol session and the conformance echo, so what Autobahn checks on the echo route is the code
-//! that guards real connections. fastwebsockets (with its automatic close and pong turned off, as we run it)
-//! checks reserved bits, fragmented control frames, oversized pings and UTF-8 of unfragmented text; this adds
-//! what it leaves out: the cap on a reassembled message, the order of fragments, UTF-8 across fragments (failing
-//! as soon as a fragment makes the text invalid, not at the end), the length of every control frame, and the
-//! status code and reason of a close frame.
+//! that guards real connections. `frames::FrameReader` checks each frame on its own (reserved bits, opcodes,
+//! fragmented or oversized control frames, masking, the frame length); this adds what spans frames: the cap on a
+//! reassembled message, the order of fragments, UTF-8 of text (across fragments, failing as soon as a fragment makes
+//! the text invalid, not at the end), and the status code and reason of a close frame.
 
 use bytes::Bytes;
 use common::close_code;

@@ -2,6 +2,7 @@
 //! the connection until it closes.
 
 pub mod echo;
+pub mod frames;
 pub mod inbound;
 pub mod session;
 pub mod upgrade;

@@ -1,8 +1,8 @@
 //! One WebSocket connection, from the 101 response to the close.
 //!
-//! Two tasks per connection. The reader (this task) owns the read half: it reassembles messages under our own cap
-//! (fastwebsockets only caps single frames), decodes frames and acts on them. It is never cancelled mid-frame
-//! except to close the connection, because `read_frame` is not cancel-safe. The writer task owns the write half:
+//! Two tasks per connection. The reader (this task) owns the read half: it reads frames with `frames::FrameReader`
+//! (which holds no buffer while the connection is idle), reassembles messages under our own cap, decodes frames
+//! and acts on them. The writer task owns the write half (fastwebsockets):
 //! it sends `hello` first, then whatever the outbox queues, pings on a timer, and on a kick sends the `kick` frame
 //! and the close frame. Either side ending ends the other.
 
@@ -34,6 +34,7 @@ use crate::metrics;
 use crate::state::NodeState;
 use crate::store::queries::{self, SyncPage};
 use crate::store::writer::{Submission, Target};
+use crate::ws::frames::FrameReader;
 use crate::ws::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
 
 type Io = TokioIo<Upgraded>;
@@ -150,15 +151,14 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
 
     let shared_read = SharedRead(Arc::new(Mutex::new(None)));
     let slot = shared_read.clone();
-    let (mut reader, writer) = ws.split(move |io| {
+    // fastwebsockets writes; our `FrameReader` reads (it holds no buffer while the connection is idle). The read
+    // half fastwebsockets would own gets an empty stream and is dropped at once, with its buffer.
+    let (_, writer) = ws.split(move |io| {
         let (read, write) = tokio::io::split(io);
         *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(read);
-        (slot.clone(), write)
+        (tokio::io::empty(), write)
     });
-    // We answer pings and closes ourselves, through the outbox, so the reader never writes.
-    reader.set_auto_pong(false);
-    reader.set_auto_close(false);
-    reader.set_max_message_size(state.config.max_message_bytes.saturating_add(1));
+    let mut reader = FrameReader::new(shared_read.clone(), state.config.max_message_bytes);
 
     let (close_tx, close_rx) = oneshot::channel();
     let writer_task = tokio::spawn(
@@ -184,13 +184,12 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
     let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
     let max_message = state.config.max_message_bytes;
     let mut assembler = Assembler::new(max_message, false);
-    let mut noop = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
 
     let close: Option<CloseInstruction> = loop {
         let read = tokio::select! {
             biased;
             _ = outbox.closed().cancelled() => break None,
-            read = tokio::time::timeout(idle, reader.read_frame(&mut noop)) => read,
+            read = tokio::time::timeout(idle, reader.read_frame()) => read,
         };
         let frame = match read {
             Err(_) => {
