@@ -294,7 +294,10 @@ async fn write_loop(
     state: Arc<NodeState>,
 ) {
     let metrics = &state.metrics;
-    if write_binary(&mut writer, &hello, &state).await.is_err() {
+    let sent = write_binary(&mut writer, &hello, &state).await;
+    // `hello` lists up to --hello-conversations conversations; kept, it would cost that much for the connection's life.
+    drop(hello);
+    if sent.is_err() {
         outbox.kick(KickReason::ProtocolError);
         return;
     }
