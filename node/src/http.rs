@@ -1,6 +1,6 @@
 //! The HTTP side: the accept loop (hyper, with upgrades and a header timeout) and the routes.
 //!
-//! Routes: `POST /v1/users`, `POST /v1/sessions` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
+//! Routes: `POST /v1/users`, `POST /v1/sessions`, `POST /v1/auth/logout[-all]` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`, and the web app (`web.rs`) on other GET paths. Every error answer is JSON
 //! `{"error": code, "message": text}`.
 
@@ -58,6 +58,8 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/v1/users/{id}", get(api::profiles::get_user))
         .route("/v1/presence", get(api::profiles::presence))
         .route("/v1/sessions", post(accounts::login))
+        .route("/v1/auth/logout", post(accounts::logout))
+        .route("/v1/auth/logout-all", post(accounts::logout_all))
         .route("/v1/friends", get(api::friends::list))
         .route("/v1/friends/{user}", delete(api::friends::remove))
         .route(

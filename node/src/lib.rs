@@ -16,6 +16,7 @@ pub mod media;
 pub mod members;
 pub mod metrics;
 pub mod push;
+pub mod revocation;
 pub mod shutdown;
 pub mod state;
 pub mod store;
@@ -93,10 +94,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pool.clone(),
         config.require_friendship,
     ));
+    let revocations = Arc::new(revocation::Revocations::new(
+        router::RevocationStore::new(redis.clone()),
+        Duration::from_secs(config.revocation_recheck_secs),
+    ));
     let bus_consumer = tokio::spawn(delivery::run_bus_consumer(
         bus_rx,
         delivery.clone(),
         pairs.clone(),
+        revocations.clone(),
+    ));
+    let recheck_task = tokio::spawn(revocation::run_recheck(
+        revocations.clone(),
+        sessions.clone(),
+        stop_background.clone(),
     ));
     let media = media::LocalMediaStore::new(config.media_dir.clone())
         .await
@@ -138,6 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pool,
         redis,
         auth,
+        revocations,
         sessions.clone(),
         locations,
         bus,
@@ -187,6 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), router_task).await;
     stop_background.cancel();
     let _ = lease_task.await;
+    let _ = recheck_task.await;
     if let Err(error) = lease.release().await {
         warn!(%error, "could not release the lease; it will expire");
     }

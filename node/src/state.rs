@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::contacts::PairCache;
 use crate::delivery::{Delivery, LocalSessions};
 use crate::media::LocalMediaStore;
+use crate::revocation::Revocations;
 use crate::metrics::Metrics;
 use crate::store::queries::{self, Direct};
 use crate::store::writer::WriterHandle;
@@ -34,6 +35,7 @@ pub struct NodeState {
     pub pool: Pool,
     pub redis: router::RedisClient,
     pub auth: Authenticator,
+    pub revocations: Arc<Revocations>,
     pub sessions: Arc<LocalSessions>,
     pub locations: LocationRegistry,
     pub bus: Bus,
@@ -61,6 +63,7 @@ impl NodeState {
         pool: Pool,
         redis: router::RedisClient,
         auth: Authenticator,
+        revocations: Arc<Revocations>,
         sessions: Arc<LocalSessions>,
         locations: LocationRegistry,
         bus: Bus,
@@ -78,6 +81,7 @@ impl NodeState {
             pool,
             redis,
             auth,
+            revocations,
             sessions,
             locations,
             bus,
