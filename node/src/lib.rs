@@ -20,6 +20,7 @@ pub mod revocation;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod web;
 pub mod ws;
 
@@ -140,6 +141,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.argon2_iterations,
     )
     .map_err(anyhow::Error::msg)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -172,9 +177,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             prometheus.run_upkeep();
         }
     });
-    info!(listen = %state.config.listen, "ready");
+    info!(listen = %state.config.listen, tls = tls.is_some(), "ready");
 
-    http::serve(listener, state.clone(), shutdown.clone()).await;
+    http::serve(listener, tls, state.clone(), shutdown.clone()).await;
 
     // Drain: decide (token fired), tell (kick), wait (bounded by the grace period).
     let grace = Duration::from_secs(state.config.drain_grace_secs);
