@@ -392,7 +392,8 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
     let (cert, key) = tests::tls::self_signed(&dir).unwrap();
     let options = ClusterOptions::default()
         .arg("tls-cert", cert.display())
-        .arg("tls-key", key.display());
+        .arg("tls-key", key.display())
+        .arg("handshake-timeout-secs", 2);
     let cluster = Cluster::start_with(1, options).await.unwrap();
     let addr = cluster.addr(0);
     let tls = tests::tls::client_config(&cert).unwrap();
@@ -461,9 +462,51 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
             .await
             .is_err()
     );
+    // A client that opens TCP and never starts TLS is cut off after the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut nothing = Vec::new();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(8), silent.read_to_end(&mut nothing)).await;
+    assert!(outcome.is_ok(), "the silent connection stayed open");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+    assert!(tests::probe::metric_over_tls(addr, &tls, "im_tls_handshakes_total").await >= 3.0);
     // A client that does not trust the certificate cannot connect either.
     let other_dir = tests::procs::scratch_dir("tls-other");
     let (other_cert, _) = tests::tls::self_signed(&other_dir).unwrap();
     let untrusting = tests::tls::client_config(&other_cert).unwrap();
     assert!(tests::tls::connect(addr, &untrusting).await.is_err());
+}
+
+#[tokio::test]
+async fn malformed_upgrades_are_refused_before_the_upgrade() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let user = cluster.user("malformed").await.unwrap();
+    let addr = cluster.addr(0);
+    let request = |auth: &str, query: &str, upgrade: bool| {
+        let upgrade = if upgrade {
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n"
+        } else {
+            ""
+        };
+        format!("GET /v1/ws?{query} HTTP/1.1\r\nHost: {addr}\r\n{upgrade}{auth}\r\n").into_bytes()
+    };
+    let bearer = format!("Authorization: Bearer {}\r\n", user.token);
+    // No token at all.
+    let answer = raw_exchange(addr, &request("", "device=d", true)).await;
+    assert_eq!((answer.status, answer.json()["error"].as_str()), (401, Some("unauthorized")));
+    // A plain GET, not an upgrade.
+    let answer = raw_exchange(addr, &request(&bearer, "device=d", false)).await;
+    assert_eq!((answer.status, answer.json()["error"].as_str()), (400, Some("not_websocket")));
+    // No device.
+    let answer = raw_exchange(addr, &request(&bearer, "", true)).await;
+    assert_eq!((answer.status, answer.json()["error"].as_str()), (400, Some("bad_device")));
+    // The token as a query parameter (browsers) works like the header.
+    let query = format!("device=d&token={}", user.token);
+    assert_eq!(raw_exchange(addr, &request("", &query, true)).await.status, 101);
 }
