@@ -257,7 +257,12 @@ pub async fn logout_all(
 }
 
 /// Closes the revoked connections on this node and tells every other node to do the same.
-async fn announce(state: &NodeState, user: UserId, token: Option<u128>, not_before_ms: Option<u64>) {
+async fn announce(
+    state: &NodeState,
+    user: UserId,
+    token: Option<u128>,
+    not_before_ms: Option<u64>,
+) {
     crate::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
     state
         .delivery

@@ -77,7 +77,9 @@ impl Cache {
         if self.users.len() >= CACHE_CAP {
             self.users.clear();
         }
-        let state = if status.revoked {
+        // A revocation is final: a read that does not show it (Redis lost its data) does not undo what was learned.
+        let known_revoked = matches!(self.tokens.get(&claims.id), Some(TokenState::Revoked));
+        let state = if status.revoked || known_revoked {
             TokenState::Revoked
         } else {
             TokenState::Good(now)
@@ -197,10 +199,8 @@ impl Revocations {
     async fn revoked_among(&self, live: &[Claims]) -> Vec<Claims> {
         let mut revoked = Vec::new();
         for chunk in live.chunks(RECHECK_CHUNK) {
-            let pairs: Vec<(UserId, String)> = chunk
-                .iter()
-                .map(|c| (c.user, token_id_hex(c.id)))
-                .collect();
+            let pairs: Vec<(UserId, String)> =
+                chunk.iter().map(|c| (c.user, token_id_hex(c.id))).collect();
             let started = Instant::now();
             match self.store.status(&pairs).await {
                 Ok(statuses) => {
@@ -310,4 +310,68 @@ pub async fn authenticate(
     let claims = auth.verify(token)?;
     revocations.check(&claims).await?;
     Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(id: u128, issued_ms: u64) -> Claims {
+        Claims {
+            user: 7,
+            issued_ms,
+            expires: u64::MAX,
+            id,
+        }
+    }
+
+    const FRESH: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn the_cache_answers_only_what_it_knows_recently() {
+        let mut cache = Cache::default();
+        let token = claims(1, 1_000);
+        assert_eq!(cache.judge(&token, FRESH, false), None);
+        let now = Instant::now();
+        let good = TokenStatus {
+            revoked: false,
+            not_before_ms: 0,
+        };
+        cache.learn(&token, good, now);
+        assert_eq!(cache.judge(&token, FRESH, false), Some(false));
+        // Too old: asked again, unless Redis cannot answer.
+        assert_eq!(cache.judge(&token, Duration::ZERO, false), None);
+        assert_eq!(cache.judge(&token, Duration::ZERO, true), Some(false));
+        // Another token of the same user is unknown until read.
+        assert_eq!(cache.judge(&claims(2, 1_000), FRESH, false), None);
+    }
+
+    #[test]
+    fn revocations_are_final_and_not_before_covers_earlier_tokens() {
+        let mut cache = Cache::default();
+        let (earlier, later) = (claims(1, 1_000), claims(2, 3_000));
+        let now = Instant::now();
+        let not_before = TokenStatus {
+            revoked: false,
+            not_before_ms: 2_000,
+        };
+        cache.learn(&earlier, not_before, now);
+        cache.learn(&later, not_before, now);
+        assert_eq!(cache.judge(&earlier, FRESH, false), Some(true));
+        assert_eq!(cache.judge(&later, FRESH, false), Some(false));
+        // A later read without the revocation (Redis lost it) neither lowers "not before" nor un-revokes a token.
+        let revoked = TokenStatus {
+            revoked: true,
+            not_before_ms: 0,
+        };
+        cache.learn(&later, revoked, now);
+        let forgotten = TokenStatus {
+            revoked: false,
+            not_before_ms: 0,
+        };
+        cache.learn(&later, forgotten, now);
+        cache.learn(&earlier, forgotten, now);
+        assert_eq!(cache.judge(&later, FRESH, false), Some(true));
+        assert_eq!(cache.judge(&earlier, FRESH, false), Some(true));
+    }
 }

@@ -51,7 +51,11 @@ impl RevocationStore {
     }
 
     /// Marks one token revoked for `remaining` (its remaining lifetime; at least a second).
-    pub async fn revoke_token(&self, token_id: &str, remaining: Duration) -> Result<(), RouterError> {
+    pub async fn revoke_token(
+        &self,
+        token_id: &str,
+        remaining: Duration,
+    ) -> Result<(), RouterError> {
         let millis = remaining.as_millis().max(1_000) as i64;
         let _: () = self
             .client
@@ -88,7 +92,10 @@ impl RevocationStore {
 
     /// The status of many `(user, token id)` pairs, in order, in one pipelined round trip. Separate commands, not
     /// MGET: the keys live in different slots of a Redis Cluster.
-    pub async fn status(&self, tokens: &[(UserId, String)]) -> Result<Vec<TokenStatus>, RouterError> {
+    pub async fn status(
+        &self,
+        tokens: &[(UserId, String)],
+    ) -> Result<Vec<TokenStatus>, RouterError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
@@ -100,10 +107,7 @@ impl RevocationStore {
         let values: Vec<Value> = pipeline.all().await?;
         let mut statuses = Vec::with_capacity(tokens.len());
         for pair in values.chunks(2) {
-            let revoked = pair
-                .first()
-                .and_then(|v| v.as_i64())
-                .is_some_and(|n| n > 0);
+            let revoked = pair.first().and_then(|v| v.as_i64()).is_some_and(|n| n > 0);
             let not_before_ms = pair.get(1).and_then(as_millis).unwrap_or(0);
             statuses.push(TokenStatus {
                 revoked,

@@ -33,7 +33,14 @@ pub fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     )?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let output = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "2", "-config"])
         .arg(&config)
         .arg("-keyout")
@@ -43,7 +50,10 @@ pub fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         .output()
         .context("running openssl (apt-get install openssl)")?;
     if !output.status.success() {
-        bail!("openssl req failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok((cert, key))
 }
@@ -71,7 +81,9 @@ pub async fn connect(
     let tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(SERVER_NAME)?;
-    Ok(TlsConnector::from(config.clone()).connect(name, tcp).await?)
+    Ok(TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await?)
 }
 
 /// One HTTPS request with an optional JSON body and bearer token; returns the status and the JSON answer (or
@@ -100,7 +112,9 @@ pub async fn https_json(
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = sender.send_request(request.body(Full::new(payload))?).await?;
+    let response = sender
+        .send_request(request.body(Full::new(payload))?)
+        .await?;
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await?.to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);

@@ -25,8 +25,8 @@ use tracing::{info_span, warn, Instrument};
 use crate::api::token_refused;
 use crate::delivery::{ConnectionLimits, LimitHit, Outbox};
 use crate::http::{json_error, PeerAddr};
-use crate::revocation::authenticate;
 use crate::metrics;
+use crate::revocation::authenticate;
 use crate::state::NodeState;
 use crate::store::queries;
 use crate::ws::session::{self, SessionContext};
@@ -121,10 +121,14 @@ pub async fn handle(
             per_user: state.config.max_conns_per_user,
             total: state.config.max_connections,
         };
-        match state
-            .sessions
-            .insert(user, device.clone(), conn_id, outbox.clone(), claims, limits)
-        {
+        match state.sessions.insert(
+            user,
+            device.clone(),
+            conn_id,
+            outbox.clone(),
+            claims,
+            limits,
+        ) {
             Ok(Some(previous)) => {
                 previous.kick(KickReason::Replaced);
             }
@@ -270,7 +274,11 @@ fn too_many_connections(limit: LimitHit, limits: &ConnectionLimits) -> Response 
         ),
     };
     metrics::handshake_refused(label);
-    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &message);
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        &message,
+    );
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use benchmarks::client::{Connection, ConnectError, Incoming};
+use benchmarks::client::{ConnectError, Connection, Incoming};
 use common::{close_code, KickReason, ServerFrame};
 use tests::{Cluster, ClusterOptions, TestClient, TestUser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -127,7 +127,12 @@ async fn handshake_status(cluster: &Cluster, index: usize, token: &str, device: 
     }
 }
 
-async fn post(cluster: &Cluster, index: usize, token: &str, path: &str) -> (u16, serde_json::Value) {
+async fn post(
+    cluster: &Cluster,
+    index: usize,
+    token: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
     let (status, body) =
         benchmarks::client::http_json_auth(cluster.addr(index), "POST", path, Some(token), None)
             .await
@@ -172,7 +177,11 @@ async fn logout_closes_the_token_sockets_on_every_node_and_401s_it_everywhere() 
         let (kick, code, reason) = closed(client, Duration::from_secs(3)).await;
         assert_eq!(
             (kick, code, reason.as_str()),
-            (Some(KickReason::Revoked), close_code::POLICY_VIOLATION, "revoked")
+            (
+                Some(KickReason::Revoked),
+                close_code::POLICY_VIOLATION,
+                "revoked"
+            )
         );
     }
     // Well inside the re-check period (30 s by default): the bus announcement did it.
@@ -180,15 +189,24 @@ async fn logout_closes_the_token_sockets_on_every_node_and_401s_it_everywhere() 
 
     for node in 0..2 {
         assert_eq!(me_status(&cluster, node, &user.token).await, 401);
-        assert_eq!(handshake_status(&cluster, node, &user.token, "phone").await, 401);
+        assert_eq!(
+            handshake_status(&cluster, node, &user.token, "phone").await,
+            401
+        );
         assert_eq!(me_status(&cluster, node, &other_session.token).await, 200);
     }
     // Logging out twice is refused like any revoked token.
-    assert_eq!(post(&cluster, 1, &user.token, "/v1/auth/logout").await.0, 401);
+    assert_eq!(
+        post(&cluster, 1, &user.token, "/v1/auth/logout").await.0,
+        401
+    );
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), unaffected.next_incoming(WAIT_LONG))
-            .await
-            .is_err(),
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            unaffected.next_incoming(WAIT_LONG)
+        )
+        .await
+        .is_err(),
         "the other session's connection must stay open"
     );
     // The revocation expires with the token (the cluster's default token lifetime, a day).
@@ -229,7 +247,10 @@ async fn logout_all_revokes_every_earlier_token_and_not_later_ones() {
     let later = second_token(&cluster, &first).await;
     for node in 0..2 {
         assert_eq!(me_status(&cluster, node, &later.token).await, 200);
-        assert_eq!(handshake_status(&cluster, node, &later.token, "phone").await, 101);
+        assert_eq!(
+            handshake_status(&cluster, node, &later.token, "phone").await,
+            101
+        );
     }
 }
 
@@ -241,11 +262,18 @@ async fn a_lost_revocation_announcement_is_caught_by_the_periodic_recheck() {
     let mut client = cluster.connect(0, &user, "phone").await.unwrap();
     // Revoked in Redis with no bus message at all: what a dropped pub/sub message looks like to a node.
     let key = format!("im:revoked:{}", token_id(&user.token));
-    assert_eq!(cluster.redis_cli(&["SET", &key, "1", "EX", "600"]).trim(), "OK");
+    assert_eq!(
+        cluster.redis_cli(&["SET", &key, "1", "EX", "600"]).trim(),
+        "OK"
+    );
     let started = Instant::now();
     let (kick, code, _) = closed(&mut client, Duration::from_secs(5)).await;
     assert_eq!((kick, code), (Some(KickReason::Revoked), 1008));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // Cached answers are no older than the re-check period either.
     assert_eq!(me_status(&cluster, 0, &user.token).await, 401);
 }
@@ -283,12 +311,17 @@ async fn an_oversized_request_head_gets_431() {
     assert_eq!(raw_exchange(addr, &request(12 * 1024)).await.status, 200);
     assert_eq!(raw_exchange(addr, &request(17 * 1024)).await.status, 431);
     // Many small headers add up the same way.
-    let many: String = (0..400).map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40))).collect();
+    let many: String = (0..400)
+        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40)))
+        .collect();
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n{many}\r\n");
     assert_eq!(raw_exchange(addr, request.as_bytes()).await.status, 431);
     assert!(
-        tests::probe::metric(addr, "im_http_connection_errors_total{kind=\"header_too_large\"}")
-            .await
+        tests::probe::metric(
+            addr,
+            "im_http_connection_errors_total{kind=\"header_too_large\"}"
+        )
+        .await
             >= 2.0
     );
 }
@@ -312,7 +345,11 @@ async fn a_request_head_sent_too_slowly_is_cut_off() {
         }
         for i in 0..40 {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            if write.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes()).await.is_err() {
+            if write
+                .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -334,8 +371,11 @@ async fn a_request_head_sent_too_slowly_is_cut_off() {
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     assert_eq!(raw_exchange(addr, request.as_bytes()).await.status, 200);
     assert!(
-        tests::probe::metric(addr, "im_http_connection_errors_total{kind=\"header_timeout\"}")
-            .await
+        tests::probe::metric(
+            addr,
+            "im_http_connection_errors_total{kind=\"header_timeout\"}"
+        )
+        .await
             >= 1.0
     );
 }
@@ -380,8 +420,11 @@ async fn connections_over_the_limits_get_429_before_the_upgrade() {
         }
     }
     assert!(
-        tests::probe::metric(addr, "im_handshake_failures_total{reason=\"user_connection_limit\"}")
-            .await
+        tests::probe::metric(
+            addr,
+            "im_handshake_failures_total{reason=\"user_connection_limit\"}"
+        )
+        .await
             >= 1.0
     );
 }
@@ -402,10 +445,16 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
     let mut users = Vec::new();
     for name in ["tls-alice", "tls-bob"] {
         let credentials = serde_json::json!({"username": name, "password": PASSWORD});
-        let (status, body) =
-            tests::tls::https_json(addr, &tls, "POST", "/v1/users", None, Some(credentials.clone()))
-                .await
-                .unwrap();
+        let (status, body) = tests::tls::https_json(
+            addr,
+            &tls,
+            "POST",
+            "/v1/users",
+            None,
+            Some(credentials.clone()),
+        )
+        .await
+        .unwrap();
         assert_eq!(status, 201, "{body}");
         let id = body["id"].as_i64().unwrap();
         let (status, body) =
@@ -457,11 +506,9 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
         !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
         "plain HTTP was answered: {answer:?}"
     );
-    assert!(
-        benchmarks::client::http_json(addr, "GET", "/healthz", None)
-            .await
-            .is_err()
-    );
+    assert!(benchmarks::client::http_json(addr, "GET", "/healthz", None)
+        .await
+        .is_err());
     // A client that opens TCP and never starts TLS is cut off after the handshake timeout.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
@@ -499,14 +546,26 @@ async fn malformed_upgrades_are_refused_before_the_upgrade() {
     let bearer = format!("Authorization: Bearer {}\r\n", user.token);
     // No token at all.
     let answer = raw_exchange(addr, &request("", "device=d", true)).await;
-    assert_eq!((answer.status, answer.json()["error"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (answer.status, answer.json()["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
     // A plain GET, not an upgrade.
     let answer = raw_exchange(addr, &request(&bearer, "device=d", false)).await;
-    assert_eq!((answer.status, answer.json()["error"].as_str()), (400, Some("not_websocket")));
+    assert_eq!(
+        (answer.status, answer.json()["error"].as_str()),
+        (400, Some("not_websocket"))
+    );
     // No device.
     let answer = raw_exchange(addr, &request(&bearer, "", true)).await;
-    assert_eq!((answer.status, answer.json()["error"].as_str()), (400, Some("bad_device")));
+    assert_eq!(
+        (answer.status, answer.json()["error"].as_str()),
+        (400, Some("bad_device"))
+    );
     // The token as a query parameter (browsers) works like the header.
     let query = format!("device=d&token={}", user.token);
-    assert_eq!(raw_exchange(addr, &request("", &query, true)).await.status, 101);
+    assert_eq!(
+        raw_exchange(addr, &request("", &query, true)).await.status,
+        101
+    );
 }
