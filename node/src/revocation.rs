@@ -155,6 +155,12 @@ impl Revocations {
         }
     }
 
+    /// Whether this node already knows the token to be revoked (no Redis round trip). The handshake asks again
+    /// once the connection is registered, so a revocation announced while it was being checked is not missed.
+    pub fn known_revoked(&self, claims: &Claims) -> bool {
+        self.lock().judge(claims, self.fresh, true) == Some(true)
+    }
+
     /// Revokes one token: Redis first (the truth), then this node's view. The caller announces it on the bus.
     pub async fn revoke_token(&self, claims: &Claims) -> Result<(), router::RouterError> {
         self.store

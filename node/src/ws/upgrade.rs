@@ -26,7 +26,7 @@ use crate::api::token_refused;
 use crate::delivery::{ConnectionLimits, LimitHit, Outbox};
 use crate::http::{json_error, PeerAddr};
 use crate::metrics;
-use crate::revocation::authenticate;
+use crate::revocation::{authenticate, Refusal};
 use crate::state::NodeState;
 use crate::store::queries;
 use crate::ws::session::{self, SessionContext};
@@ -134,6 +134,13 @@ pub async fn handle(
             }
             Ok(None) => {}
             Err(limit) => return too_many_connections(limit, &limits),
+        }
+        // A revocation announced between the token check and the registration above found no connection to
+        // close; catch it now that the connection can be found.
+        if state.revocations.known_revoked(&claims) {
+            state.sessions.remove(user, &device, conn_id);
+            metrics::handshake_refused("revoked_token");
+            return token_refused(Refusal::Revoked.into());
         }
         let registered = state
             .locations
