@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
-use tracing::{debug, warn};
+use tracing::{debug, debug_span, warn, Instrument};
 
 use crate::state::NodeState;
 use crate::{accounts, api, store, ws};
@@ -157,7 +157,10 @@ pub async fn serve(
                 None => serve_connection(stream, peer, app, limits, stop).await,
                 Some(acceptor) => {
                     let started = std::time::Instant::now();
-                    match tokio::time::timeout(limits.timeout, acceptor.accept(stream)).await {
+                    let handshake = acceptor
+                        .accept(stream)
+                        .instrument(debug_span!("tls_handshake", %peer));
+                    match tokio::time::timeout(limits.timeout, handshake).await {
                         Ok(Ok(stream)) => {
                             counter!("im_tls_handshakes_total", "result" => "ok").increment(1);
                             histogram!("im_tls_handshake_seconds")

@@ -18,7 +18,7 @@ use common::ids::UserId;
 use common::KickReason;
 use router::{RevocationStore, TokenStatus};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth::{token_id_hex, Claims};
 use crate::delivery::LocalSessions;
@@ -272,7 +272,8 @@ pub async fn run_recheck(
         }
         let started = Instant::now();
         let live = sessions.token_claims();
-        let revoked = revocations.revoked_among(&live).await;
+        let span = info_span!("revocation_recheck", tokens = live.len());
+        let revoked = revocations.revoked_among(&live).instrument(span).await;
         for claims in &revoked {
             close_revoked(&sessions, claims.user, Some(claims.id), None);
         }
