@@ -569,3 +569,43 @@ async fn malformed_upgrades_are_refused_before_the_upgrade() {
         101
     );
 }
+
+#[tokio::test]
+async fn a_token_whose_revocation_cannot_be_checked_is_refused_with_503() {
+    let options = ClusterOptions::default()
+        .single_redis()
+        .proxied_redis(0)
+        .arg("redis-timeout-ms", 500);
+    let cluster = Cluster::start_with(1, options).await.unwrap();
+    let checked = cluster.user("cut-checked").await.unwrap();
+    let never_checked = second_token(&cluster, &checked).await;
+    // Checked once, so the node has a recent answer for this token.
+    assert_eq!(me_status(&cluster, 0, &checked.token).await, 200);
+
+    cluster.redis_proxies[&0].cut();
+    let (status, body) = benchmarks::client::http_json_auth(
+        cluster.addr(0),
+        "GET",
+        "/v1/users/me",
+        Some(&never_checked.token),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (503, Some("unavailable"))
+    );
+    // The recent answer still serves: REST keeps working for tokens in use.
+    assert_eq!(me_status(&cluster, 0, &checked.token).await, 200);
+
+    cluster.redis_proxies[&0].restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while me_status(&cluster, 0, &never_checked.token).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "still refused after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
