@@ -181,6 +181,19 @@ impl Connection {
         device: &str,
     ) -> Result<Self, ConnectError> {
         let _ = stream.set_nodelay(true);
+        Self::connect_stream(stream, addr, token, device).await
+    }
+
+    /// Like `connect`, over any connected byte stream (a TLS stream for `wss://`).
+    pub async fn connect_stream<S>(
+        stream: S,
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+    ) -> Result<Self, ConnectError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let request = Request::builder()
             .method("GET")
             .uri(format!("/v1/ws?device={device}"))

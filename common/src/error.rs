@@ -88,6 +88,8 @@ pub enum KickReason {
     LeaseLost,
     /// The client's input broke the protocol at the WebSocket level (see the close code).
     ProtocolError,
+    /// The session token was revoked (logout, or logout of every session): log in again, do not reconnect with it.
+    Revoked,
 }
 
 impl KickReason {
@@ -100,6 +102,7 @@ impl KickReason {
             KickReason::IdleTimeout => "idle_timeout",
             KickReason::LeaseLost => "lease_lost",
             KickReason::ProtocolError => "protocol_error",
+            KickReason::Revoked => "revoked",
         }
     }
 
@@ -112,6 +115,7 @@ impl KickReason {
             KickReason::IdleTimeout => close_code::IDLE_TIMEOUT,
             KickReason::LeaseLost => close_code::LEASE_LOST,
             KickReason::ProtocolError => close_code::PROTOCOL_ERROR,
+            KickReason::Revoked => close_code::POLICY_VIOLATION,
         }
     }
 }
@@ -124,6 +128,8 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame was sent: the protocol is binary only.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// The session's token was revoked (RFC 6455 "policy violation"); the reason says so.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message was larger than the configured maximum WebSocket message size.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server hit an unexpected condition.

@@ -2,7 +2,9 @@
 //!
 //! `POST /v1/users {username, password}` → 201 `{id, username}` (409 if the name is taken);
 //! `POST /v1/sessions {username, password}` → 200 `{user_id, token, expires_at}` (401 on bad credentials, 429
-//! after too many failures for the username or the client address within the window, counted cluster-wide).
+//! after too many failures for the username or the client address within the window, counted cluster-wide);
+//! `POST /v1/auth/logout` revokes the presented token, `POST /v1/auth/logout-all` every token of its user issued
+//! until now (`revocation.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +14,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use router::FailureCounters;
+use common::ids::UserId;
+use router::{BusMessage, FailureCounters};
 use serde::Deserialize;
-use tracing::{debug, warn};
+use tracing::{debug, info_span, warn, Instrument};
 
+use crate::api::AuthToken;
+use crate::auth::{token_id_hex, unix_now_ms};
 use crate::http::{json_error, PeerAddr};
 use crate::state::NodeState;
 use crate::store::queries::{self, NewUser};
@@ -199,4 +204,80 @@ pub async fn login(
     let (token, expires_at) = state.auth.issue(user);
     Json(serde_json::json!({ "user_id": user, "token": token, "expires_at": expires_at }))
         .into_response()
+}
+
+/// `POST /v1/auth/logout`: revokes the presented token everywhere and closes its connections on every node.
+pub async fn logout(State(state): State<Arc<NodeState>>, AuthToken(claims): AuthToken) -> Response {
+    let span = info_span!("logout", user = claims.user);
+    async move {
+        if let Err(error) = state.revocations.revoke_token(&claims).await {
+            warn!(%error, "could not store a token revocation");
+            return revocation_unavailable();
+        }
+        ::metrics::counter!("im_tokens_revoked_total", "scope" => "token").increment(1);
+        announce(&state, claims.user, Some(claims.id), None).await;
+        Json(serde_json::json!({ "revoked": "token", "user_id": claims.user })).into_response()
+    }
+    .instrument(span)
+    .await
+}
+
+/// `POST /v1/auth/logout-all`: revokes every token of the caller issued until now (a per-user "not before"),
+/// everywhere, and closes their connections on every node. Tokens issued afterwards work.
+pub async fn logout_all(
+    State(state): State<Arc<NodeState>>,
+    AuthToken(claims): AuthToken,
+) -> Response {
+    let span = info_span!("logout_all", user = claims.user);
+    async move {
+        // Remember the "not before" as long as the longest-lived token it can revoke.
+        let lifetime = state.auth.token_ttl() + Duration::from_secs(60);
+        let not_before = match state
+            .revocations
+            .revoke_user_before(claims.user, unix_now_ms(), lifetime)
+            .await
+        {
+            Ok(not_before) => not_before,
+            Err(error) => {
+                warn!(%error, "could not store a user's revocation");
+                return revocation_unavailable();
+            }
+        };
+        ::metrics::counter!("im_tokens_revoked_total", "scope" => "user").increment(1);
+        announce(&state, claims.user, None, Some(not_before)).await;
+        Json(serde_json::json!({
+            "revoked": "all",
+            "user_id": claims.user,
+            "not_before_ms": not_before,
+        }))
+        .into_response()
+    }
+    .instrument(span)
+    .await
+}
+
+/// Closes the revoked connections on this node and tells every other node to do the same.
+async fn announce(
+    state: &NodeState,
+    user: UserId,
+    token: Option<u128>,
+    not_before_ms: Option<u64>,
+) {
+    crate::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
+    state
+        .delivery
+        .broadcast(BusMessage::TokensRevoked {
+            user,
+            token: token.map(token_id_hex),
+            not_before_ms,
+        })
+        .await;
+}
+
+fn revocation_unavailable() -> Response {
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "revocation store unavailable; the token was not revoked; retry",
+    )
 }

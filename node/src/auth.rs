@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Why a token was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("malformed token")]
     Malformed,
@@ -30,6 +30,27 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    #[error("token format no longer accepted (it cannot be revoked); log in again")]
+    Unsupported,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    pub user: UserId,
+    /// When the token was issued, in Unix milliseconds (compared with the user's "not before").
+    pub issued_ms: u64,
+    /// When the token expires, in Unix seconds.
+    pub expires: u64,
+    /// The token's id, 128 random bits (what `POST /v1/auth/logout` revokes).
+    pub id: u128,
+}
+
+impl Claims {
+    /// Seconds until the token expires (0 once it has): how long a revocation of it must be remembered.
+    pub fn remaining_secs(&self) -> u64 {
+        self.expires.saturating_sub(unix_now())
+    }
 }
 
 /// Signs and verifies tokens, hashes and checks passwords.
@@ -60,18 +81,25 @@ impl Authenticator {
         })
     }
 
+    /// How long a token lives.
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
+    }
+
     /// Issues a token for `user`; returns it with its expiry (Unix seconds).
     pub fn issue(&self, user: UserId) -> (String, u64) {
         let expires = unix_now() + self.token_ttl.as_secs();
-        let claims = format!("v1.{user}.{expires}");
+        let id: u128 = rand::random();
+        let claims = format!("v2.{user}.{}.{expires}.{id:032x}", unix_now_ms());
         (
             format!("{claims}.{}", URL_SAFE_NO_PAD.encode(self.sign(&claims))),
             expires,
         )
     }
 
-    /// Verifies a token and returns its user.
-    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+    /// Verifies a token's signature, format and expiry and returns its claims. Whether it was revoked is
+    /// `revocation::Revocations::check`'s question.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let (claims, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
@@ -81,17 +109,31 @@ impl Authenticator {
         mac.verify_slice(&signature)
             .map_err(|_| TokenError::BadSignature)?;
         let mut parts = claims.split('.');
-        let (Some("v1"), Some(user), Some(expires), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        match parts.next() {
+            Some("v2") => {}
+            // Genuine (the signature held) but without an id: such a token cannot be checked for revocation.
+            Some("v1") => return Err(TokenError::Unsupported),
+            _ => return Err(TokenError::Malformed),
+        }
+        let (Some(user), Some(issued_ms), Some(expires), Some(id), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
-        let user: UserId = user.parse().map_err(|_| TokenError::Malformed)?;
-        let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
-        if expires <= unix_now() {
+        let claims = Claims {
+            user: user.parse().map_err(|_| TokenError::Malformed)?,
+            issued_ms: issued_ms.parse().map_err(|_| TokenError::Malformed)?,
+            expires: expires.parse().map_err(|_| TokenError::Malformed)?,
+            id: parse_token_id(id).ok_or(TokenError::Malformed)?,
+        };
+        if claims.expires <= unix_now() {
             return Err(TokenError::Expired);
         }
-        Ok(user)
+        Ok(claims)
     }
 
     /// Hashes a password (Argon2id, random salt) off the async threads.
@@ -140,10 +182,35 @@ impl Authenticator {
     }
 }
 
-fn unix_now() -> u64 {
+/// A token id is exactly 32 lower-case hex digits.
+fn parse_token_id(text: &str) -> Option<u128> {
+    if text.len() != 32 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u128::from_str_radix(text, 16).ok()
+}
+
+/// The wire form of a token id (bus messages, Redis keys).
+pub fn token_id_hex(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+/// Parses the wire form of a token id.
+pub fn token_id_from_hex(text: &str) -> Option<u128> {
+    parse_token_id(text)
+}
+
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -158,10 +225,16 @@ mod tests {
     #[test]
     fn tokens_verify_and_reject_tampering() {
         let a = auth(60);
-        let (token, _) = a.issue(42);
-        assert_eq!(a.verify(&token), Ok(42));
-        let tampered = token.replacen("v1.42.", "v1.43.", 1);
+        let (token, expires) = a.issue(42);
+        let claims = a.verify(&token).unwrap();
+        assert_eq!((claims.user, claims.expires), (42, expires));
+        assert_ne!(a.verify(&a.issue(42).0).unwrap().id, claims.id);
+        let tampered = token.replacen("v2.42.", "v2.43.", 1);
         assert_eq!(a.verify(&tampered), Err(TokenError::BadSignature));
+        // A genuinely signed v1 token has no id: refused as unsupported, not as forged.
+        let old = format!("v1.42.{expires}");
+        let old = format!("{old}.{}", URL_SAFE_NO_PAD.encode(a.sign(&old)));
+        assert_eq!(a.verify(&old), Err(TokenError::Unsupported));
         assert_eq!(a.verify("nonsense"), Err(TokenError::Malformed));
         let other = Authenticator::new(&"x".repeat(32), Duration::from_secs(60), 64, 1).unwrap();
         assert_eq!(other.verify(&token), Err(TokenError::BadSignature));

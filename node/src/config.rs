@@ -103,9 +103,40 @@ pub struct Config {
     #[arg(long, env = "IM_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u32,
 
-    /// Seconds a client has to send its HTTP request headers.
+    /// Seconds a client has to send its HTTP request head (and, with TLS, to finish the TLS handshake first); a
+    /// slower one is disconnected without an answer.
     #[arg(long, env = "IM_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
+
+    /// Largest HTTP request head (request line plus headers) accepted, in bytes; larger: 431 and the connection is
+    /// closed.
+    #[arg(long, env = "IM_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most WebSocket connections one user may hold on this node (counted per node, not cluster-wide); past it the
+    /// upgrade is refused with 429. A device connecting again replaces its connection and does not count twice.
+    #[arg(long, env = "IM_MAX_CONNS_PER_USER", default_value_t = 32)]
+    pub max_conns_per_user: usize,
+
+    /// Most WebSocket connections this node holds; past it upgrades are refused with 429. Keep it below the
+    /// process' file-descriptor limit minus what REST, Redis and Postgres need.
+    #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Seconds between re-checks of every live connection's token against the shared revocation list (the bound
+    /// on how late a revocation closes a connection when its bus announcement was lost), and how long a node
+    /// trusts a cached token check.
+    #[arg(long, env = "IM_REVOCATION_RECHECK_SECS", default_value_t = 30)]
+    pub revocation_recheck_secs: u64,
+
+    /// PEM file with the TLS certificate chain. With `--tls-key`, the listener speaks TLS only (`https://`,
+    /// `wss://`); without both, plain TCP (put a TLS-terminating proxy in front).
+    #[arg(long, env = "IM_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1) for `--tls-cert`.
+    #[arg(long, env = "IM_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
 
     /// Sends per second one connection may make (sustained).
     #[arg(long, env = "IM_SEND_RATE", default_value_t = 50.0)]
@@ -259,10 +290,23 @@ impl Config {
                 "--login-max-failures-* and --login-failure-window-secs must be positive".into(),
             );
         }
+        if self.handshake_timeout_secs == 0 || self.max_header_bytes < 1024 {
+            return Err(
+                "--handshake-timeout-secs must be positive and --max-header-bytes >= 1024".into(),
+            );
+        }
+        if self.max_conns_per_user == 0 || self.max_connections == 0 {
+            return Err("--max-conns-per-user and --max-connections must be positive".into());
+        }
+        if self.revocation_recheck_secs == 0 {
+            return Err("--revocation-recheck-secs must be positive".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
         Ok(())
     }
 
-    /// Whether a WebSocket upgrade with this `Origin` header (None: no header) may proceed.
     /// Whether a WebSocket upgrade with this `Origin` may proceed: no `Origin` (native clients), the node's own
     /// origin (a page this node served, judged by the request's `Host`), or a listed one.
     pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {

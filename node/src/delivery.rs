@@ -9,7 +9,7 @@
 //! the client's `sync`. A full outbox never blocks delivery: its connection is kicked as a slow consumer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::auth::Claims;
 use crate::members::MemberCache;
 use crate::metrics::{self, Metrics};
 use crate::store::writer::{AckSink, Committed};
@@ -91,13 +92,14 @@ pub struct Outbox {
 }
 
 const NO_KICK: u8 = u8::MAX;
-const KICK_REASONS: [KickReason; 6] = [
+const KICK_REASONS: [KickReason; 7] = [
     KickReason::Draining,
     KickReason::Replaced,
     KickReason::SlowConsumer,
     KickReason::IdleTimeout,
     KickReason::LeaseLost,
     KickReason::ProtocolError,
+    KickReason::Revoked,
 ];
 
 impl Outbox {
@@ -197,6 +199,7 @@ impl Outbox {
             KickReason::IdleTimeout => "nothing received within the idle timeout",
             KickReason::LeaseLost => "node lost its cluster lease: reconnect and sync",
             KickReason::ProtocolError => "protocol error",
+            KickReason::Revoked => "session token revoked: log in again",
         };
         ServerFrame::Kick(Kick {
             reason,
@@ -232,12 +235,32 @@ struct LocalDevice {
     device: Arc<str>,
     conn_id: u64,
     outbox: Arc<Outbox>,
+    /// The token the connection was opened with, so a revocation can find it.
+    token: Claims,
+}
+
+/// How many WebSocket connections this node accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Per user, on this node (a device connecting again replaces its old connection and does not count twice).
+    pub per_user: usize,
+    /// In total, on this node.
+    pub total: usize,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    PerUser,
+    Total,
 }
 
 /// This node's connected devices.
 #[derive(Default)]
 pub struct LocalSessions {
     by_user: Mutex<HashMap<UserId, Vec<LocalDevice>>>,
+    /// Connections in `by_user`, changed only under its lock (read without it for metrics and limits).
+    total: AtomicUsize,
 }
 
 impl LocalSessions {
@@ -248,26 +271,43 @@ impl LocalSessions {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a connection; returns the outbox of a previous connection of the same device, now replaced.
+    /// Adds a connection within `limits`; returns the outbox of a previous connection of the same device, now
+    /// replaced, or which limit refused it.
     pub fn insert(
         &self,
         user: UserId,
         device: Arc<str>,
         conn_id: u64,
         outbox: Arc<Outbox>,
-    ) -> Option<Arc<Outbox>> {
+        token: Claims,
+        limits: ConnectionLimits,
+    ) -> Result<Option<Arc<Outbox>>, LimitHit> {
         let mut map = self.lock();
         let devices = map.entry(user).or_default();
-        let previous = devices
-            .iter()
-            .position(|d| d.device == device)
-            .map(|i| devices.swap_remove(i).outbox);
+        let replaces = devices.iter().position(|d| d.device == device);
+        if replaces.is_none() {
+            if devices.len() >= limits.per_user {
+                if devices.is_empty() {
+                    map.remove(&user);
+                }
+                return Err(LimitHit::PerUser);
+            }
+            if self.total.load(Ordering::Relaxed) >= limits.total {
+                if devices.is_empty() {
+                    map.remove(&user);
+                }
+                return Err(LimitHit::Total);
+            }
+            self.total.fetch_add(1, Ordering::Relaxed);
+        }
+        let previous = replaces.map(|i| devices.swap_remove(i).outbox);
         devices.push(LocalDevice {
             device,
             conn_id,
             outbox,
+            token,
         });
-        previous
+        Ok(previous)
     }
 
     /// Removes a connection if it is still the registered one for its device; returns whether it was.
@@ -283,10 +323,40 @@ impl LocalSessions {
             return false;
         };
         devices.swap_remove(index);
+        self.total.fetch_sub(1, Ordering::Relaxed);
         if devices.is_empty() {
             map.remove(&user);
         }
         true
+    }
+
+    /// Kicks the connections of `user` whose token matches; returns how many.
+    pub fn kick_tokens(
+        &self,
+        user: UserId,
+        reason: KickReason,
+        matches: impl Fn(&Claims) -> bool,
+    ) -> usize {
+        let map = self.lock();
+        let mut kicked = 0;
+        for local in map.get(&user).into_iter().flatten() {
+            if matches(&local.token) {
+                local.outbox.kick(reason);
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// The tokens of every connection on this node, each once.
+    pub fn token_claims(&self) -> Vec<Claims> {
+        let map = self.lock();
+        let mut seen = HashSet::new();
+        map.values()
+            .flatten()
+            .filter(|d| seen.insert(d.token.id))
+            .map(|d| d.token)
+            .collect()
     }
 
     /// Pushes `frame` to every local device of `users` except `skip`; returns how many got it.
@@ -333,7 +403,7 @@ impl LocalSessions {
     }
 
     pub fn connections(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.total.load(Ordering::Relaxed)
     }
 }
 
@@ -639,6 +709,7 @@ pub async fn run_bus_consumer(
     mut inbox: mpsc::Receiver<BusMessage>,
     delivery: Delivery,
     pairs: Arc<crate::contacts::PairCache>,
+    revocations: Arc<crate::revocation::Revocations>,
 ) {
     let sessions = &delivery.sessions;
     let metrics = &delivery.metrics;
@@ -671,6 +742,15 @@ pub async fn run_bus_consumer(
                 sessions.kick_device(user, &device, KickReason::Replaced);
             }
             BusMessage::ConvChanged { conv } => delivery.members.invalidate(conv),
+            BusMessage::TokensRevoked {
+                user,
+                token,
+                not_before_ms,
+            } => {
+                let token = token.as_deref().and_then(crate::auth::token_id_from_hex);
+                revocations.learn_revoked(user, token, not_before_ms);
+                crate::revocation::close_revoked(sessions, user, token, not_before_ms);
+            }
             BusMessage::PairChanged { a, b } => pairs.invalidate(a, b),
         }
     }

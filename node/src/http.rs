@@ -1,6 +1,7 @@
-//! The HTTP side: the accept loop (hyper, with upgrades and a header timeout) and the routes.
+//! The HTTP side: the accept loop (hyper, with upgrades, a header timeout and size cap, optionally TLS) and the
+//! routes.
 //!
-//! Routes: `POST /v1/users`, `POST /v1/sessions` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
+//! Routes: `POST /v1/users`, `POST /v1/sessions`, `POST /v1/auth/logout[-all]` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`, and the web app (`web.rs`) on other GET paths. Every error answer is JSON
 //! `{"error": code, "message": text}`.
 
@@ -18,10 +19,12 @@ use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::{counter, histogram};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
-use tracing::{debug, warn};
+use tracing::{debug, debug_span, warn, Instrument};
 
 use crate::state::NodeState;
 use crate::{accounts, api, store, ws};
@@ -58,6 +61,8 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/v1/users/{id}", get(api::profiles::get_user))
         .route("/v1/presence", get(api::profiles::presence))
         .route("/v1/sessions", post(accounts::login))
+        .route("/v1/auth/logout", post(accounts::logout))
+        .route("/v1/auth/logout-all", post(accounts::logout_all))
         .route("/v1/friends", get(api::friends::list))
         .route("/v1/friends/{user}", delete(api::friends::remove))
         .route(
@@ -117,10 +122,19 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .with_state(state)
 }
 
-/// Accepts connections until `stop` fires. Each connection runs in the state's tracker.
-pub async fn serve(listener: TcpListener, state: Arc<NodeState>, stop: CancellationToken) {
+/// Accepts connections until `stop` fires. Each connection runs in the state's tracker; with `tls`, it first
+/// completes a TLS handshake within the handshake timeout.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<NodeState>,
+    stop: CancellationToken,
+) {
     let app = routes(state.clone());
-    let header_timeout = Duration::from_secs(state.config.handshake_timeout_secs);
+    let limits = HeadLimits {
+        timeout: Duration::from_secs(state.config.handshake_timeout_secs),
+        max_bytes: state.config.max_header_bytes,
+    };
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -137,31 +151,89 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, stop: Cancellat
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         state.connections.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    let mut app = app.clone();
-                    async move { app.call(request).await }
-                });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        debug!(%error, %peer, "http connection ended with an error");
+            match tls {
+                None => serve_connection(stream, peer, app, limits, stop).await,
+                Some(acceptor) => {
+                    let started = std::time::Instant::now();
+                    let handshake = acceptor
+                        .accept(stream)
+                        .instrument(debug_span!("tls_handshake", %peer));
+                    match tokio::time::timeout(limits.timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            counter!("im_tls_handshakes_total", "result" => "ok").increment(1);
+                            histogram!("im_tls_handshake_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            serve_connection(stream, peer, app, limits, stop).await;
+                        }
+                        Ok(Err(error)) => {
+                            // Plain HTTP on the TLS port lands here too.
+                            counter!("im_tls_handshakes_total", "result" => "failed").increment(1);
+                            debug!(%error, %peer, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            counter!("im_tls_handshakes_total", "result" => "timeout").increment(1);
+                            debug!(%peer, "TLS handshake timed out");
+                        }
                     }
-                }
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
                 }
             }
         });
+    }
+}
+
+/// What bounds a request head: its time and its size.
+#[derive(Clone, Copy)]
+struct HeadLimits {
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends or the node stops.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    limits: HeadLimits,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        let mut app = app.clone();
+        async move { app.call(request).await }
+    });
+    // A head over `max_bytes` gets hyper's bare 431 and the connection is closed; a head not complete within
+    // `timeout` (slowloris) gets the connection closed without an answer.
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.timeout)
+        .max_header_size(limits.max_bytes)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                let kind = if error.is_timeout() {
+                    "header_timeout"
+                } else if error.is_parse_too_large() {
+                    "header_too_large"
+                } else if error.is_parse() {
+                    "bad_request"
+                } else {
+                    "other"
+                };
+                counter!("im_http_connection_errors_total", "kind" => kind).increment(1);
+                debug!(%error, %peer, kind, "http connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
     }
 }
 

@@ -16,9 +16,11 @@ pub mod media;
 pub mod members;
 pub mod metrics;
 pub mod push;
+pub mod revocation;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod web;
 pub mod ws;
 
@@ -90,10 +92,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }),
     };
     let pairs = Arc::new(contacts::PairCache::new(config.require_friendship));
+    let revocations = Arc::new(revocation::Revocations::new(
+        router::RevocationStore::new(redis.clone()),
+        Duration::from_secs(config.revocation_recheck_secs),
+    ));
     let bus_consumer = tokio::spawn(delivery::run_bus_consumer(
         bus_rx,
         delivery.clone(),
         pairs.clone(),
+        revocations.clone(),
+    ));
+    let recheck_task = tokio::spawn(revocation::run_recheck(
+        revocations.clone(),
+        sessions.clone(),
+        stop_background.clone(),
     ));
     let media = media::LocalMediaStore::new(config.media_dir.clone())
         .await
@@ -127,6 +139,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.argon2_iterations,
     )
     .map_err(anyhow::Error::msg)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -136,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pool,
         redis,
         auth,
+        revocations,
         sessions.clone(),
         locations,
         bus,
@@ -158,9 +175,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             prometheus.run_upkeep();
         }
     });
-    info!(listen = %state.config.listen, "ready");
+    info!(listen = %state.config.listen, tls = tls.is_some(), "ready");
 
-    http::serve(listener, state.clone(), shutdown.clone()).await;
+    http::serve(listener, tls, state.clone(), shutdown.clone()).await;
 
     // Drain: decide (token fired), tell (kick), wait (bounded by the grace period).
     let grace = Duration::from_secs(state.config.drain_grace_secs);
@@ -185,6 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), router_task).await;
     stop_background.cancel();
     let _ = lease_task.await;
+    let _ = recheck_task.await;
     if let Err(error) = lease.release().await {
         warn!(%error, "could not release the lease; it will expire");
     }

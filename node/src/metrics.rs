@@ -113,8 +113,24 @@ fn register_rare_events() {
         counter!("im_redis_messages_dropped_total", "why" => why).increment(0);
     }
     counter!("im_redis_reconnects_total", "client" => "subscriber").increment(0);
-    for reason in ["redis_unavailable", "store_unavailable"] {
+    for reason in [
+        "redis_unavailable",
+        "store_unavailable",
+        "bad_version",
+        "revoked_token",
+        "revocation_unavailable",
+        "user_connection_limit",
+        "node_connection_limit",
+    ] {
         counter!("im_handshake_failures_total", "reason" => reason).increment(0);
+    }
+    for scope in ["token", "user"] {
+        counter!("im_tokens_revoked_total", "scope" => scope).increment(0);
+    }
+    counter!("im_revoked_disconnects_total").increment(0);
+    counter!("im_revocation_recheck_errors_total").increment(0);
+    for kind in ["header_timeout", "header_too_large", "bad_request", "other"] {
+        counter!("im_http_connection_errors_total", "kind" => kind).increment(0);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::contacts::PairCache;
 use crate::delivery::{Delivery, LocalSessions};
 use crate::media::LocalMediaStore;
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::store::writer::WriterHandle;
 
 pub struct NodeState {
@@ -27,6 +28,7 @@ pub struct NodeState {
     pub pool: Pool,
     pub redis: router::RedisClient,
     pub auth: Authenticator,
+    pub revocations: Arc<Revocations>,
     pub sessions: Arc<LocalSessions>,
     pub locations: LocationRegistry,
     pub bus: Bus,
@@ -53,6 +55,7 @@ impl NodeState {
         pool: Pool,
         redis: router::RedisClient,
         auth: Authenticator,
+        revocations: Arc<Revocations>,
         sessions: Arc<LocalSessions>,
         locations: LocationRegistry,
         bus: Bus,
@@ -70,6 +73,7 @@ impl NodeState {
             pool,
             redis,
             auth,
+            revocations,
             sessions,
             locations,
             bus,

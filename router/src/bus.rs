@@ -42,6 +42,14 @@ pub enum BusMessage {
     ConvChanged { conv: ConvId },
     /// Friendship or blocking between two users changed: drop cached send permissions.
     PairChanged { a: UserId, b: UserId },
+    /// Tokens of `user` were revoked: the one with id `token` (hex), and/or every one issued at or before
+    /// `not_before_ms`. Sent to every live node, which closes the affected connections (close 1008) and updates its
+    /// cache. Already stored in Redis, so a node that misses this finds it on its periodic re-check.
+    TokensRevoked {
+        user: UserId,
+        token: Option<String>,
+        not_before_ms: Option<u64>,
+    },
 }
 
 impl BusMessage {
@@ -196,5 +204,14 @@ mod tests {
         let bytes = message.to_bytes().unwrap();
         assert_eq!(BusMessage::from_bytes(&bytes).unwrap(), message);
         assert!(BusMessage::from_bytes(&[0xc1]).is_err());
+        let revoked = BusMessage::TokensRevoked {
+            user: 7,
+            token: Some("ab".repeat(16)),
+            not_before_ms: Some(1_764_000_000_000),
+        };
+        assert_eq!(
+            BusMessage::from_bytes(&revoked.to_bytes().unwrap()).unwrap(),
+            revoked
+        );
     }
 }

@@ -7,6 +7,8 @@
 //!   still points at the remover, and read through the lease set so a dead node's entries are ignored.
 //! - `bus`: one pub/sub channel per node; a publish carries one already-encoded frame for many local users, so a
 //!   message costs one publish per target node, not per recipient.
+//! - `revocations` and `throttle`: small shared security state (revoked tokens, failed-login counters), every key
+//!   with its own expiry.
 //!
 //! This crate knows nothing of sessions, sockets or Postgres. Redis pub/sub is at-most-once: nothing here may be
 //! relied on for completeness, which comes from the store and `sync`.
@@ -14,6 +16,7 @@
 pub mod bus;
 pub mod lease;
 pub mod locations;
+pub mod revocations;
 pub mod throttle;
 
 use std::time::Duration;
@@ -23,6 +26,7 @@ use fred::prelude::*;
 pub use bus::{Bus, BusMessage};
 pub use lease::NodeLease;
 pub use locations::LocationRegistry;
+pub use revocations::{RevocationStore, TokenStatus};
 pub use throttle::FailureCounters;
 
 /// What can go wrong talking to Redis.

@@ -52,7 +52,16 @@ impl TestClient {
         user: &TestUser,
         device: &str,
     ) -> anyhow::Result<TestClient> {
-        let mut conn = Connection::connect(addr, &user.token, device).await?;
+        let conn = Connection::connect(addr, &user.token, device).await?;
+        Self::over(conn, user, device).await
+    }
+
+    /// Wraps an already upgraded connection (e.g. over TLS) and reads its `hello`.
+    pub async fn over(
+        mut conn: Connection,
+        user: &TestUser,
+        device: &str,
+    ) -> anyhow::Result<TestClient> {
         let hello = match conn.next_frame(WAIT).await? {
             ServerFrame::Hello(hello) => hello,
             other => bail!("expected hello, got {other:?}"),

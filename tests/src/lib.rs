@@ -11,6 +11,7 @@ pub mod probe;
 pub mod procs;
 pub mod proxy;
 pub mod resp;
+pub mod tls;
 pub mod traffic;
 
 pub use client::TestClient;

@@ -25,6 +25,29 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let Ok((_, body)) = http_get(addr, "/metrics").await else {
         return 0.0;
     };
+    sum_series(&body, name)
+}
+
+/// Like `metric`, for a node serving TLS (`--tls-cert`).
+pub async fn metric_over_tls(
+    addr: SocketAddr,
+    config: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    name: &str,
+) -> f64 {
+    let Ok(mut stream) = crate::tls::connect(addr, config).await else {
+        return 0.0;
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0.0;
+    }
+    // A peer closing without TLS close_notify ends the read with an error; what arrived still counts.
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
+    sum_series(&String::from_utf8_lossy(&body), name)
+}
+
+fn sum_series(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|line| {
             line.strip_prefix(name)

@@ -817,13 +817,24 @@ impl Cluster {
 
     pub async fn wait_ready(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
+        // A node started with TLS answers only HTTPS: probe it with a client trusting its certificate.
+        let tls = match self.nodes[index].args.iter().find(|(k, _)| k == "tls-cert") {
+            Some((_, cert)) => Some(crate::tls::client_config(Path::new(cert))?),
+            None => None,
+        };
         loop {
-            if let Ok((status, _)) =
-                benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None).await
-            {
-                if status.is_success() {
-                    return Ok(());
+            let ready = match &tls {
+                None => benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None)
+                    .await
+                    .is_ok_and(|(status, _)| status.is_success()),
+                Some(config) => {
+                    crate::tls::https_json(self.addr(index), config, "GET", "/readyz", None, None)
+                        .await
+                        .is_ok_and(|(status, _)| status == 200)
                 }
+            };
+            if ready {
+                return Ok(());
             }
             if !self.nodes[index].is_running() {
                 bail!(

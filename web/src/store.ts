@@ -183,8 +183,10 @@ export class Store {
     await this.startSession();
   }
 
-  logout(): void {
+  async logout(): Promise<void> {
     this.client?.stop();
+    // Revoke the token on the server too (every node closes its connections); leaving works even if this fails.
+    await this.api.request("POST", "/v1/auth/logout").catch(() => undefined);
     localStorage.removeItem("im.session");
     location.reload();
   }

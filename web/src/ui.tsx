@@ -167,7 +167,7 @@ function Sidebar({ store }: { store: Store }) {
             {store.client?.isOnline ? `online · ${store.client.nodeName}` : "not connected"}
           </div>
         </div>
-        <button class="ghost" onClick={() => store.logout()} title="Log out">
+        <button class="ghost" onClick={() => void store.logout()} title="Log out">
           Log out
         </button>
       </header>

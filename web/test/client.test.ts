@@ -260,6 +260,17 @@ describe("ChatClient", () => {
     expect(client.status).toBe("replaced");
   });
 
+  it("stops with unauthorized when its token is revoked (close 1008)", () => {
+    const { client, sockets, hello } = setup();
+    client.start();
+    hello();
+    sockets[0].push({ t: "kick", reason: "revoked", msg: "" });
+    sockets[0].drop(1008);
+    vi.advanceTimersByTime(60_000);
+    expect(sockets).toHaveLength(1);
+    expect(client.status).toBe("unauthorized");
+  });
+
   it("keeps read cursors in step and re-sends reads made offline", () => {
     const { client, last, hello } = setup();
     client.start();

@@ -21,7 +21,9 @@ use common::ids::{ConvId, UserId};
 use tokio::sync::oneshot;
 use tracing::warn;
 
+use crate::auth::Claims;
 use crate::http::json_error;
+use crate::revocation::{authenticate, Refusal, TokenRefusal};
 use crate::state::NodeState;
 use crate::store::writer::{AckSink, Submission, Target};
 use crate::store::StoreError;
@@ -29,7 +31,10 @@ use crate::store::StoreError;
 /// The authenticated caller of a REST route.
 pub struct AuthUser(pub UserId);
 
-impl FromRequestParts<Arc<NodeState>> for AuthUser {
+/// The caller's verified token, for routes that act on the token itself (logout).
+pub struct AuthToken(pub Claims);
+
+impl FromRequestParts<Arc<NodeState>> for AuthToken {
     type Rejection = Response;
 
     async fn from_request_parts(
@@ -48,9 +53,38 @@ impl FromRequestParts<Arc<NodeState>> for AuthUser {
                     "missing Authorization: Bearer token",
                 )
             })?;
-        state.auth.verify(token).map(AuthUser).map_err(|error| {
-            json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string())
-        })
+        authenticate(&state.auth, &state.revocations, token)
+            .await
+            .map(AuthToken)
+            .map_err(token_refused)
+    }
+}
+
+impl FromRequestParts<Arc<NodeState>> for AuthUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<NodeState>,
+    ) -> Result<Self, Self::Rejection> {
+        let AuthToken(claims) = AuthToken::from_request_parts(parts, state).await?;
+        Ok(AuthUser(claims.user))
+    }
+}
+
+/// The HTTP answer to a refused token: 401 (bad, expired, revoked), or 503 when revocation cannot be checked.
+pub fn token_refused(refusal: TokenRefusal) -> Response {
+    match refusal {
+        TokenRefusal::Refused(Refusal::Unavailable) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &refusal.to_string(),
+        ),
+        _ => json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            &refusal.to_string(),
+        ),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `GET /v1/ws`: everything that must hold before a connection is upgraded.
 //!
-//! The token and device id are checked first (401/400, no upgrade). Then, still before the 101 response, the
+//! The WebSocket version is checked first (426 unless 13), then `Origin` (403), the token — signature, expiry and
+//! revocation — (401) and the device id (400), then the connection limits per user and per node (429), all
+//! before any upgrade. Then, still before the 101 response, the
 //! device is registered locally and in the Redis location registry, and only after that is the `hello` state read
 //! from Postgres. That order closes a window: a message committed after the state was read is routed to this
 //! device, and one committed before is counted in `hello`'s `last_seq`, so the client sees it through sync.
@@ -20,9 +22,11 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use router::BusMessage;
 use tracing::{info_span, warn, Instrument};
 
-use crate::delivery::Outbox;
+use crate::api::token_refused;
+use crate::delivery::{ConnectionLimits, LimitHit, Outbox};
 use crate::http::{json_error, PeerAddr};
 use crate::metrics;
+use crate::revocation::{authenticate, Refusal};
 use crate::state::NodeState;
 use crate::store::queries;
 use crate::ws::session::{self, SessionContext};
@@ -41,6 +45,10 @@ pub async fn handle(
             "draining",
             "node is draining; connect to another node",
         );
+    }
+    // RFC 6455 §4.4: a version we do not speak gets 426 naming the one we do, before anything else is judged.
+    if let Some(refused) = unsupported_version(&headers) {
+        return refused;
     }
     // Browsers send `Origin` and let any page open a WebSocket with the user's ambient credentials (a `?token=`
     // in a URL the page got hold of); fastwebsockets does not check it, so we do.
@@ -69,13 +77,14 @@ pub async fn handle(
             "missing token (Authorization: Bearer or ?token=)",
         );
     };
-    let user = match state.auth.verify(token) {
-        Ok(user) => user,
-        Err(error) => {
-            metrics::handshake_refused("bad_token");
-            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
+    let claims = match authenticate(&state.auth, &state.revocations, token).await {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            metrics::handshake_refused(refusal.label());
+            return token_refused(refusal);
         }
     };
+    let user = claims.user;
     let device = match params.get("device") {
         Some(device) if is_valid_device_id(device) => device.clone(),
         _ => {
@@ -108,11 +117,30 @@ pub async fn handle(
             state.config.compress_threshold,
             state.metrics.clone(),
         );
-        if let Some(previous) = state
-            .sessions
-            .insert(user, device.clone(), conn_id, outbox.clone())
-        {
-            previous.kick(KickReason::Replaced);
+        let limits = ConnectionLimits {
+            per_user: state.config.max_conns_per_user,
+            total: state.config.max_connections,
+        };
+        match state.sessions.insert(
+            user,
+            device.clone(),
+            conn_id,
+            outbox.clone(),
+            claims,
+            limits,
+        ) {
+            Ok(Some(previous)) => {
+                previous.kick(KickReason::Replaced);
+            }
+            Ok(None) => {}
+            Err(limit) => return too_many_connections(limit, &limits),
+        }
+        // A revocation announced between the token check and the registration above found no connection to
+        // close; catch it now that the connection can be found.
+        if state.revocations.known_revoked(&claims) {
+            state.sessions.remove(user, &device, conn_id);
+            metrics::handshake_refused("revoked_token");
+            return token_refused(Refusal::Revoked.into());
         }
         let registered = state
             .locations
@@ -200,4 +228,66 @@ pub async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Seconds a client refused for the per-user limit is told to wait (one of its devices must go first).
+const RETRY_AFTER_PER_USER_SECS: u64 = 30;
+/// Seconds a client refused because the node is full is told to wait (or it tries another node).
+const RETRY_AFTER_NODE_FULL_SECS: u64 = 5;
+
+/// 426 for an upgrade request with a `Sec-WebSocket-Version` other than 13 (or none); None otherwise.
+fn unsupported_version(headers: &HeaderMap) -> Option<Response> {
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes());
+    if !is_upgrade || version == Some(b"13".as_slice()) {
+        return None;
+    }
+    metrics::handshake_refused("bad_version");
+    let mut response = json_error(
+        StatusCode::UPGRADE_REQUIRED,
+        "unsupported_websocket_version",
+        "this server speaks WebSocket version 13 only (Sec-WebSocket-Version: 13)",
+    );
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_VERSION,
+        header::HeaderValue::from_static("13"),
+    );
+    Some(response)
+}
+
+/// 429 with `Retry-After` for a connection over a limit.
+fn too_many_connections(limit: LimitHit, limits: &ConnectionLimits) -> Response {
+    let (label, message, retry_after) = match limit {
+        LimitHit::PerUser => (
+            "user_connection_limit",
+            format!(
+                "this user already has {} connections on this node; close one first",
+                limits.per_user
+            ),
+            RETRY_AFTER_PER_USER_SECS,
+        ),
+        LimitHit::Total => (
+            "node_connection_limit",
+            format!(
+                "this node holds its maximum of {} connections; retry later or use another node",
+                limits.total
+            ),
+            RETRY_AFTER_NODE_FULL_SECS,
+        ),
+    };
+    metrics::handshake_refused(label);
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        &message,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+    response
 }

@@ -4,6 +4,7 @@ mod chat;
 mod conformance;
 mod failover;
 mod faults;
+mod handshake;
 mod http;
 mod messaging;
 mod openapi;

@@ -288,6 +288,12 @@ export class ChatClient {
       this.setStatus("replaced", { reason });
       return;
     }
+    if (code === 1008) {
+      // The token was revoked (logout elsewhere, or logout everywhere): reconnecting with it cannot work.
+      this.stopped = true;
+      this.setStatus("unauthorized", { reason });
+      return;
+    }
     if (!wasOnline) this.failures += 1;
     // The node may be gone: the next attempt goes to the next node.
     this.nodeIndex = (this.nodeIndex + 1) % this.opts.nodes.length;
