@@ -214,6 +214,10 @@ if [ "$limits" -eq 1 ]; then
   [ "$suite" = smoke ] && echo_connections=20
   "$imbench" echo-load --target "127.0.0.1:$ECHO_PORT" --connections "$echo_connections" --seconds "$echo_seconds" \
     --out "$out/echo.json"
+  # The bare connect rate, with the connect scenario's count and handshakes in flight (its target is a fraction of this).
+  read -r connect_n connect_in_flight < <(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['users'], d.get('concurrency', 100))" "$scenarios/connect.json")
+  "$imbench" echo-connect --target "127.0.0.1:$ECHO_PORT" --connections "$connect_n" --in-flight "$connect_in_flight" \
+    --out "$out/echo-connect.json"
   kill -TERM "$echo_pid" 2>/dev/null || true
 
   # PUBLISH with one subscriber on the channel (so Redis really fans out), 100-byte payloads, 50 clients,

@@ -30,7 +30,7 @@ folder = pathlib.Path(sys.argv[1])
 dm = json.loads((folder / "ours-dm.json").read_text())
 step = dm["run"]["results"]["steps"][0]
 assert step["delivered"] > 0 and step["acked"] > 0, f"smoke dm delivered nothing: {step}"
-for name in ["ours-idle-step0.json", "ours-connect.json", "ours-sync.json", "ours-dm-contacts.json", "ours-group.json", "echo.json", "limits.json", "summary.md"]:
+for name in ["ours-idle-step0.json", "ours-connect.json", "ours-sync.json", "ours-dm-contacts.json", "ours-group.json", "echo.json", "echo-connect.json", "limits.json", "summary.md"]:
     assert (folder / name).exists(), f"smoke run did not write {name}"
 print("benchmark smoke run ok")
 PY

@@ -93,18 +93,7 @@ pub async fn load(
                 continue;
             }
         };
-        let request = Request::builder()
-            .method("GET")
-            .uri("/")
-            .header("host", target.to_string())
-            .header("upgrade", "websocket")
-            .header("connection", "upgrade")
-            .header(
-                "sec-websocket-key",
-                fastwebsockets::handshake::generate_key(),
-            )
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())?;
+        let request = upgrade_request(target)?;
         let (round_trips, measuring, stop, latency) = (
             round_trips.clone(),
             measuring.clone(),
@@ -168,6 +157,84 @@ pub async fn load(
         "round_trips_per_s": rate.round(),
         "latency_ms": percentiles,
         "failures": failures,
+    }))
+}
+
+/// A WebSocket upgrade request for the echo server.
+fn upgrade_request(target: SocketAddr) -> anyhow::Result<Request<Empty<Bytes>>> {
+    Ok(Request::builder()
+        .method("GET")
+        .uri("/")
+        .header("host", target.to_string())
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header(
+            "sec-websocket-key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())?)
+}
+
+/// The box's connect ceiling: `connections` WebSocket handshakes (TCP connect + upgrade) against the bare echo
+/// server, at most `in_flight` at once, every connection held until the last is open: the `connect` scenario's
+/// shape without what ours adds (token check, device registration in Redis, the `hello` state from Postgres).
+pub async fn connect_storm(
+    target: SocketAddr,
+    connections: usize,
+    in_flight: usize,
+    sources: &SourceAddresses,
+) -> anyhow::Result<serde_json::Value> {
+    sys::raise_fd_limit()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for n in 0..connections {
+        let permit = permits.clone().acquire_owned().await?;
+        let source = sources.pick(n);
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let opened = async {
+                let stream = sys::connect_from(source, target).await?;
+                let (ws, _) =
+                    fastwebsockets::handshake::client(&Executor, upgrade_request(target)?, stream)
+                        .await?;
+                anyhow::Ok(ws)
+            }
+            .await;
+            drop(permit);
+            (opened, began.elapsed())
+        });
+    }
+    let mut held = Vec::with_capacity(connections);
+    let mut failed = 0u64;
+    let mut handshakes = new_histogram();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((Ok(ws), took)) => {
+                held.push(ws);
+                let _ = handshakes.record((took.as_micros() as u64).max(1));
+            }
+            _ => failed += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let connected = held.len();
+    drop(held);
+    let rate = connected as f64 / seconds;
+    let percentiles = Percentiles::of(&handshakes);
+    eprintln!(
+        "  echo connect: {connected}/{connections} in {seconds:.2} s = {rate:.0}/s ({in_flight} in flight), p50 {} p99 {} ms",
+        percentiles.p50, percentiles.p99
+    );
+    Ok(json!({
+        "connections": connections,
+        "in_flight": in_flight,
+        "connected": connected,
+        "failed": failed,
+        "seconds": (seconds * 100.0).round() / 100.0,
+        "connections_per_s": rate.round(),
+        "handshake_ms": percentiles,
     }))
 }
 

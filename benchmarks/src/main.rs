@@ -40,6 +40,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Connect storm against `echo-server`: TCP + upgrade, at most `in_flight` at once, all held until the last.
+    EchoConnect {
+        #[arg(long, default_value = "127.0.0.1:7190")]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        in_flight: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Internal to `run` of an idle scenario: holds a slice of the users' connections in a child process.
     Hold {
         #[arg(long)]
@@ -111,6 +122,20 @@ fn main() -> anyhow::Result<()> {
             write_json(
                 &out,
                 &serde_json::json!({"kind": "echo", "results": result}),
+            )
+        }),
+        Command::EchoConnect {
+            target,
+            connections,
+            in_flight,
+            out,
+        } => runtime()?.block_on(async {
+            let result =
+                echo::connect_storm(target, connections, in_flight, &SourceAddresses::new(2, 16))
+                    .await?;
+            write_json(
+                &out,
+                &serde_json::json!({"kind": "echo-connect", "results": result}),
             )
         }),
         Command::Hold {

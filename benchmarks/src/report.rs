@@ -71,11 +71,18 @@ fn cell(value: &Value) -> String {
     }
 }
 
+/// The results of the bare echo connect storm, if the run measured it.
+fn bare_connect(folder: &RunFolder) -> Option<&Value> {
+    folder.echo_connect.as_ref().map(|e| &e["results"])
+}
+
 /// The files of a run folder, parsed.
 struct RunFolder {
     ours: Vec<Value>,
     peer: Vec<Value>,
     echo: Option<Value>,
+    /// The bare echo server's connect storm (`imbench echo-connect`).
+    echo_connect: Option<Value>,
     limits: Option<Value>,
 }
 
@@ -84,6 +91,7 @@ fn read_folder(dir: &Path) -> anyhow::Result<RunFolder> {
         ours: Vec::new(),
         peer: Vec::new(),
         echo: None,
+        echo_connect: None,
         limits: None,
     };
     let mut paths: Vec<_> = std::fs::read_dir(dir)
@@ -103,6 +111,7 @@ fn read_folder(dir: &Path) -> anyhow::Result<RunFolder> {
             Some("ours") => folder.ours.push(value),
             Some("peer") => folder.peer.push(value),
             Some("echo") => folder.echo = Some(value),
+            Some("echo-connect") => folder.echo_connect = Some(value),
             Some("limits") => folder.limits = Some(value),
             _ => eprintln!("  ignoring {} (no known kind)", path.display()),
         }
@@ -389,6 +398,23 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
             cell(&r["handshake_ms"]["p99"]),
             cell(&r["handshake_ms"]["max"])
         );
+        if let Some(bare) = bare_connect(&folder) {
+            if let (Some(ours), Some(rate)) = (
+                r["connections_per_s"].as_f64(),
+                bare["connections_per_s"].as_f64(),
+            ) {
+                if rate > 0.0 {
+                    let _ = writeln!(
+                        md,
+                        "\nAgainst a bare fastwebsockets server in the same run (TCP + upgrade only, {} connections, \
+                         {} in flight): ours {ours:.0}/s ÷ bare {rate:.0}/s = **{:.2}**.",
+                        cell(&bare["connections"]),
+                        cell(&bare["in_flight"]),
+                        ours / rate
+                    );
+                }
+            }
+        }
     }
 
     for run in of_kind(&folder.ours, "sync") {
@@ -442,6 +468,17 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
             cell(&echo["latency_ms"]["p50"]),
             cell(&echo["latency_ms"]["p99"])
         );
+        if let Some(connect) = bare_connect(&folder) {
+            let _ = writeln!(
+                md,
+                "| bare fastwebsockets connect storm, {} connections, {} in flight: connections/s (handshake p50 / p99 ms) | {} ({} / {}) |",
+                cell(&connect["connections"]),
+                cell(&connect["in_flight"]),
+                cell(&connect["connections_per_s"]),
+                cell(&connect["handshake_ms"]["p50"]),
+                cell(&connect["handshake_ms"]["p99"])
+            );
+        }
         let _ = writeln!(
             md,
             "| `redis-benchmark` PUBLISH/s | {} |",
