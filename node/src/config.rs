@@ -146,6 +146,11 @@ pub struct Config {
     #[arg(long, env = "IM_SEND_BURST", default_value_t = 200.0)]
     pub send_burst: f64,
 
+    /// Writers committing messages in parallel, each on its own Postgres connection (a sender's messages always go
+    /// to the same one). One writer is one Postgres backend, so one core of the database server.
+    #[arg(long, env = "IM_WRITERS", default_value_t = 4)]
+    pub writers: usize,
+
     /// Most messages committed in one writer transaction.
     #[arg(long, env = "IM_WRITER_BATCH_ROWS", default_value_t = 1000)]
     pub writer_batch_rows: usize,
@@ -255,6 +260,11 @@ impl Config {
         }
         if self.max_depth < 2 || self.max_collection_len < 16 {
             return Err("--max-depth must be >= 2 and --max-collection-len >= 16".into());
+        }
+        if self.writers == 0 || self.postgres_pool < self.writers + 2 {
+            return Err(
+                "--writers must be at least 1 and --postgres-pool at least --writers + 2".into(),
+            );
         }
         if self.outbound_queue == 0 || self.writer_queue == 0 || self.writer_batch_rows == 0 {
             return Err("queue sizes and --writer-batch-rows must be positive".into());

@@ -117,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pool.clone(),
         pairs.clone(),
         WriterSettings {
+            writers: config.writers,
             batch_rows: config.writer_batch_rows,
             flush_interval: Duration::from_micros(config.writer_flush_us),
             queue: config.writer_queue,

@@ -1,6 +1,11 @@
 //! The batched writer: the only code that inserts messages.
 //!
-//! Sessions submit messages over a bounded channel. The writer commits them many per transaction: it collects up
+//! A node runs `--writers` writers, each with its own Postgres connection; a message goes to the writer its sender
+//! hashes to, so one sender's messages are committed in the order they were sent, and the writers' transactions
+//! spread over as many Postgres backends (one writer is one backend: one core). Two writers touching one
+//! conversation serialize on its row lock exactly as the writers of two nodes do.
+//!
+//! Sessions submit messages over a bounded channel. Each writer commits them many per transaction: it collects up
 //! to `batch_rows` messages or until `flush_interval` has passed since the first, then, in one transaction,
 //! 1. finds `(sender, cid)` pairs already stored (a retried send answers with the stored message),
 //! 2. for 1:1 sends the node has not routed before, checks the pair's policy (blocks, friendship, both users exist)
@@ -76,34 +81,45 @@ pub struct Committed {
     pub committed_at: Instant,
 }
 
-/// The sessions' handle on the writer.
+/// The sessions' handle on the writers.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<Submission>,
+    shards: Arc<[mpsc::Sender<Submission>]>,
 }
 
 impl WriterHandle {
-    /// Queues a message; waits while the writer's queue is full (back-pressure on the sender's connection).
-    /// Returns the submission if the writer has stopped.
+    /// Queues a message with its sender's writer; waits while that queue is full (back-pressure on the sender's
+    /// connection). Returns the submission if the writer has stopped.
     pub async fn submit(&self, submission: Submission) -> Result<(), Submission> {
-        self.tx.send(submission).await.map_err(|e| e.0)
+        // Users ids are sequential, so the remainder spreads them evenly.
+        let shard = submission.sender.unsigned_abs() as usize % self.shards.len().max(1);
+        match self.shards.get(shard) {
+            Some(tx) => tx.send(submission).await.map_err(|e| e.0),
+            None => Err(submission),
+        }
     }
 
+    /// Messages waiting in every writer's queue.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.shards
+            .iter()
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .sum()
     }
 }
 
 /// Writer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
+    /// How many writers (each one Postgres connection and one transaction at a time).
+    pub writers: usize,
     pub batch_rows: usize,
     pub flush_interval: Duration,
     pub queue: usize,
 }
 
-/// Starts the writer task. It stops once `drain` is cancelled and every queued message has been committed or
-/// answered.
+/// Starts the writer tasks. The returned task ends once `drain` is cancelled and every queued message has been
+/// committed or answered.
 pub fn spawn(
     pool: Pool,
     pairs: Arc<PairCache>,
@@ -112,11 +128,36 @@ pub fn spawn(
     metrics: Metrics,
     drain: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(settings.queue);
-    let task = tokio::spawn(
-        run(pool, pairs, settings, rx, committed, metrics, drain).instrument(info_span!("writer")),
-    );
-    (WriterHandle { tx }, task)
+    let writers = settings.writers.max(1);
+    let mut shards = Vec::with_capacity(writers);
+    let mut tasks = Vec::with_capacity(writers);
+    for shard in 0..writers {
+        let (tx, rx) = mpsc::channel(settings.queue.div_ceil(writers).max(1));
+        shards.push(tx);
+        tasks.push(tokio::spawn(
+            run(
+                pool.clone(),
+                pairs.clone(),
+                settings,
+                rx,
+                committed.clone(),
+                metrics.clone(),
+                drain.clone(),
+            )
+            .instrument(info_span!("writer", shard)),
+        ));
+    }
+    let all = tokio::spawn(async move {
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    (
+        WriterHandle {
+            shards: shards.into(),
+        },
+        all,
+    )
 }
 
 async fn run(
@@ -156,7 +197,6 @@ async fn run(
                 }
             }
         }
-        metrics.writer_queue_depth.set(rx.len() as f64);
         commit_batch(&pool, &pairs, batch, &committed, &metrics).await;
     }
 }

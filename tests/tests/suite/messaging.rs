@@ -359,3 +359,66 @@ async fn first_contacts_in_one_burst_make_one_conversation_per_pair() {
     );
     assert_eq!(members, 2 * convs, "two members per conversation");
 }
+
+/// Six members on one node write into one group at once, each pipelining its sends: the node's writers (one per
+/// sender shard) race on the conversation's row lock, and still every seq is used once, 1..N without gaps, and each
+/// sender's messages carry increasing seqs in the order they were sent.
+#[tokio::test]
+async fn senders_on_several_writers_share_one_conversation_in_order() {
+    let cluster = Cluster::start_with(1, tests::ClusterOptions::default().arg("writers", 4))
+        .await
+        .unwrap();
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(cluster.user(&format!("shard{i}")).await.unwrap());
+    }
+    let members: Vec<i64> = users[1..].iter().map(|u| u.id).collect();
+    let (status, group) = cluster
+        .api(
+            0,
+            &users[0],
+            "POST",
+            "/v1/groups",
+            Some(serde_json::json!({"title": "race", "members": members})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{group}");
+    let conv = group["id"].as_i64().unwrap();
+    const PER_SENDER: usize = 60;
+    let mut tasks = Vec::new();
+    for user in &users {
+        let mut client = cluster.connect(0, user, "d").await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_SENDER {
+                let frame = common::ClientFrame::Send(common::frame::Send {
+                    cid: format!("m{i}"),
+                    to: None,
+                    conv: Some(conv),
+                    kind: "text".into(),
+                    body: format!("{i}"),
+                    attrs: None,
+                });
+                client.send(&frame).await.unwrap();
+            }
+            let mut seqs = Vec::new();
+            for i in 0..PER_SENDER {
+                seqs.push(client.wait_ack(&format!("m{i}"), WAIT).await.unwrap().seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = task.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one sender's seqs out of send order: {seqs:?}"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    // seq 1 is the group's `created` system message.
+    let expected: Vec<i64> = (2..2 + (6 * PER_SENDER) as i64).collect();
+    assert_eq!(all, expected, "every seq used once, no gaps");
+}
