@@ -331,7 +331,10 @@ fn group_large_table(out: &mut String, run: &Value) {
 
 /// Ours against the peer, step by step (matched on `key`), and the ratio of the maximum sustainable figures.
 fn ratio_table(out: &mut String, ours: &Value, peer: &Value, key: &str, max_key: &str, unit: &str) {
-    let _ = writeln!(out, "| {unit} | delivered/s ours/peer | p50 ours/peer | p99 ours/peer |");
+    let _ = writeln!(
+        out,
+        "| {unit} | delivered/s ours/peer | p50 ours/peer | p99 ours/peer |"
+    );
     let _ = writeln!(out, "|---:|---:|---:|---:|");
     let empty = Vec::new();
     let peer_steps = peer["run"]["results"]["steps"].as_array().unwrap_or(&empty);

@@ -360,9 +360,7 @@ async fn run_dm(
 enum Traffic<'a> {
     /// Cross-node 1:1: a uniform-random sender; the recipient uniform among users of another node, or one of the
     /// sender's fixed contacts.
-    Dm {
-        contacts: Option<&'a [Vec<usize>]>,
-    },
+    Dm { contacts: Option<&'a [Vec<usize>]> },
     /// Message `k` goes to group `k mod groups` (so every group gets the same rate) from a uniform-random member;
     /// `convs[g]` is group `g`'s conversation, its members are users `g * members .. (g + 1) * members`.
     Group { convs: &'a [i64], members: usize },
@@ -703,9 +701,7 @@ async fn run_group(
         .filter(|s| !s.sustainable)
         .filter_map(|s| s.rate_per_group)
         .collect();
-    eprintln!(
-        "  max sustainable: {max_rate} msgs/s per group = {max_deliveries} deliveries/s"
-    );
+    eprintln!("  max sustainable: {max_rate} msgs/s per group = {max_deliveries} deliveries/s");
     Ok(json!({
         "users": user_count,
         "groups": groups,
