@@ -11,6 +11,7 @@
 #   --smoke    benchmarks/scenarios/smoke/  a few seconds, 20 users; ops/test.sh runs it so the suite never rots
 #   --only     just these scenarios of the suite (comma-separated names)
 #   --redis-cluster  our nodes use a 3-master Redis Cluster (sharded pub/sub) instead of one Redis
+#   --port-offset N  add N to every port below, so a second run can share the box with one already running
 #
 # idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
 # many nodes as needed, and imbench spreads the clients over several load processes.
@@ -28,6 +29,7 @@ profile=release
 out=""
 only=""
 redis_cluster=0
+port_offset=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) suite=quick; shift ;;
@@ -37,18 +39,20 @@ while [ $# -gt 0 ]; do
     --debug) profile=debug; shift ;;
     --only) only=",$2,"; shift 2 ;;
     --redis-cluster) redis_cluster=1; shift ;;
+    --port-offset) port_offset="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) say "unknown option $1"; exit 2 ;;
   esac
 done
 
-REDIS_PORT=16381
-PG_PORT=15432
-NODE_PORTS=(7101 7102)
-ECHO_PORT=7190
-PEER_REDIS_PORT=16380
-PEER_PORTS=(3101 3102)
+REDIS_PORT=$((16381 + port_offset))
+PG_PORT=$((15432 + port_offset))
+NODE_BASE=$((7100 + port_offset))
+NODE_PORTS=($((NODE_BASE + 1)) $((NODE_BASE + 2)))
+ECHO_PORT=$((7190 + port_offset))
+PEER_REDIS_PORT=$((16380 + port_offset))
+PEER_PORTS=($((3101 + port_offset)) $((3102 + port_offset)))
 
 scenarios="benchmarks/scenarios/$suite"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -96,7 +100,7 @@ if [ "$redis_cluster" = 1 ] && [ "$limits" = 1 ]; then
   limits=0
 fi
 if [ "$redis_cluster" = 1 ]; then
-  CLUSTER_PORTS=(16391 16392 16393)
+  CLUSTER_PORTS=($((16391 + port_offset)) $((16392 + port_offset)) $((16393 + port_offset)))
   say "starting a 3-master Redis Cluster on 127.0.0.1:${CLUSTER_PORTS[*]} and Postgres on 127.0.0.1:$PG_PORT (throwaway, in $work)"
   for port in "${CLUSTER_PORTS[@]}"; do
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --maxclients 1000 \
@@ -189,12 +193,12 @@ for name in idle connect sync dm dm-contacts group group-large; do
       needed=$(( (count + 18999) / 19000 ))
       [ "$needed" -lt 2 ] && needed=2
       NODE_PORTS=()
-      for k in $(seq 1 "$needed"); do NODE_PORTS+=($((7100 + k))); done
+      for k in $(seq 1 "$needed"); do NODE_PORTS+=($((NODE_BASE + k))); done
       run_scenario "$file" "$step"
       step=$((step + 1))
     done
     stop_nodes
-    NODE_PORTS=(7101 7102)
+    NODE_PORTS=($((NODE_BASE + 1)) $((NODE_BASE + 2)))
   else
     run_scenario "$file"
   fi
