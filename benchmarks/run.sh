@@ -81,6 +81,8 @@ cleanup() {
   for pid in "${other_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${other_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   [ "$pg_started" -eq 1 ] && as_pg "$pg/pg_ctl" -D "$work/pg" stop -m immediate >/dev/null 2>&1 || true
+  # The servers' logs stay with the results (a node that died mid-run says why there).
+  mkdir -p "$out/logs" && cp "$work"/*.log "$out/logs/" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup INT TERM EXIT
