@@ -39,10 +39,6 @@ use crate::delivery::LocalSessions;
 use crate::state::NodeState;
 use crate::store::writer::{self, WriterSettings};
 
-/// Postgres connections of the batched writer's own pool: it commits one batch at a time, the second covers a
-/// connection being recycled.
-const WRITER_CONNECTIONS: usize = 2;
-
 /// Runs the node until `shutdown` fires, then drains. Returns an error only for start-up failures.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
@@ -108,38 +104,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
-    // The batched writer runs on a thread of its own, with Postgres connections of its own (opened, and so driven,
-    // there). Its transaction holds the batch's conversation row locks across several round trips; on the shared
-    // runtime each round trip queued behind every connection task a group fan-out had just woken, and the other
-    // nodes' writers of the same groups waited on those locks (benchmarks/RESULTS.md, `group`).
-    let writer_pool =
-        store::pool(&config.postgres_url, WRITER_CONNECTIONS).context("postgres configuration")?;
-    let writer_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the writer's runtime")?;
-    let (writer, writer_task) = {
-        let _on_writer_runtime = writer_runtime.handle().enter();
-        writer::spawn(
-            writer_pool,
-            WriterSettings {
-                batch_rows: config.writer_batch_rows,
-                flush_interval: Duration::from_micros(config.writer_flush_us),
-                queue: config.writer_queue,
-            },
-            committed_tx,
-            metrics.clone(),
-            drain_writer.clone(),
-        )
-    };
-    let stop_writer_thread = CancellationToken::new();
-    let writer_thread = {
-        let stop = stop_writer_thread.clone();
-        std::thread::Builder::new()
-            .name("im-writer".into())
-            .spawn(move || writer_runtime.block_on(stop.cancelled()))
-            .context("starting the writer thread")?
-    };
+    let (writer, writer_task) = writer::spawn(
+        pool.clone(),
+        WriterSettings {
+            batch_rows: config.writer_batch_rows,
+            flush_interval: Duration::from_micros(config.writer_flush_us),
+            queue: config.writer_queue,
+        },
+        committed_tx,
+        metrics.clone(),
+        drain_writer.clone(),
+    );
     let router_delivery = delivery.clone();
     let router_task = tokio::spawn(delivery::run_router(
         committed_rx,
@@ -209,8 +184,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     {
         warn!("writer did not finish in the grace period; unacknowledged messages will be retried by clients");
     }
-    stop_writer_thread.cancel();
-    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), router_task).await;
     stop_background.cancel();
     let _ = lease_task.await;
