@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command: starts a throwaway cluster (Redis, Postgres, two nodes with benchmark flags),
 # runs every scenario of the suite with imbench, measures the limits of the box (bare WebSocket echo, Redis PUBLISH,
-# Postgres COPY), runs the peer (Socket.IO 4 + Redis adapter) on the same dm workload, writes JSON, summary.md and
+# Postgres COPY), runs the peer (Socket.IO 4 + Redis adapter) on the same dm and group workloads, writes JSON, summary.md and
 # SVG plots into one results folder, and stops everything it started.
 #
 #   bash benchmarks/run.sh [--quick | --smoke] [--only idle,dm,...] [--no-peer] [--no-limits] [--debug] [--out DIR]
@@ -11,6 +11,7 @@
 #   --smoke    benchmarks/scenarios/smoke/  a few seconds, 20 users; ops/test.sh runs it so the suite never rots
 #   --only     just these scenarios of the suite (comma-separated names)
 #   --redis-cluster  our nodes use a 3-master Redis Cluster (sharded pub/sub) instead of one Redis
+#   --port-offset N  add N to every port below, so a second run can share the box with one already running
 #
 # idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
 # many nodes as needed, and imbench spreads the clients over several load processes.
@@ -28,6 +29,7 @@ profile=release
 out=""
 only=""
 redis_cluster=0
+port_offset=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) suite=quick; shift ;;
@@ -37,18 +39,20 @@ while [ $# -gt 0 ]; do
     --debug) profile=debug; shift ;;
     --only) only=",$2,"; shift 2 ;;
     --redis-cluster) redis_cluster=1; shift ;;
+    --port-offset) port_offset="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) say "unknown option $1"; exit 2 ;;
   esac
 done
 
-REDIS_PORT=16381
-PG_PORT=15432
-NODE_PORTS=(7101 7102)
-ECHO_PORT=7190
-PEER_REDIS_PORT=16380
-PEER_PORTS=(3101 3102)
+REDIS_PORT=$((16381 + port_offset))
+PG_PORT=$((15432 + port_offset))
+NODE_BASE=$((7100 + port_offset))
+NODE_PORTS=($((NODE_BASE + 1)) $((NODE_BASE + 2)))
+ECHO_PORT=$((7190 + port_offset))
+PEER_REDIS_PORT=$((16380 + port_offset))
+PEER_PORTS=($((3101 + port_offset)) $((3102 + port_offset)))
 
 scenarios="benchmarks/scenarios/$suite"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -77,6 +81,8 @@ cleanup() {
   for pid in "${other_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${other_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   [ "$pg_started" -eq 1 ] && as_pg "$pg/pg_ctl" -D "$work/pg" stop -m immediate >/dev/null 2>&1 || true
+  # The servers' logs stay with the results (a node that died mid-run says why there).
+  mkdir -p "$out/logs" && cp "$work"/*.log "$out/logs/" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup INT TERM EXIT
@@ -96,7 +102,7 @@ if [ "$redis_cluster" = 1 ] && [ "$limits" = 1 ]; then
   limits=0
 fi
 if [ "$redis_cluster" = 1 ]; then
-  CLUSTER_PORTS=(16391 16392 16393)
+  CLUSTER_PORTS=($((16391 + port_offset)) $((16392 + port_offset)) $((16393 + port_offset)))
   say "starting a 3-master Redis Cluster on 127.0.0.1:${CLUSTER_PORTS[*]} and Postgres on 127.0.0.1:$PG_PORT (throwaway, in $work)"
   for port in "${CLUSTER_PORTS[@]}"; do
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --maxclients 1000 \
@@ -134,7 +140,8 @@ psql -h 127.0.0.1 -p "$PG_PORT" -U im -d postgres -qc "CREATE DATABASE im" >/dev
 
 secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # Benchmark flags: no per-connection send limit (the load is the point), cheap Argon2 so bulk registration takes
-# seconds, no friendship rule (the workload has no contact lists, like the peer), warnings only in the logs.
+# seconds, no friendship rule (the workload has no contact lists, like the peer), a member cap that admits the
+# 10,000-member group of `group-large` (the default cap stays 2,000), warnings only in the logs.
 start_nodes() {
   local i port
   for i in "${!NODE_PORTS[@]}"; do
@@ -145,6 +152,7 @@ start_nodes() {
       --postgres-url "host=127.0.0.1 port=$PG_PORT user=im dbname=im" \
       --send-rate 1000000 --send-burst 1000000 \
       --argon2-memory-kib 64 --argon2-iterations 1 --require-friendship false \
+      --group-member-cap 10000 \
       >>"$work/node$((i + 1)).log" 2>&1 &
     node_pids+=($!)
   done
@@ -175,7 +183,7 @@ run_scenario() {
   "$imbench" run --scenario "$file" $(node_args) $step_arg --tag "$tag" --out "$out/ours-$name.json"
 }
 
-for name in idle connect sync dm dm-contacts group; do
+for name in idle connect sync dm dm-contacts group group-large; do
   file="$scenarios/$name.json"
   [ -f "$file" ] || continue
   [ -z "$only" ] || [[ "$only" == *",$name,"* ]] || continue
@@ -187,12 +195,12 @@ for name in idle connect sync dm dm-contacts group; do
       needed=$(( (count + 18999) / 19000 ))
       [ "$needed" -lt 2 ] && needed=2
       NODE_PORTS=()
-      for k in $(seq 1 "$needed"); do NODE_PORTS+=($((7100 + k))); done
+      for k in $(seq 1 "$needed"); do NODE_PORTS+=($((NODE_BASE + k))); done
       run_scenario "$file" "$step"
       step=$((step + 1))
     done
     stop_nodes
-    NODE_PORTS=(7101 7102)
+    NODE_PORTS=($((NODE_BASE + 1)) $((NODE_BASE + 2)))
   else
     run_scenario "$file"
   fi
@@ -200,7 +208,6 @@ done
 stop_nodes
 
 [ -z "$only" ] || [[ "$only" == *",limits,"* ]] || limits=0
-[ -z "$only" ] || [[ "$only" == *",peer,"* ]] || [[ "$only" == *",dm,"* ]] || peer=0
 if [ "$limits" -eq 1 ]; then
   say "limits of the box: bare WebSocket echo, Redis PUBLISH, Postgres COPY"
   echo_seconds=10; copy_rows=300000; publish_n=500000
@@ -274,27 +281,41 @@ other_pids=()
 as_pg "$pg/pg_ctl" -D "$work/pg" stop -m fast >/dev/null 2>&1 || true
 pg_started=0
 
-if [ "$peer" -eq 1 ] && [ -f "$scenarios/dm.json" ]; then
+[ -z "$only" ] || [[ "$only" == *",peer,"* ]] || [[ "$only" == *",dm,"* ]] || [[ "$only" == *",group,"* ]] || peer=0
+# The peer runs the workload's scenarios it implements: dm and group (the ones selected by --only, or both).
+peer_scenarios=""
+for name in dm group; do
+  [ -f "$scenarios/$name.json" ] || continue
+  [ -z "$only" ] || [[ "$only" == *",peer,"* ]] || [[ "$only" == *",$name,"* ]] || continue
+  peer_scenarios+="$name "
+done
+if [ "$peer" -eq 1 ] && [ -n "$peer_scenarios" ]; then
   peer_dir=benchmarks/peers/socketio
   if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
-    say "peer: Socket.IO 4 + Redis adapter (persists nothing) on $PEER_REDIS_PORT, ${PEER_PORTS[*]}"
+    say "peer: Socket.IO 4 + Redis adapter (persists nothing) on $PEER_REDIS_PORT, ${PEER_PORTS[*]}: $peer_scenarios"
     [ -d "$peer_dir/node_modules" ] || (cd "$peer_dir" && npm ci --no-audit --no-fund --silent)
-    redis-server --port "$PEER_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-      >"$work/peer-redis.log" 2>&1 &
-    peer_redis_pid=$!
-    other_pids+=("$peer_redis_pid")
-    peer_pids=()
-    for port in "${PEER_PORTS[@]}"; do
-      PORT="$port" REDIS_URL="redis://127.0.0.1:$PEER_REDIS_PORT" node "$peer_dir/server.js" >>"$work/peer-$port.log" 2>&1 &
-      peer_pids+=($!)
-      other_pids+=($!)
+    for name in $peer_scenarios; do
+      # Fresh peer processes and Redis per scenario, as for ours.
+      redis-server --port "$PEER_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+        >>"$work/peer-redis.log" 2>&1 &
+      peer_redis_pid=$!
+      peer_pids=("$peer_redis_pid")
+      for _ in $(seq 1 100); do redis-cli -p "$PEER_REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.05; done
+      servers=()
+      for port in "${PEER_PORTS[@]}"; do
+        PORT="$port" REDIS_URL="redis://127.0.0.1:$PEER_REDIS_PORT" node "$peer_dir/server.js" >>"$work/peer-$port.log" 2>&1 &
+        peer_pids+=($!)
+        servers+=(--server "127.0.0.1:$port=$!")
+      done
+      other_pids+=("${peer_pids[@]}")
+      for port in "${PEER_PORTS[@]}"; do
+        for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+      done
+      node "$peer_dir/load.js" --scenario "$scenarios/$name.json" "${servers[@]}" \
+        --watch "redis=$peer_redis_pid" --out "$out/peer-$name.json"
+      for pid in "${peer_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+      for pid in "${peer_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     done
-    for port in "${PEER_PORTS[@]}"; do
-      for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-    done
-    node "$peer_dir/load.js" --scenario "$scenarios/dm.json" \
-      --server "127.0.0.1:${PEER_PORTS[0]}=${peer_pids[0]}" --server "127.0.0.1:${PEER_PORTS[1]}=${peer_pids[1]}" \
-      --watch "redis=$peer_redis_pid" --out "$out/peer-dm.json"
   else
     say "peer skipped: node and npm are needed"
   fi

@@ -30,7 +30,15 @@ folder = pathlib.Path(sys.argv[1])
 dm = json.loads((folder / "ours-dm.json").read_text())
 step = dm["run"]["results"]["steps"][0]
 assert step["delivered"] > 0 and step["acked"] > 0, f"smoke dm delivered nothing: {step}"
-for name in ["ours-idle-step0.json", "ours-connect.json", "ours-sync.json", "ours-dm-contacts.json", "ours-group.json", "echo.json", "echo-connect.json", "limits.json", "summary.md"]:
+group = json.loads((folder / "ours-group.json").read_text())["run"]["results"]
+assert "skipped" not in group, f"smoke group was skipped: {group}"
+for step in group["steps"]:
+    assert step["delivered"] > 0 and step["acked"] > 0, f"smoke group delivered nothing: {step}"
+    assert step["deliveries_per_message"] == group["members"] - 1, f"smoke group fan-out: {step}"
+large = json.loads((folder / "ours-group-large.json").read_text())["run"]["results"]
+measured = [m for m in large["per_message"] if not m["warmup"]]
+assert measured and all(m["delivered"] > 0 for m in measured), f"smoke large group delivered nothing: {large}"
+for name in ["ours-idle-step0.json", "ours-connect.json", "ours-sync.json", "ours-dm-contacts.json", "ours-group.json", "ours-group-large.json", "echo.json", "echo-connect.json", "limits.json", "summary.md"]:
     assert (folder / name).exists(), f"smoke run did not write {name}"
 print("benchmark smoke run ok")
 PY

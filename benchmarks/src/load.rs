@@ -250,7 +250,7 @@ pub struct Counters {
     pub delivered: u64,
     pub duplicates: u64,
     pub acked: u64,
-    /// Delivered ids (bit per id, offset by `first_id`), for duplicates.
+    /// Delivered (id, recipient slot) pairs, a bit each: `(id - first_id) * slots + slot`, for duplicates.
     seen: Vec<u64>,
     first_id: u64,
     /// Error frames by code, kicks by reason.
@@ -270,7 +270,13 @@ pub struct Stats {
     pub frames: AtomicU64,
     /// Set while the fleet closes on purpose, so those closes are not counted as disconnects.
     pub closing: AtomicBool,
+    /// Recipients one message may reach (1 for `dm`; the group size for groups). A delivery is counted once per
+    /// `(id, user index mod slots)`, so every member of a group counts its copy of a message.
+    slots: AtomicU64,
 }
+
+/// The delivered-pair bitmap grows to at most this many bits (32 MiB): anything past it is not ours to count.
+const MAX_SEEN_BITS: u64 = 1 << 28;
 
 impl Stats {
     pub fn new() -> Arc<Self> {
@@ -292,7 +298,13 @@ impl Stats {
             last_progress_us: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            slots: AtomicU64::new(1),
         })
+    }
+
+    /// Counts deliveries per recipient: user `index` is slot `index mod slots` (group members hold distinct slots).
+    pub fn set_slots(&self, slots: usize) {
+        self.slots.store(slots.max(1) as u64, Ordering::Relaxed);
     }
 
     /// Starts a new step: clears the counters and sets the window; ids of this step start at `first_id`.
@@ -324,22 +336,28 @@ impl Stats {
         }
     }
 
-    /// One frame from the server, received at `now_us`.
-    fn on_frame(&self, frame: ServerFrame, now_us: u64) {
+    /// One frame from the server, received at `now_us` by user `recipient`'s connection.
+    fn on_frame(&self, frame: ServerFrame, now_us: u64, recipient: usize) {
         self.frames.fetch_add(1, Ordering::Relaxed);
         self.last_progress_us.store(now_us, Ordering::Relaxed);
         match frame {
             ServerFrame::Msg(msg) => match parse_body(&msg.body) {
                 Some((ts, id)) if self.in_window(ts) => {
                     if let Ok(mut counters) = self.counters.lock() {
-                        let offset = id.wrapping_sub(counters.first_id) as usize;
-                        // Ids of a step are consecutive from first_id (a step sends far fewer than 2^26); anything
-                        // else is not ours to count, and must not grow the bitmap (2^26 ids = 8 MiB at most).
-                        if offset >= 1 << 26 {
+                        let slots = self.slots.load(Ordering::Relaxed);
+                        // Ids of a step are consecutive from first_id; anything else is not ours to count, and must
+                        // not grow the bitmap.
+                        let key = id
+                            .wrapping_sub(counters.first_id)
+                            .checked_mul(slots)
+                            .and_then(|k| k.checked_add(recipient as u64 % slots))
+                            .filter(|k| *k < MAX_SEEN_BITS);
+                        let Some(key) = key else {
                             drop(counters);
                             self.unparsed.fetch_add(1, Ordering::Relaxed);
                             return;
-                        }
+                        };
+                        let offset = key as usize;
                         let (word, bit) = (offset / 64, offset % 64);
                         if counters.seen.len() <= word {
                             counters.seen.resize(word + 1, 0);
@@ -459,6 +477,7 @@ pub async fn open_connection(
 
     let obligations = outbound.clone();
     let reader_alive = alive.clone();
+    let recipient = user.index;
     tokio::spawn(async move {
         let limits = Limits {
             max_message_bytes: 16 << 20,
@@ -476,7 +495,7 @@ pub async fn open_connection(
                 Ok(frame) if frame.opcode == OpCode::Binary => {
                     let now = sys::monotonic_us();
                     match common::decode::<ServerFrame>(&frame.payload, &limits) {
-                        Ok(decoded) => stats.on_frame(decoded, now),
+                        Ok(decoded) => stats.on_frame(decoded, now, recipient),
                         Err(_) => {
                             stats.unparsed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -609,6 +628,42 @@ mod tests {
             assert_eq!(parse_body(text), None, "{text:?}");
             assert_eq!(parse_cid(text), None, "{text:?}");
         }
+    }
+
+    fn stamped_msg(ts: u64, id: u64) -> ServerFrame {
+        ServerFrame::Msg(common::frame::Msg {
+            id: 1,
+            conv: 7,
+            seq: 1,
+            from: 1,
+            cid: stamp_cid(ts, id),
+            kind: "text".into(),
+            body: stamp_body(ts, id, 100),
+            ts: 0,
+            attrs: None,
+            recalled: false,
+        })
+    }
+
+    /// A group message counts once per receiving member; a second copy to the same member is a duplicate.
+    #[test]
+    fn group_deliveries_count_per_member() {
+        let stats = Stats::new();
+        stats.set_slots(3);
+        stats.reset(100, 200, 10);
+        for recipient in [0, 1, 2] {
+            stats.on_frame(stamped_msg(150, 10), 160, recipient);
+        }
+        stats.on_frame(stamped_msg(150, 11), 170, 4);
+        stats.on_frame(stamped_msg(150, 10), 180, 1);
+        // Outside the window, and an id from before the step: neither counts.
+        stats.on_frame(stamped_msg(250, 12), 260, 0);
+        stats.on_frame(stamped_msg(150, 3), 190, 0);
+        let counters = stats.counters.lock().unwrap();
+        assert_eq!(counters.delivered, 4);
+        assert_eq!(counters.duplicates, 1);
+        assert_eq!(counters.delivery.max(), 20);
+        assert_eq!(stats.unparsed.load(Ordering::Relaxed), 1);
     }
 
     #[test]

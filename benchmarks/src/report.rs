@@ -136,61 +136,73 @@ pub fn of_kind<'a>(runs: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The CPU column of a step: every watched process as `name pct`.
+fn cpu_cell(cpu: &Value) -> String {
+    cpu["processes"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p["name"].as_str().unwrap_or("?"),
+                        cell(&p["cpu_pct"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn verdict_cell(step: &Value) -> String {
+    if step["sustainable"].as_bool() == Some(true) {
+        "ok".to_owned()
+    } else {
+        step["verdict"]
+            .as_array()
+            .map(|v| v.iter().map(cell).collect::<Vec<_>>().join("; "))
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
+/// The columns every open-loop step shares, after the rate columns.
+fn step_cells(step: &Value) -> String {
+    format!(
+        "{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}",
+        cell(&step["delivered_per_s"]),
+        cell(&step["lost"]),
+        cell(&step["duplicates"]),
+        cell(&step["latency_ms"]["p50"]),
+        cell(&step["latency_ms"]["p90"]),
+        cell(&step["latency_ms"]["p99"]),
+        cell(&step["latency_ms"]["p999"]),
+        cell(&step["latency_ms"]["max"]),
+        cell(&step["ack_ms"]["p50"]),
+        cell(&step["ack_ms"]["p99"]),
+        cell(&step["disconnects"]),
+        cpu_cell(&step["cpu"]),
+        cell(&step["cpu"]["machine_busy_pct"]),
+        cell(&step["cpu"]["foreign_cpu_pct"]),
+        verdict_cell(step),
+    )
+}
+
+const STEP_HEADER: &str = "delivered/s | lost | dup | p50 ms | p90 | p99 | p99.9 | max | ack p50 | ack p99 | disc | CPU % (per process, 100 = 1 core) | busy % | foreign % | verdict |";
+const STEP_RULE: &str = "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|";
+
 fn dm_table(out: &mut String, title: &str, run: &Value) {
     let _ = writeln!(out, "\n{title}\n");
-    let _ = writeln!(
-        out,
-        "| target msg/s | sent/s | delivered/s | lost | dup | p50 ms | p90 | p99 | p99.9 | max | ack p50 | ack p99 | disc | CPU % (per process, 100 = 1 core) | busy % | foreign % | verdict |"
-    );
-    let _ = writeln!(
-        out,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"
-    );
+    let _ = writeln!(out, "| target msg/s | sent/s | {STEP_HEADER}");
+    let _ = writeln!(out, "|---:|---:|{STEP_RULE}");
     let empty = Vec::new();
     for step in run["run"]["results"]["steps"].as_array().unwrap_or(&empty) {
-        let cpu = step["cpu"]["processes"]
-            .as_array()
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| {
-                        format!(
-                            "{} {}",
-                            p["name"].as_str().unwrap_or("?"),
-                            cell(&p["cpu_pct"])
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_else(|| "-".into());
-        let verdict = if step["sustainable"].as_bool() == Some(true) {
-            "ok".to_owned()
-        } else {
-            step["verdict"]
-                .as_array()
-                .map(|v| v.iter().map(cell).collect::<Vec<_>>().join("; "))
-                .unwrap_or_else(|| "-".into())
-        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} |",
             cell(&step["target_rate"]),
             cell(&step["sent_per_s"]),
-            cell(&step["delivered_per_s"]),
-            cell(&step["lost"]),
-            cell(&step["duplicates"]),
-            cell(&step["latency_ms"]["p50"]),
-            cell(&step["latency_ms"]["p90"]),
-            cell(&step["latency_ms"]["p99"]),
-            cell(&step["latency_ms"]["p999"]),
-            cell(&step["latency_ms"]["max"]),
-            cell(&step["ack_ms"]["p50"]),
-            cell(&step["ack_ms"]["p99"]),
-            cell(&step["disconnects"]),
-            cpu,
-            cell(&step["cpu"]["machine_busy_pct"]),
-            cell(&step["cpu"]["foreign_cpu_pct"]),
-            verdict
+            step_cells(step)
         );
     }
     let max = run["run"]["results"]["max_sustainable_rate"]
@@ -211,6 +223,162 @@ fn dm_table(out: &mut String, title: &str, run: &Value) {
         out,
         "\nMax sustainable: {max_text} (first unsustainable step: {}).",
         cell(&run["run"]["results"]["first_unsustainable_rate"])
+    );
+}
+
+/// A `group` run: one row per step; delivered/s and lost count deliveries (one per receiving member).
+fn group_table(out: &mut String, title: &str, run: &Value) {
+    let results = &run["run"]["results"];
+    let _ = writeln!(out, "\n{title}\n");
+    let _ = writeln!(
+        out,
+        "{} groups × {} members ({} users); every message is {} deliveries. Rates are msgs/s; delivered/s and lost \
+         count deliveries.\n",
+        cell(&results["groups"]),
+        cell(&results["members"]),
+        cell(&results["users"]),
+        results["members"]
+            .as_f64()
+            .map_or_else(|| "-".into(), |m| cell(&Value::from(m - 1.0)))
+    );
+    let _ = writeln!(
+        out,
+        "| msgs/s per group | msgs/s total | sent/s | deliveries/s target | {STEP_HEADER}"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|{STEP_RULE}");
+    let empty = Vec::new();
+    for step in results["steps"].as_array().unwrap_or(&empty) {
+        let target_deliveries = match (
+            step["target_rate"].as_f64(),
+            step["deliveries_per_message"].as_f64(),
+        ) {
+            (Some(rate), Some(fanout)) => Value::from(rate * fanout),
+            _ => Value::Null,
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&step["rate_per_group"]),
+            cell(&step["target_rate"]),
+            cell(&step["sent_per_s"]),
+            cell(&target_deliveries),
+            step_cells(step)
+        );
+    }
+    let max = results["max_sustainable_deliveries_per_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let text = if max > 0.0 {
+        format!(
+            "**{} deliveries/s** ({} msgs/s per group)",
+            cell(&Value::from(max)),
+            cell(&results["max_sustainable_rate"])
+        )
+    } else {
+        "**none of the steps**".to_owned()
+    };
+    let _ = writeln!(out, "\nMax sustainable: {text}.");
+}
+
+/// A `group_large` run: time from a send to its last delivery.
+fn group_large_table(out: &mut String, run: &Value) {
+    let r = &run["run"]["results"];
+    let _ = writeln!(
+        out,
+        "\n### one large group — `{}` (ours)\n",
+        cell(&run["run"]["scenario"]["name"])
+    );
+    let _ = writeln!(out, "| members online | nodes / load processes | messages | last delivery p50 ms | last delivery max ms | median delivery p50 ms | lost | disc | CPU ms per message (send → last delivery) | foreign CPU ms per message |");
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|");
+    let cpu = r["cpu_ms_per_message"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| format!("{} {}", cell(&p["name"]), cell(&p["cpu_ms"])))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        cell(&r["online"]),
+        cell(&r["node_processes"]),
+        cell(&r["load_processes"]),
+        cell(&r["messages"]),
+        cell(&r["last_delivery_ms"]["p50"]),
+        cell(&r["last_delivery_ms"]["max"]),
+        cell(&r["median_delivery_ms"]["p50"]),
+        cell(&r["lost"]),
+        cell(&r["disconnects"]),
+        cpu,
+        cell(&r["foreign_cpu_ms_per_message"])
+    );
+    let empty = Vec::new();
+    let per_message: Vec<String> = r["per_message"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|m| {
+            format!(
+                "{}{}",
+                cell(&m["last_ms"]),
+                if m["warmup"].as_bool() == Some(true) {
+                    " (warm-up)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nLast delivery per message, in order (ms): {}.",
+        per_message.join(", ")
+    );
+}
+
+/// Ours against the peer, step by step (matched on `key`), and the ratio of the maximum sustainable figures.
+fn ratio_table(out: &mut String, ours: &Value, peer: &Value, key: &str, max_key: &str, unit: &str) {
+    let _ = writeln!(
+        out,
+        "| {unit} | delivered/s ours/peer | p50 ours/peer | p99 ours/peer |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|");
+    let empty = Vec::new();
+    let peer_steps = peer["run"]["results"]["steps"].as_array().unwrap_or(&empty);
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    for step in ours["run"]["results"]["steps"].as_array().unwrap_or(&empty) {
+        let Some(other) = peer_steps
+            .iter()
+            .find(|p| p[key].as_f64() == step[key].as_f64())
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            cell(&step[key]),
+            ratio(&step["delivered_per_s"], &other["delivered_per_s"]),
+            ratio(&step["latency_ms"]["p50"], &other["latency_ms"]["p50"]),
+            ratio(&step["latency_ms"]["p99"], &other["latency_ms"]["p99"]),
+        );
+    }
+    let (a, b) = (
+        ours["run"]["results"][max_key].as_f64().unwrap_or(0.0),
+        peer["run"]["results"][max_key].as_f64().unwrap_or(0.0),
+    );
+    let ratio = if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    };
+    let _ = writeln!(
+        out,
+        "\nMax sustainable ({max_key}): ours {a}, peer {b}, ours/peer **{ratio}**."
     );
 }
 
@@ -257,49 +425,13 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
     }
     if let (Some(ours), Some(peer)) = (workload_dm(&folder.ours), peer_dm.first()) {
         let _ = writeln!(md, "\n### Ours / peer (ours persists every message before acking; the peer persists nothing)\n");
-        let _ = writeln!(
-            md,
-            "| target msg/s | delivered/s ours/peer | p50 ours/peer | p99 ours/peer |"
-        );
-        let _ = writeln!(md, "|---:|---:|---:|---:|");
-        let empty = Vec::new();
-        let peer_steps = peer["run"]["results"]["steps"].as_array().unwrap_or(&empty);
-        for step in ours["run"]["results"]["steps"].as_array().unwrap_or(&empty) {
-            let Some(other) = peer_steps
-                .iter()
-                .find(|p| p["target_rate"].as_f64() == step["target_rate"].as_f64())
-            else {
-                continue;
-            };
-            let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                cell(&step["target_rate"]),
-                ratio(&step["delivered_per_s"], &other["delivered_per_s"]),
-                ratio(&step["latency_ms"]["p50"], &other["latency_ms"]["p50"]),
-                ratio(&step["latency_ms"]["p99"], &other["latency_ms"]["p99"]),
-            );
-        }
-        let (a, b) = (
-            ours["run"]["results"]["max_sustainable_rate"]
-                .as_f64()
-                .unwrap_or(0.0),
-            peer["run"]["results"]["max_sustainable_rate"]
-                .as_f64()
-                .unwrap_or(0.0),
-        );
-        let ratio = if b > 0.0 {
-            format!("{:.2}", a / b)
-        } else {
-            "-".into()
-        };
-        let _ = writeln!(
-            md,
-            "\nMax sustainable msg/s: ours {a}, peer {b}, ours/peer **{ratio}**."
+        ratio_table(
+            &mut md,
+            ours,
+            peer,
+            "target_rate",
+            "max_sustainable_rate",
+            "target msg/s",
         );
     }
 
@@ -438,12 +570,41 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
         );
     }
 
+    let peer_group = of_kind(&folder.peer, "group");
     for run in of_kind(&folder.ours, "group") {
-        let _ = writeln!(
-            md,
-            "\n### group — {}\n",
-            cell(&run["run"]["results"]["skipped"])
+        if let Some(reason) = run["run"]["results"]["skipped"].as_str() {
+            let _ = writeln!(md, "\n### group — {reason}\n");
+            continue;
+        }
+        group_table(
+            &mut md,
+            &format!(
+                "### group (ours: every message committed to Postgres before its ack) — `{}`",
+                cell(&run["run"]["scenario"]["name"])
+            ),
+            run,
         );
+    }
+    for run in &peer_group {
+        group_table(
+            &mut md,
+            "### group (peer: Socket.IO 4 + Redis adapter; it persists nothing)",
+            run,
+        );
+    }
+    if let (Some(ours), Some(peer)) = (of_kind(&folder.ours, "group").first(), peer_group.first()) {
+        let _ = writeln!(md, "\n### group: ours / peer (ours persists every message before acking; the peer persists nothing)\n");
+        ratio_table(
+            &mut md,
+            ours,
+            peer,
+            "rate_per_group",
+            "max_sustainable_deliveries_per_s",
+            "msgs/s per group",
+        );
+    }
+    for run in of_kind(&folder.ours, "group_large") {
+        group_large_table(&mut md, run);
     }
 
     // Limits of the box, and our durable rate as a share of the smaller of Redis PUBLISH and Postgres COPY.

@@ -1,6 +1,6 @@
 //! Runs one scenario against a running cluster and returns its results as JSON. Each scenario kind has one
-//! function here; a kind without a runner yet (`group`) is reported as skipped with the reason, so a suite naming it
-//! still runs and its file is ready for the runner.
+//! function here; `dm` and `group` share the open-loop step (`open_loop_step`), which differs only in who sends
+//! each message and to what (`Traffic`) and in how many deliveries a message makes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use common::{ClientFrame, ServerFrame};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::Connection;
+use crate::client::{self, Connection};
 use crate::cpu::{mib, CpuMeter, CpuReport, Watched};
 use crate::hold;
 use crate::load::{self, ConnHandle, Percentiles, Rng, Stats, User};
@@ -83,11 +83,36 @@ pub async fn run(scenario: &Scenario, target: &Target) -> anyhow::Result<serde_j
             send_window,
             page,
         } => run_sync(scenario, target, *messages, *send_window, *page).await?,
-        Kind::Group { .. } => {
-            let reason = "skipped: the group runner is not written yet (the server has groups: `send` with `conv`; \
-                          deliveries must be counted per receiving member, which the dm counters do not do)";
-            eprintln!("  {reason}");
-            json!({"skipped": reason})
+        Kind::Group {
+            groups,
+            members,
+            rates_per_group,
+            timing,
+            sustainable,
+        } => {
+            let ladder = Ladder {
+                rates: rates_per_group,
+                bisect_steps: 0,
+                timing,
+                rule: sustainable,
+            };
+            run_group(scenario, target, *groups, *members, &ladder).await?
+        }
+        Kind::GroupLarge {
+            members,
+            messages,
+            warmup_messages,
+            pause_s,
+            timeout_s,
+        } => {
+            let plan = LargeGroupPlan {
+                members: *members,
+                messages: *messages,
+                warmup_messages: *warmup_messages,
+                pause_s: *pause_s,
+                timeout_s: *timeout_s,
+            };
+            run_group_large(scenario, target, &plan).await?
         }
     };
     Ok(json!({
@@ -102,9 +127,14 @@ pub struct StepResult {
     pub target_rate: f64,
     pub sent: u64,
     pub sent_per_s: f64,
+    /// 1 for `dm`; members − 1 for a group.
+    pub deliveries_per_message: u64,
+    /// Deliveries expected from the messages sent in the window (sent × deliveries per message).
     pub expected: u64,
+    /// Deliveries (one per receiving device and message) of messages sent in the window.
     pub delivered: u64,
     pub delivered_per_s: f64,
+    /// Expected deliveries that had not arrived when the drain ended.
     pub lost: u64,
     pub duplicates: u64,
     pub acked: u64,
@@ -120,6 +150,9 @@ pub struct StepResult {
     pub verdict: Vec<String>,
     /// (latency ms, cumulative fraction) points of the delivery latency, for the CDF plot.
     pub latency_cdf: Vec<(f64, f64)>,
+    /// Group steps: the rate each group got (the step's `target_rate` is the total over all groups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_group: Option<f64>,
 }
 
 /// Opens the fleet for a scenario's users and fails when any connection failed (a benchmark over a partial fleet
@@ -252,18 +285,20 @@ async fn run_dm(
     if let Some(lists) = &contact_lists {
         introduce(scenario, &users, &handles, &stats, lists, &mut next_id).await;
     }
-    let contact_lists = contact_lists.as_deref();
+    let traffic = Traffic::Dm {
+        contacts: contact_lists.as_deref(),
+    };
     let mut steps: Vec<StepResult> = Vec::new();
     let mut last_good: Option<f64> = None;
     let mut first_bad: Option<f64> = None;
     for rate in rates {
-        let step = dm_step(
+        let step = open_loop_step(
             scenario,
             target,
             &users,
             &handles,
             &stats,
-            contact_lists,
+            &traffic,
             *rate,
             timing,
             sustainable,
@@ -287,13 +322,13 @@ async fn run_dm(
             if rate <= low || rate >= high {
                 break;
             }
-            let step = dm_step(
+            let step = open_loop_step(
                 scenario,
                 target,
                 &users,
                 &handles,
                 &stats,
-                contact_lists,
+                &traffic,
                 rate,
                 timing,
                 sustainable,
@@ -321,15 +356,35 @@ async fn run_dm(
     }))
 }
 
-/// One open-loop step: warm-up, window, drain.
+/// Who sends each message of an open-loop step, and to what.
+enum Traffic<'a> {
+    /// Cross-node 1:1: a uniform-random sender; the recipient uniform among users of another node, or one of the
+    /// sender's fixed contacts.
+    Dm { contacts: Option<&'a [Vec<usize>]> },
+    /// Message `k` goes to group `k mod groups` (so every group gets the same rate) from a uniform-random member;
+    /// `convs[g]` is group `g`'s conversation, its members are users `g * members .. (g + 1) * members`.
+    Group { convs: &'a [i64], members: usize },
+}
+
+impl Traffic<'_> {
+    /// Deliveries one message makes (every member but the sender for a group).
+    fn deliveries_per_message(&self) -> u64 {
+        match self {
+            Traffic::Dm { .. } => 1,
+            Traffic::Group { members, .. } => members.saturating_sub(1) as u64,
+        }
+    }
+}
+
+/// One open-loop step at `rate` messages/s in all: warm-up, window, drain.
 #[allow(clippy::too_many_arguments)]
-async fn dm_step(
+async fn open_loop_step(
     scenario: &Scenario,
     target: &Target,
     users: &[User],
     handles: &[Option<ConnHandle>],
     stats: &Arc<Stats>,
-    contacts: Option<&[Vec<usize>]>,
+    traffic: &Traffic<'_>,
     rate: f64,
     timing: &Timing,
     rule: &Sustainable,
@@ -348,6 +403,7 @@ async fn dm_step(
                 .collect()
         })
         .collect();
+    let fanout = traffic.deliveries_per_message();
     let mut rng = Rng::new(scenario.seed ^ rate.to_bits());
     let start_us = sys::monotonic_us();
     let window_start = start_us + (timing.warmup_s * 1e6) as u64;
@@ -375,13 +431,24 @@ async fn dm_step(
         let elapsed = started.elapsed().as_secs_f64();
         let due = (rate * elapsed).floor() as u64;
         while sent_total < due {
-            let sender = rng.below(users.len());
-            let recipient = match contacts {
-                Some(lists) => lists[sender][rng.below(lists[sender].len())],
-                None => {
-                    let other = (sender % node_count + 1 + rng.below(node_count - 1)) % node_count;
-                    let candidates = &by_node[other];
-                    candidates[rng.below(candidates.len())]
+            let (sender, to, conv) = match traffic {
+                Traffic::Dm { contacts } => {
+                    let sender = rng.below(users.len());
+                    let recipient = match contacts {
+                        Some(lists) => lists[sender][rng.below(lists[sender].len())],
+                        None => {
+                            let other =
+                                (sender % node_count + 1 + rng.below(node_count - 1)) % node_count;
+                            let candidates = &by_node[other];
+                            candidates[rng.below(candidates.len())]
+                        }
+                    };
+                    (sender, Some(users[recipient].id), None)
+                }
+                Traffic::Group { convs, members } => {
+                    let group = (sent_total % convs.len() as u64) as usize;
+                    let sender = group * members + rng.below(*members);
+                    (sender, None, Some(convs[group]))
                 }
             };
             let id = *next_id;
@@ -389,8 +456,8 @@ async fn dm_step(
             let ts = sys::monotonic_us();
             let frame = ClientFrame::Send(Send {
                 cid: load::stamp_cid(ts, id),
-                to: Some(users[recipient].id),
-                conv: None,
+                to,
+                conv,
                 attrs: None,
                 kind: "text".into(),
                 body: load::stamp_body(ts, id, scenario.body_bytes),
@@ -425,13 +492,14 @@ async fn dm_step(
         cpu = Some(meter.stop());
     }
     // Drain: until every expected delivery and ack arrived, or no progress for drain_idle_s, or drain_cap_s.
+    let expected = sent_in_window * fanout;
     let drain_started = Instant::now();
     loop {
         let (delivered, acked) = match stats.counters.lock() {
             Ok(c) => (c.delivered, c.acked),
             Err(_) => (0, 0),
         };
-        if delivered >= sent_in_window && acked >= sent_in_window {
+        if delivered >= expected && acked >= sent_in_window {
             break;
         }
         let idle_us =
@@ -450,7 +518,7 @@ async fn dm_step(
             Err(poisoned) => poisoned.into_inner(),
         };
         let window = timing.window_s;
-        let lost = sent_in_window.saturating_sub(counters.delivered);
+        let lost = expected.saturating_sub(counters.delivered);
         let disconnects = stats.disconnects.load(Ordering::Relaxed);
         let latency = Percentiles::of(&counters.delivery);
         let mut verdict = Vec::new();
@@ -479,7 +547,8 @@ async fn dm_step(
             target_rate: rate,
             sent: sent_in_window,
             sent_per_s: sent_per_s.round(),
-            expected: sent_in_window,
+            deliveries_per_message: fanout,
+            expected,
             delivered: counters.delivered,
             delivered_per_s: (counters.delivered as f64 / window).round(),
             lost,
@@ -496,6 +565,7 @@ async fn dm_step(
             sustainable,
             verdict,
             latency_cdf: cdf,
+            rate_per_group: None,
         }
     };
     eprintln!(
@@ -533,6 +603,302 @@ async fn dm_step(
         );
     }
     step
+}
+
+/// Creates `groups` groups of `members` users each from `users` (group `g` is users `g * members ..`; its first
+/// user creates it with all the others in one `POST /v1/groups`, the server's bulk path) and returns their
+/// conversation ids. Runs before any connection is open, so the `created` system messages push to nobody.
+async fn create_groups(
+    target: &Target,
+    users: &[User],
+    groups: usize,
+    members: usize,
+) -> anyhow::Result<Vec<i64>> {
+    let started = Instant::now();
+    let mut convs = Vec::with_capacity(groups);
+    for group in 0..groups {
+        let slice = &users[group * members..(group + 1) * members];
+        let owner = &slice[0];
+        let others: Vec<i64> = slice[1..].iter().map(|u| u.id).collect();
+        let addr = target.nodes[owner.index % target.nodes.len()];
+        let (status, body) = client::http_json_auth(
+            addr,
+            "POST",
+            "/v1/groups",
+            Some(&owner.token),
+            Some(json!({"title": format!("bench {group}"), "members": others})),
+        )
+        .await?;
+        if status != hyper::StatusCode::CREATED {
+            bail!(
+                "creating group {group} of {members} members: {status} {body} (bench nodes need --group-member-cap \
+                 at least {members})"
+            );
+        }
+        let conv = body["id"]
+            .as_i64()
+            .ok_or_else(|| anyhow!("creating group {group}: no id in {body}"))?;
+        convs.push(conv);
+    }
+    eprintln!(
+        "  created {groups} groups of {members} members in {:.1} s ({groups} REST calls)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(convs)
+}
+
+/// The workload's `group`: every step runs (its rates go from the highest down); the best sustainable step gives
+/// the maximum deliveries/s.
+async fn run_group(
+    scenario: &Scenario,
+    target: &Target,
+    groups: usize,
+    members: usize,
+    ladder: &Ladder<'_>,
+) -> anyhow::Result<serde_json::Value> {
+    if groups == 0 || members < 2 {
+        bail!("group needs at least one group of two members");
+    }
+    let user_count = groups * members;
+    let users =
+        load::provision(&target.nodes, &target.tag, user_count, &target.sources, 32).await?;
+    let convs = create_groups(target, &users, groups, members).await?;
+    let stats = Stats::new();
+    stats.set_slots(members);
+    let handles = connect_all(&users, target, stats.clone()).await?;
+    let traffic = Traffic::Group {
+        convs: &convs,
+        members,
+    };
+    let mut next_id = 1u64;
+    let mut steps: Vec<StepResult> = Vec::new();
+    for rate_per_group in ladder.rates {
+        let mut step = open_loop_step(
+            scenario,
+            target,
+            &users,
+            &handles,
+            &stats,
+            &traffic,
+            rate_per_group * groups as f64,
+            ladder.timing,
+            ladder.rule,
+            &mut next_id,
+        )
+        .await;
+        step.rate_per_group = Some(*rate_per_group);
+        steps.push(step);
+    }
+    load::close_fleet(&handles, &stats).await;
+    let best = steps
+        .iter()
+        .filter(|s| s.sustainable)
+        .max_by(|a, b| a.target_rate.total_cmp(&b.target_rate));
+    let max_rate = best.and_then(|s| s.rate_per_group).unwrap_or(0.0);
+    let max_deliveries = best.map_or(0.0, |s| s.delivered_per_s);
+    let unsustainable: Vec<f64> = steps
+        .iter()
+        .filter(|s| !s.sustainable)
+        .filter_map(|s| s.rate_per_group)
+        .collect();
+    eprintln!("  max sustainable: {max_rate} msgs/s per group = {max_deliveries} deliveries/s");
+    Ok(json!({
+        "users": user_count,
+        "groups": groups,
+        "members": members,
+        "steps": steps,
+        "max_sustainable_rate": max_rate,
+        "max_sustainable_deliveries_per_s": max_deliveries,
+        "unsustainable_rates": unsustainable,
+    }))
+}
+
+/// What `group_large` does (the scenario's fields).
+struct LargeGroupPlan {
+    members: usize,
+    messages: usize,
+    warmup_messages: usize,
+    pause_s: f64,
+    timeout_s: f64,
+}
+
+/// One message to the large group: when its deliveries arrived.
+#[derive(Debug, Clone, Serialize)]
+struct LargeGroupMessage {
+    warmup: bool,
+    sender: usize,
+    expected: u64,
+    delivered: u64,
+    duplicates: u64,
+    /// Send → the first, the median and the last delivery.
+    first_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    last_ms: f64,
+    ack_ms: Option<f64>,
+    cpu: CpuReport,
+}
+
+/// One group of `members`, all online; messages one at a time, each timed to its last delivery.
+async fn run_group_large(
+    scenario: &Scenario,
+    target: &Target,
+    plan: &LargeGroupPlan,
+) -> anyhow::Result<serde_json::Value> {
+    let members = plan.members;
+    if members < 2 {
+        bail!("group_large needs at least two members");
+    }
+    // Every member's connection lives in this process, within its file-descriptor limit (like `idle`, run.sh puts
+    // at most 19,000 connections on a node).
+    let fd_limit = sys::raise_fd_limit().unwrap_or(1024) as usize;
+    if members + 500 > fd_limit {
+        bail!("{members} connections do not fit in one load process (fd limit {fd_limit})");
+    }
+    let tag = format!("{}l", target.tag);
+    let users = load::provision(&target.nodes, &tag, members, &target.sources, 32).await?;
+    let convs = create_groups(target, &users, 1, members).await?;
+    let stats = Stats::new();
+    stats.set_slots(members);
+    let handles = connect_all(&users, target, stats.clone()).await?;
+    // Let the connect storm settle (location writes, hello) before the first message.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut rng = Rng::new(scenario.seed ^ 0x1a79e);
+    let expected = members as u64 - 1;
+    let mut results: Vec<LargeGroupMessage> = Vec::new();
+    for k in 0..plan.warmup_messages + plan.messages {
+        let warmup = k < plan.warmup_messages;
+        let sender = rng.below(members);
+        // Ids start at 1; each message's step begins at its own id, so the delivered-pair bitmap stays small.
+        let id = k as u64 + 1;
+        let window_start = sys::monotonic_us();
+        stats.reset(
+            window_start,
+            window_start + (plan.timeout_s * 1e6) as u64 + 1,
+            id,
+        );
+        let meter = CpuMeter::start(&target.all_watched());
+        let ts = sys::monotonic_us();
+        let frame = ClientFrame::Send(Send {
+            cid: load::stamp_cid(ts, id),
+            to: None,
+            conv: Some(convs[0]),
+            attrs: None,
+            kind: "text".into(),
+            body: load::stamp_body(ts, id, scenario.body_bytes),
+        });
+        let queued = match (common::encode(&frame, usize::MAX), &handles[sender]) {
+            (Ok(bytes), Some(handle)) => handle.send(Bytes::from(bytes)),
+            _ => false,
+        };
+        if !queued {
+            bail!("member {sender}'s connection is gone");
+        }
+        let waited = Instant::now();
+        loop {
+            let done = match stats.counters.lock() {
+                Ok(c) => c.delivered >= expected && c.acked >= 1,
+                Err(_) => false,
+            };
+            if done || waited.elapsed().as_secs_f64() >= plan.timeout_s {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let cpu = meter.stop();
+        let message = {
+            let counters = match stats.counters.lock() {
+                Ok(counters) => counters,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let delivery = Percentiles::of(&counters.delivery);
+            let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
+            LargeGroupMessage {
+                warmup,
+                sender,
+                expected,
+                delivered: counters.delivered,
+                duplicates: counters.duplicates,
+                first_ms: if counters.delivery.is_empty() {
+                    0.0
+                } else {
+                    ms(counters.delivery.min())
+                },
+                p50_ms: delivery.p50,
+                p99_ms: delivery.p99,
+                last_ms: delivery.max,
+                ack_ms: (counters.acked > 0).then(|| ms(counters.ack.max())),
+                cpu,
+            }
+        };
+        eprintln!(
+            "  {} message {k}: {}/{} delivered, first {} ms, median {} ms, last {} ms, ack {:?} ms",
+            if warmup { "warm-up" } else { "measured" },
+            message.delivered,
+            message.expected,
+            message.first_ms,
+            message.p50_ms,
+            message.last_ms,
+            message.ack_ms
+        );
+        results.push(message);
+        tokio::time::sleep(Duration::from_secs_f64(plan.pause_s)).await;
+    }
+    let disconnects = stats.disconnects.load(Ordering::Relaxed);
+    load::close_fleet(&handles, &stats).await;
+
+    let measured: Vec<&LargeGroupMessage> = results.iter().filter(|m| !m.warmup).collect();
+    let mut last = load::new_histogram();
+    let mut median = load::new_histogram();
+    for message in &measured {
+        let _ = last.record(((message.last_ms * 1000.0) as u64).max(1));
+        let _ = median.record(((message.p50_ms * 1000.0) as u64).max(1));
+    }
+    let lost: u64 = measured
+        .iter()
+        .map(|m| m.expected.saturating_sub(m.delivered))
+        .sum();
+    // CPU per measured message, summed over the messages' windows (send → last delivery), per process.
+    let mut cpu_ms: Vec<(String, f64)> = Vec::new();
+    let mut foreign_ms = 0.0;
+    for message in &measured {
+        let seconds = message.cpu.seconds;
+        for process in &message.cpu.processes {
+            let ms = process.cpu_pct / 100.0 * seconds * 1000.0;
+            match cpu_ms.iter_mut().find(|(name, _)| *name == process.name) {
+                Some((_, total)) => *total += ms,
+                None => cpu_ms.push((process.name.clone(), ms)),
+            }
+        }
+        foreign_ms += message.cpu.foreign_cpu_pct / 100.0 * seconds * 1000.0;
+    }
+    let count = measured.len().max(1) as f64;
+    let per_message = |total: f64| (total / count * 10.0).round() / 10.0;
+    let cpu_per_message: Vec<serde_json::Value> = cpu_ms
+        .iter()
+        .map(|(name, total)| json!({"name": name, "cpu_ms": per_message(*total)}))
+        .collect();
+    let last_ms = Percentiles::of(&last);
+    eprintln!(
+        "  -> last delivery over {} messages: p50 {} ms, max {} ms; {lost} deliveries missing, {disconnects} disconnects",
+        measured.len(),
+        last_ms.p50,
+        last_ms.max
+    );
+    Ok(json!({
+        "members": members,
+        "online": members,
+        "node_processes": target.nodes.len(),
+        "load_processes": 1,
+        "messages": measured.len(),
+        "last_delivery_ms": last_ms,
+        "median_delivery_ms": Percentiles::of(&median),
+        "lost": lost,
+        "disconnects": disconnects,
+        "cpu_ms_per_message": cpu_per_message,
+        "foreign_cpu_ms_per_message": per_message(foreign_ms),
+        "per_message": results,
+    }))
 }
 
 /// Points of the latency CDF on a log-spaced grid of quantiles.

@@ -55,13 +55,28 @@ pub enum Kind {
         timing: Timing,
         sustainable: Sustainable,
     },
-    /// Group messages (not in the server yet; the runner reports it as skipped).
+    /// `groups` groups of `members` users each (user `i` in group `i / members`, users alternating between the
+    /// nodes); every group gets `r` messages/s from a uniform-random member, one step per entry of
+    /// `rates_per_group` (all steps run: the workload lists them from the highest rate down). Every message is
+    /// `members - 1` deliveries.
     Group {
         groups: usize,
         members: usize,
         rates_per_group: Vec<f64>,
         timing: Timing,
         sustainable: Sustainable,
+    },
+    /// Not in the workload: one group of `members` users, all online, messages sent one at a time (each waits for
+    /// its last delivery or `timeout_s`); measures the time from a send to its **last** delivery. `warmup_messages`
+    /// go first and are reported apart (they load the nodes' member caches).
+    GroupLarge {
+        members: usize,
+        messages: usize,
+        #[serde(default)]
+        warmup_messages: usize,
+        /// Pause between messages, so each one meets a quiet cluster.
+        pause_s: f64,
+        timeout_s: f64,
     },
     /// `users` connections opened as fast as `concurrency` in-flight handshakes allow.
     Connect { users: usize, concurrency: usize },

@@ -1,6 +1,10 @@
-// Drives the workload's `dm` scenario against the Socket.IO peer, following the same scenario file and rules as
-// imbench (open loop on 2 ms ticks, warm-up, measured window, drain, sustainability), and writes results in the
-// same JSON shape so `imbench report` puts the two side by side.
+// Drives the workload's `dm` and `group` scenarios against the Socket.IO peer, following the same scenario files and
+// rules as imbench (open loop on 2 ms ticks, warm-up, measured window, drain, sustainability), and writes results in
+// the same JSON shape so `imbench report` puts the two side by side.
+//
+// group: user i is in group floor(i / members) and joins its room `g:<group>` at connect; message k goes to group
+// k mod groups from a uniform-random member, as `gm {group, id, ts, body}`; deliveries are counted once per
+// receiving member (members - 1 per message).
 //
 //   node load.js --scenario benchmarks/scenarios/quick/dm.json \
 //     --server 127.0.0.1:3101=<pid> --server 127.0.0.1:3102=<pid> --watch redis=<pid> --out peer-dm.json
@@ -114,11 +118,21 @@ function cdf(values) {
 async function main() {
   const args = parseArgs(process.argv);
   const scenario = JSON.parse(fs.readFileSync(args.scenario, "utf8"));
-  if (scenario.kind !== "dm") throw new Error("load.js runs dm scenarios only");
+  if (scenario.kind !== "dm" && scenario.kind !== "group") throw new Error("load.js runs dm and group scenarios only");
+  const isGroup = scenario.kind === "group";
   const servers = args.server.map((s) => { const [addr, pid] = s.split("="); return { addr, pid: Number(pid) }; });
   const watched = servers.map((s, i) => ({ name: `peer${i + 1}`, pid: s.pid }))
     .concat(args.watch.map((w) => { const [name, pid] = w.split("="); return { name, pid: Number(pid) }; }));
-  const { users: n, rates, bisect_steps: bisectSteps, timing, sustainable: rule } = scenario;
+  const { timing, sustainable: rule } = scenario;
+  const groups = isGroup ? scenario.groups : 0;
+  const members = isGroup ? scenario.members : 1;
+  const n = isGroup ? groups * members : scenario.users;
+  // A group step's rate is per group; the pacer works on the total.
+  const rates = isGroup ? scenario.rates_per_group : scenario.rates;
+  const bisectSteps = isGroup ? 0 : scenario.bisect_steps;
+  // Deliveries per message, and the slot of a recipient: a delivery is counted once per (id, slot).
+  const fanout = isGroup ? members - 1 : 1;
+  const slots = isGroup ? members : 1;
   const bodyBytes = scenario.body_bytes || 100;
   const body = "x".repeat(bodyBytes);
   const nodeCount = servers.length;
@@ -129,7 +143,7 @@ async function main() {
   let delivered = 0, acked = 0, duplicates = 0, disconnects = 0, lastProgress = 0;
   let closing = false;
 
-  console.error(`== peer dm: connecting ${n} users`);
+  console.error(`== peer ${scenario.kind}: connecting ${n} users`);
   const sockets = new Array(n);
   let inFlight = 0, failures = 0;
   const t0 = Date.now();
@@ -138,22 +152,25 @@ async function main() {
     while (inFlight >= 100) await sleep(1);
     inFlight++;
     opened.push(new Promise((resolve) => {
+      const auth = isGroup ? { user: i, groups: [Math.floor(i / members)] } : { user: i };
       const socket = io(`http://${servers[i % nodeCount].addr}`, {
-        transports: ["websocket"], auth: { user: i }, reconnection: false, forceNew: true,
+        transports: ["websocket"], auth, reconnection: false, forceNew: true,
         localAddress: `127.0.0.${2 + (i % 16)}`,
       });
-      socket.on("dm", (m) => {
+      const slot = i % slots;
+      const onMessage = (m) => {
         const now = monoUs();
         lastProgress = now;
         if (!m || typeof m.ts !== "number" || typeof m.id !== "number") return;
         if (m.ts < windowStart || m.ts >= windowEnd) return;
-        const k = m.id - firstId;
-        if (k < 0 || k >= seen.length) return;
+        const k = (m.id - firstId) * slots + slot;
+        if (m.id < firstId || k >= seen.length) return;
         if (seen[k]) { duplicates++; return; }
         seen[k] = 1;
         delivered++;
         latencies.push((now - m.ts) / 1000);
-      });
+      };
+      socket.on(isGroup ? "gm" : "dm", onMessage);
       socket.on("disconnect", () => { if (!closing) disconnects++; });
       socket.once("connect", () => { inFlight--; sockets[i] = socket; resolve(); });
       socket.once("connect_error", () => { inFlight--; failures++; resolve(); });
@@ -164,14 +181,15 @@ async function main() {
   if (failures > 0) throw new Error(`${failures} connections failed`);
 
   let nextId = 1;
-  async function step(rate) {
+  async function step(stepRate) {
+    const rate = isGroup ? stepRate * groups : stepRate;
     console.error(`  step ${rate} msgs/s: warm-up ${timing.warmup_s} s, window ${timing.window_s} s`);
     const random = rng((scenario.seed || 1) ^ rate);
     const start = monoUs();
     windowStart = start + timing.warmup_s * 1e6;
     windowEnd = windowStart + timing.window_s * 1e6;
     firstId = nextId;
-    seen = new Uint8Array(Math.ceil(rate * (timing.warmup_s + timing.window_s + 1)) + 1024);
+    seen = new Uint8Array((Math.ceil(rate * (timing.warmup_s + timing.window_s + 1)) + 1024) * slots);
     latencies = []; ackLatencies = [];
     delivered = 0; acked = 0; duplicates = 0; disconnects = 0;
     let sent = 0, sentInWindow = 0, meter = null, cpu = null;
@@ -183,27 +201,38 @@ async function main() {
       if (!meter && now >= windowStart) meter = cpuStart(watched);
       const due = Math.floor((rate * (now - start)) / 1e6);
       while (sent < due) {
-        const s = random(n);
-        const other = (s % nodeCount + 1 + random(nodeCount - 1)) % nodeCount;
-        const to = other + nodeCount * random(half);
         const id = nextId++;
-        const ts = monoUs();
+        let s, event, message;
+        if (isGroup) {
+          const group = sent % groups;
+          s = group * members + random(members);
+          event = "gm";
+          message = { group, id, ts: monoUs(), body };
+        } else {
+          s = random(n);
+          const other = (s % nodeCount + 1 + random(nodeCount - 1)) % nodeCount;
+          const to = other + nodeCount * random(half);
+          event = "dm";
+          message = { to, id, ts: monoUs(), body };
+        }
+        const ts = message.ts;
         sent++;
         const counted = ts >= windowStart && ts < windowEnd;
         if (counted) sentInWindow++;
-        sockets[s].emit("dm", { to, id, ts, body }, () => {
+        sockets[s].emit(event, message, () => {
           if (counted) { acked++; ackLatencies.push((monoUs() - ts) / 1000); }
         });
       }
     }
     if (meter) cpu = cpuStop(meter, watched);
     const drainStart = Date.now();
-    while ((delivered < sentInWindow || acked < sentInWindow)
+    const expected = sentInWindow * fanout;
+    while ((delivered < expected || acked < sentInWindow)
       && monoUs() - lastProgress < timing.drain_idle_s * 1e6
       && Date.now() - drainStart < timing.drain_cap_s * 1000) await sleep(20);
     const drain = (Date.now() - drainStart) / 1000;
     const latency = percentiles(latencies);
-    const lost = Math.max(0, sentInWindow - delivered);
+    const lost = Math.max(0, expected - delivered);
     const sentPerS = sentInWindow / timing.window_s;
     const verdict = [];
     if (latency.p99 > rule.p99_ms) verdict.push(`p99 ${latency.p99} ms > ${rule.p99_ms} ms`);
@@ -211,12 +240,13 @@ async function main() {
     if (disconnects > 0) verdict.push(`${disconnects} disconnects`);
     if (sentPerS < rule.min_sent_fraction * rate) verdict.push(`sent/s ${Math.round(sentPerS)} < ${rule.min_sent_fraction * 100}% of target`);
     const result = {
-      target_rate: rate, sent: sentInWindow, sent_per_s: Math.round(sentPerS), expected: sentInWindow,
+      target_rate: rate, sent: sentInWindow, sent_per_s: Math.round(sentPerS), deliveries_per_message: fanout, expected,
       delivered, delivered_per_s: Math.round(delivered / timing.window_s), lost, duplicates, acked,
       unacked: Math.max(0, sentInWindow - acked), disconnects, errors: {}, latency_ms: latency,
       ack_ms: percentiles(ackLatencies), drain_s: drain, cpu, sustainable: verdict.length === 0, verdict,
       latency_cdf: cdf(latencies),
     };
+    if (isGroup) result.rate_per_group = stepRate;
     console.error(`    -> sent/s ${result.sent_per_s} delivered/s ${result.delivered_per_s} lost ${lost} p50 ${latency.p50} p99 ${latency.p99} max ${latency.max} ms: ${result.sustainable ? "sustainable" : verdict.join(", ")}`);
     // An overloaded step can leave a backlog in the servers: let it go quiet before the next step (as imbench does).
     const settleStart = Date.now();
@@ -227,12 +257,17 @@ async function main() {
 
   const steps = [];
   let lastGood = null, firstBad = null;
-  for (const rate of rates) {
-    const r = await step(rate);
-    steps.push(r);
-    if (r.sustainable) lastGood = rate; else { firstBad = rate; break; }
+  if (isGroup) {
+    // Every step runs (the rates go from the highest down), as in imbench.
+    for (const rate of rates) steps.push(await step(rate));
+  } else {
+    for (const rate of rates) {
+      const r = await step(rate);
+      steps.push(r);
+      if (r.sustainable) lastGood = rate; else { firstBad = rate; break; }
+    }
   }
-  if (firstBad !== null) {
+  if (!isGroup && firstBad !== null) {
     let low = lastGood || 0, high = firstBad;
     for (let i = 0; i < bisectSteps; i++) {
       const rate = Math.round((low + high) / 2);
@@ -244,7 +279,7 @@ async function main() {
   }
   closing = true;
   for (const s of sockets) s.close();
-  console.error(`  peer max sustainable rate: ${lastGood || 0} msgs/s`);
+  if (!isGroup) console.error(`  peer max sustainable rate: ${lastGood || 0} msgs/s`);
   const cpus = os.cpus();
   const out = {
     kind: "peer",
@@ -254,6 +289,16 @@ async function main() {
     command: process.argv.join(" "),
     run: { scenario, results: { users: n, steps, max_sustainable_rate: lastGood || 0, first_unsustainable_rate: firstBad } },
   };
+  if (isGroup) {
+    const good = steps.filter((r) => r.sustainable).sort((a, b) => b.target_rate - a.target_rate)[0];
+    Object.assign(out.run.results, {
+      groups, members,
+      max_sustainable_rate: good ? good.rate_per_group : 0,
+      max_sustainable_deliveries_per_s: good ? good.delivered_per_s : 0,
+      first_unsustainable_rate: null,
+      unsustainable_rates: steps.filter((r) => !r.sustainable).map((r) => r.rate_per_group),
+    });
+  }
   fs.writeFileSync(args.out, JSON.stringify(out, null, 2));
   console.error(`  wrote ${args.out}`);
   process.exit(0);
