@@ -13,11 +13,11 @@
 //!    whole batch, so a first message costs no commit of its own (what it learns goes to the `PairCache` after
 //!    the commit),
 //! 3. locks the batch's conversations in id order and advances each one's `last_seq` by its count of new
-//!    messages — the seq is allocated inside the commit, so commit order is seq order and a settled gap stays
+//!    messages (one statement; the locks are held until the commit, so the locked section is two round trips) — the seq is allocated inside the commit, so commit order is seq order and a settled gap stays
 //!    settled (two writers of one conversation serialize on its row lock; the fixed order rules out deadlocks),
-//! 4. takes the idempotency keys in `message_keys` (`ON CONFLICT (sender, cid) DO NOTHING` covers a
-//!    retry racing through another node; the membership check rides along), inserts the rows whose key it took into
-//!    the hash-partitioned `messages` with one `INSERT … SELECT unnest(…)`, and advances each sender's `read_seq`,
+//! 4. in one statement, takes the idempotency keys in `message_keys` (`ON CONFLICT (sender, cid) DO NOTHING`
+//!    covers a retry racing through another node; the membership check rides along), inserts the rows whose key it
+//!    took into the hash-partitioned `messages`, and advances each sender's `read_seq`,
 //! 5. commits.
 //!
 //! Only then does each sender get its `ack` and are the new messages handed, in commit order, to delivery. A failed
@@ -554,16 +554,14 @@ async fn write(
         }
         let conv_ids: Vec<ConvId> = per_conv.keys().copied().collect();
         let counts: Vec<i64> = per_conv.values().copied().collect();
-        let lock_stmt = tx
-            .prepare_cached(
-                "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            )
-            .await?;
-        tx.query(&lock_stmt, &[&conv_ids]).await?;
+        // One statement locks the rows in id order (LockRows above the sort) and advances them: the locks are held
+        // from here to the commit, so everything after this is kept to one more round trip.
         let advance_stmt = tx
             .prepare_cached(
-                "UPDATE conversations c SET last_seq = c.last_seq + v.n, last_msg_ms = $3
-                 FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n) WHERE c.id = v.id
+                "WITH locked AS (SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+                 UPDATE conversations c SET last_seq = c.last_seq + v.n, last_msg_ms = $3
+                 FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n) JOIN locked l ON l.id = v.id
+                 WHERE c.id = v.id
                  RETURNING c.id, c.last_seq",
             )
             .await?;
@@ -624,26 +622,54 @@ async fn write(
         }
         // First the idempotency keys (with the message ids): a key already taken by a retry racing through another
         // node is skipped here, and only rows whose key was taken by this batch are then inserted.
-        let keys_stmt = tx
+        let (read_convs, (read_users, read_seqs)): (Vec<ConvId>, (Vec<UserId>, Vec<Seq>)) =
+            own_read
+                .into_iter()
+                .map(|((conv, user), seq)| (conv, (user, seq)))
+                .unzip();
+        // One round trip for the rest of the locked section: the idempotency keys (with the message ids; a key
+        // already taken by a retry racing through another node is skipped), the rows of the keys this batch took,
+        // and the senders' read cursors.
+        let insert_stmt = tx
             .prepare_cached(
-                "INSERT INTO message_keys (sender, cid, conv_id, seq, id, created_ms)
-                 SELECT u, k, c, s, nextval('message_ids'), $6
-                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[]) AS v(u, k, c, s, sys)
-                 WHERE v.sys OR EXISTS (SELECT 1 FROM conversation_members m WHERE m.conv_id = v.c AND m.user_id = v.u)
-                 ON CONFLICT (sender, cid) DO NOTHING
-                 RETURNING sender, cid, id, conv_id, seq",
+                "WITH v AS (
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[],
+                                          $6::text[], $7::text[], $8::text[], $9::text[]) AS v(u, k, c, s, sys, d, t, b, a)
+                 ), taken AS (
+                     INSERT INTO message_keys (sender, cid, conv_id, seq, id, created_ms)
+                     SELECT u, k, c, s, nextval('message_ids'), $10 FROM v
+                     WHERE v.sys OR EXISTS (SELECT 1 FROM conversation_members m WHERE m.conv_id = v.c AND m.user_id = v.u)
+                     ON CONFLICT (sender, cid) DO NOTHING
+                     RETURNING sender, cid, id, conv_id, seq
+                 ), stored AS (
+                     INSERT INTO messages (conv_id, seq, id, sender, sender_device, cid, kind, body, attrs, created_ms)
+                     SELECT taken.conv_id, taken.seq, taken.id, taken.sender, v.d, taken.cid, v.t, v.b, v.a::jsonb, $10
+                     FROM taken JOIN v ON v.u = taken.sender AND v.k = taken.cid
+                 ), read AS (
+                     UPDATE conversation_members m SET read_seq = GREATEST(m.read_seq, r.seq)
+                     FROM unnest($11::bigint[], $12::bigint[], $13::bigint[]) AS r(conv, usr, seq)
+                     WHERE m.conv_id = r.conv AND m.user_id = r.usr
+                 )
+                 SELECT sender, cid, id, conv_id, seq FROM taken",
             )
             .await?;
         let taken = tx
             .query(
-                &keys_stmt,
+                &insert_stmt,
                 &[
                     &col_sender,
                     &col_cid,
                     &col_conv,
                     &col_seq,
                     &col_system,
+                    &col_device,
+                    &col_kind,
+                    &col_body,
+                    &col_attrs,
                     &now_ms,
+                    &read_convs,
+                    &read_users,
+                    &read_seqs,
                 ],
             )
             .await?;
@@ -658,52 +684,6 @@ async fn write(
                 },
             );
         }
-        let mut row_conv = Vec::with_capacity(new_keys.len());
-        let mut row_seq = Vec::with_capacity(new_keys.len());
-        let mut row_id = Vec::with_capacity(new_keys.len());
-        let mut row_sender = Vec::with_capacity(new_keys.len());
-        let mut row_device: Vec<&str> = Vec::with_capacity(new_keys.len());
-        let mut row_cid: Vec<&str> = Vec::with_capacity(new_keys.len());
-        let mut row_kind: Vec<&str> = Vec::with_capacity(new_keys.len());
-        let mut row_body: Vec<&str> = Vec::with_capacity(new_keys.len());
-        let mut row_attrs: Vec<Option<String>> = Vec::with_capacity(new_keys.len());
-        for (column, &i) in new.iter().enumerate() {
-            let Some(stored) = new_keys.get(&(batch[i].sender, batch[i].cid.clone())) else {
-                continue;
-            };
-            row_conv.push(stored.conv);
-            row_seq.push(stored.seq);
-            row_id.push(stored.id);
-            row_sender.push(col_sender[column]);
-            row_device.push(col_device[column]);
-            row_cid.push(col_cid[column]);
-            row_kind.push(col_kind[column]);
-            row_body.push(col_body[column]);
-            row_attrs.push(col_attrs[column].clone());
-        }
-        let insert_stmt = tx
-            .prepare_cached(
-                "INSERT INTO messages (conv_id, seq, id, sender, sender_device, cid, kind, body, attrs, created_ms)
-                 SELECT c, s, i, u, d, k, t, b, a::jsonb, $10 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[],
-                     $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS v(c, s, i, u, d, k, t, b, a)",
-            )
-            .await?;
-        tx.execute(
-            &insert_stmt,
-            &[
-                &row_conv,
-                &row_seq,
-                &row_id,
-                &row_sender,
-                &row_device,
-                &row_cid,
-                &row_kind,
-                &row_body,
-                &row_attrs,
-                &now_ms,
-            ],
-        )
-        .await?;
 
         // A retry that raced through another node lost the insert here; answer with the winner's row. Its seq
         // allocated above stays unused: a gap, which clients settle by sync.
@@ -761,21 +741,6 @@ async fn write(
             tx.execute(&media_stmt, &[&media_convs, &media_hashes])
                 .await?;
         }
-
-        let (read_convs, (read_users, read_seqs)): (Vec<ConvId>, (Vec<UserId>, Vec<Seq>)) =
-            own_read
-                .into_iter()
-                .map(|((conv, user), seq)| (conv, (user, seq)))
-                .unzip();
-        let read_stmt = tx
-            .prepare_cached(
-                "UPDATE conversation_members m SET read_seq = GREATEST(m.read_seq, v.seq)
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(conv, usr, seq)
-                 WHERE m.conv_id = v.conv AND m.user_id = v.usr",
-            )
-            .await?;
-        tx.execute(&read_stmt, &[&read_convs, &read_users, &read_seqs])
-            .await?;
     }
     tx.commit().await?;
 
