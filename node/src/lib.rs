@@ -16,6 +16,7 @@ pub mod media;
 pub mod members;
 pub mod metrics;
 pub mod push;
+pub mod ratelimit;
 pub mod revocation;
 pub mod shutdown;
 pub mod state;

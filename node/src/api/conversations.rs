@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::ids::{ConvId, Seq};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bad_request, unavailable, AuthUser};
-use crate::http::json_error;
+use super::{bad_request, no_such_conversation, unavailable, AuthUser};
 use crate::state::NodeState;
 use crate::store::queries::{message_from_row, KIND_DIRECT};
 
@@ -124,15 +122,8 @@ async fn is_member(state: &NodeState, conv: ConvId, user: i64) -> Result<bool, R
     }
 }
 
-fn not_member() -> Response {
-    json_error(
-        StatusCode::FORBIDDEN,
-        "not_member",
-        "not a member of this conversation",
-    )
-}
-
-/// `GET /v1/conversations/{id}/messages?before_seq=&limit=`: history, newest first (members only).
+/// `GET /v1/conversations/{id}/messages?before_seq=&limit=`: history, newest first (members only; anyone else gets
+/// the answer for a missing conversation).
 pub async fn history(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
@@ -141,7 +132,7 @@ pub async fn history(
 ) -> Response {
     match is_member(&state, conv, me).await {
         Ok(true) => {}
-        Ok(false) => return not_member(),
+        Ok(false) => return no_such_conversation(),
         Err(response) => return response,
     }
     let limit = query.limit.clamp(1, 200);
@@ -187,7 +178,7 @@ pub async fn reads(
 ) -> Response {
     match is_member(&state, conv, me).await {
         Ok(true) => {}
-        Ok(false) => return not_member(),
+        Ok(false) => return no_such_conversation(),
         Err(response) => return response,
     }
     if query.seq < 1 {

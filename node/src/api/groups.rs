@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
-use super::{bad_request, forbidden, system_message, unavailable, AuthUser};
+use super::{bad_request, forbidden, no_such_group, system_message, unavailable, AuthUser};
 use crate::http::json_error;
 use crate::state::NodeState;
 use crate::store::queries::KIND_GROUP;
@@ -60,14 +60,6 @@ async fn member_ids<C: GenericClient>(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-fn not_member() -> Response {
-    json_error(
-        StatusCode::FORBIDDEN,
-        "not_member",
-        "not a member of this group",
-    )
 }
 
 /// After a committed change: drop cached member lists everywhere, then record it in the timeline.
@@ -221,7 +213,7 @@ pub async fn members(
     };
     match role_of(&**client, conv, me).await {
         Ok(Some(_)) => {}
-        Ok(None) => return not_member(),
+        Ok(None) => return no_such_group(),
         Err(error) => return unavailable(error.into()),
     }
     let rows = client
@@ -312,7 +304,7 @@ pub async fn add_members(
             }
             Json(json!({ "id": conv, "added": added })).into_response()
         }
-        Ok(Outcome::NotMember) => not_member(),
+        Ok(Outcome::NotMember) => no_such_group(),
         Ok(Outcome::Full) => json_error(
             StatusCode::CONFLICT,
             "group_full",
@@ -345,7 +337,7 @@ pub async fn remove_member(
         )
         .await?;
         let Some(my_role) = role_of(&*tx, conv, me).await? else {
-            return Ok(Err(not_member()));
+            return Ok(Err(no_such_group()));
         };
         let Some(their_role) = role_of(&*tx, conv, target).await? else {
             return Ok(Err(json_error(
@@ -412,7 +404,7 @@ async fn leave_group(state: &NodeState, me: UserId, conv: ConvId) -> Response {
         )
         .await?;
         let Some(role) = role_of(&*tx, conv, me).await? else {
-            return Ok(Err(not_member()));
+            return Ok(Err(no_such_group()));
         };
         let all = member_ids(&*tx, conv).await?;
         if role == OWNER && all.len() > 1 {
@@ -468,7 +460,7 @@ pub async fn rename(
     match role_of(&**client, conv, me).await {
         Ok(Some(role)) if role >= ADMIN => {}
         Ok(Some(_)) => return forbidden("only the owner and admins rename the group"),
-        Ok(None) => return not_member(),
+        Ok(None) => return no_such_group(),
         Err(error) => return unavailable(error.into()),
     }
     let members = match client
@@ -553,7 +545,7 @@ async fn set_role(
         match role_of(&*tx, conv, me).await? {
             Some(OWNER) => {}
             Some(_) => return Ok(Err(forbidden("only the owner changes roles"))),
-            None => return Ok(Err(not_member())),
+            None => return Ok(Err(no_such_group())),
         }
         if role_of(&*tx, conv, target).await?.is_none() {
             return Ok(Err(json_error(

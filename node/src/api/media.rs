@@ -1,8 +1,8 @@
 //! Uploads and downloads of media.
 //!
 //! `POST /v1/media` takes the raw bytes with their `Content-Type`. The SHA-256 of the bytes names the medium: a
-//! second upload of the same bytes stores nothing and answers at once. `GET /v1/media/{hash}/info` tells whether a
-//! hash exists before any bytes are sent. Downloads (`/v1/media/{hash}`, `/thumb`) are allowed to the uploader and
+//! second upload of the same bytes stores nothing and answers at once. `GET /v1/media/{hash}/info` describes a
+//! medium the caller may use. Info and downloads (`/v1/media/{hash}`, `/thumb`) are allowed to the uploader and
 //! to members of a conversation where the medium was sent.
 
 use std::sync::Arc;
@@ -139,14 +139,21 @@ pub async fn upload(
         .into_response()
 }
 
-/// `GET /v1/media/{hash}/info`: does this medium exist (size, type)? For "instant upload" checks.
+/// `GET /v1/media/{hash}/info`: size and type of a medium the caller may use (uploaded it, or it was sent in one of
+/// their conversations). Anything else, existing or not, gets the same 404 as a download: answering for every hash
+/// would let anyone confirm that some file (a known document, say) was uploaded by someone.
 pub async fn info(
     State(state): State<Arc<NodeState>>,
-    AuthUser(_): AuthUser,
+    AuthUser(me): AuthUser,
     Path(hash): Path<String>,
 ) -> Response {
     if !valid_hash(&hash) {
         return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    }
+    match crate::store::chat::accessible_media(&state.pool, &hash, me).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return no_such_medium(),
+        Err(error) => return unavailable(error),
     }
     let client = match state.pool.get().await {
         Ok(client) => client,
@@ -164,9 +171,14 @@ pub async fn info(
                                       "thumbnail": row.get::<_, bool>(2) }),
         )
         .into_response(),
-        Ok(None) => not_found("no such medium"),
+        Ok(None) => no_such_medium(),
         Err(error) => unavailable(error.into()),
     }
+}
+
+/// Unknown and not shared with the caller look the same, so hashes cannot be probed.
+fn no_such_medium() -> Response {
+    not_found("no such medium, or not shared with you")
 }
 
 async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Response {
@@ -176,8 +188,7 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
     let access = crate::store::chat::accessible_media(&state.pool, hash, me).await;
     let mime = match access {
         Ok(Some((_, mime))) => mime,
-        // Unknown and forbidden look the same, so hashes cannot be probed through downloads.
-        Ok(None) => return not_found("no such medium, or not shared with you"),
+        Ok(None) => return no_such_medium(),
         Err(error) => return unavailable(error),
     };
     let bytes = if thumb {

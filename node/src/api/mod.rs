@@ -110,6 +110,17 @@ pub fn not_found(message: &str) -> Response {
     json_error(StatusCode::NOT_FOUND, "not_found", message)
 }
 
+/// The answer for a conversation the caller may not see: it does not exist, or the caller is not a member. The two
+/// must be indistinguishable (status, code and body), so ids cannot be probed.
+pub fn no_such_conversation() -> Response {
+    not_found("no such conversation")
+}
+
+/// The same for the group routes (a missing group, a group without the caller, or a 1:1 conversation).
+pub fn no_such_group() -> Response {
+    not_found("no such group")
+}
+
 /// Receives the outcome of a server-made message.
 struct OneshotSink(Mutex<Option<oneshot::Sender<Result<Ack, ErrorFrame>>>>);
 
