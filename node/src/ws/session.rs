@@ -458,13 +458,23 @@ impl Connection {
     }
 
     /// The per-user send rate limit (`ratelimit.rs`), before any other work on a `send` or `recall`. Refused:
-    /// `error{rate_limited}` for the `cid`; refused again and again: the connection is kicked (close 1008).
+    /// `error{rate_limited}` for the `cid`; refused again and again: `kick{rate_limited}` and close 1008.
     fn admit_send(&self, cid: &str) -> bool {
         let verdict = self.state.send_limiter.check(self.user);
         if verdict == Verdict::Allowed {
             return true;
         }
         self.state.metrics.rate_limited.increment(1);
+        if verdict == Verdict::Close {
+            // The kick closes the queue at once, so an error frame queued now would never be sent.
+            self.state.metrics.rate_limit_closes.increment(1);
+            info!(
+                user = self.user,
+                "closing a connection that kept sending over its rate limit"
+            );
+            self.outbox.kick(KickReason::RateLimited);
+            return false;
+        }
         let mut refusal = ErrorFrame::new(
             ErrorCode::RateLimited,
             "send rate exceeded; slow down and retry with the same cid",
@@ -474,14 +484,6 @@ impl Connection {
             refusal = refusal.for_cid(cid.to_string());
         }
         self.outbox.error(refusal);
-        if verdict == Verdict::Close {
-            self.state.metrics.rate_limit_closes.increment(1);
-            info!(
-                user = self.user,
-                "closing a connection that kept sending over its rate limit"
-            );
-            self.outbox.kick(KickReason::RateLimited);
-        }
         false
     }
 
