@@ -12,6 +12,7 @@ pub mod config;
 pub mod contacts;
 pub mod delivery;
 pub mod http;
+pub mod input;
 pub mod media;
 pub mod members;
 pub mod metrics;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::ids::{ConvId, Seq};
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{bad_request, no_such_conversation, unavailable, AuthUser};
+use crate::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
 use crate::store::queries::{message_from_row, KIND_DIRECT};
 
@@ -28,7 +29,7 @@ fn default_list_limit() -> i64 {
 pub async fn list(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Response {
     let limit = query.limit.clamp(1, 1000);
     let client = match state.pool.get().await {
@@ -127,8 +128,8 @@ async fn is_member(state: &NodeState, conv: ConvId, user: i64) -> Result<bool, R
 pub async fn history(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
-    Query(query): Query<HistoryQuery>,
+    ApiPath(conv): ApiPath<ConvId>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Response {
     match is_member(&state, conv, me).await {
         Ok(true) => {}
@@ -173,8 +174,8 @@ pub struct ReadsQuery {
 pub async fn reads(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
-    Query(query): Query<ReadsQuery>,
+    ApiPath(conv): ApiPath<ConvId>,
+    ApiQuery(query): ApiQuery<ReadsQuery>,
 ) -> Response {
     match is_member(&state, conv, me).await {
         Ok(true) => {}

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,16 +16,10 @@ use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::http::json_error;
-use crate::media::{sha256_hex, thumbnail, MediaStore, ALLOWED_TYPES};
+use crate::input::ApiPath;
+use crate::media::{sha256_hex, thumbnail, MediaStore};
 use crate::state::NodeState;
 use crate::store::StoreError;
-
-fn valid_hash(hash: &str) -> bool {
-    hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 pub async fn upload(
     State(state): State<Arc<NodeState>>,
@@ -33,25 +27,14 @@ pub async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    if !ALLOWED_TYPES.contains(&mime.as_str()) {
-        ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_type",
-            &format!("Content-Type must be one of {}", ALLOWED_TYPES.join(", ")),
-        );
-    }
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    let mime = match crate::input::upload_media_type(content_type) {
+        Ok(mime) => mime,
+        Err(rejected) => {
+            ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
+            return rejected.into_response();
+        }
+    };
     if body.is_empty() {
         return bad_request("empty", "an upload needs a body");
     }
@@ -145,10 +128,10 @@ pub async fn upload(
 pub async fn info(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Response {
-    if !valid_hash(&hash) {
-        return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    if let Err(rejected) = crate::input::media_hash(&hash) {
+        return rejected.into_response();
     }
     match crate::store::chat::accessible_media(&state.pool, &hash, me).await {
         Ok(Some(_)) => {}
@@ -182,8 +165,8 @@ fn no_such_medium() -> Response {
 }
 
 async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Response {
-    if !valid_hash(hash) {
-        return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    if let Err(rejected) = crate::input::media_hash(hash) {
+        return rejected.into_response();
     }
     let access = crate::store::chat::accessible_media(&state.pool, hash, me).await;
     let mime = match access {
@@ -222,7 +205,7 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
 pub async fn get(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Response {
     download(&state, me, &hash, false).await
 }
@@ -230,7 +213,7 @@ pub async fn get(
 pub async fn get_thumb(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Response {
     download(&state, me, &hash, true).await
 }

@@ -41,12 +41,9 @@ impl FromRequestParts<Arc<NodeState>> for AuthToken {
         parts: &mut Parts,
         state: &Arc<NodeState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        let token =
+            crate::input::bearer_token(authorization.map(|v| v.as_bytes())).ok_or_else(|| {
                 json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
