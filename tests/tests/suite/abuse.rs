@@ -444,3 +444,172 @@ async fn foreign_conversations_groups_and_media_answer_exactly_like_missing_ones
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
 }
+
+#[tokio::test]
+async fn malformed_rest_input_is_answered_with_json_errors() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let addr = cluster.addr(0);
+    let user = cluster.user("malformed").await.unwrap();
+    let cases: Vec<(&str, &str, &str, &str, u16, &str)> = vec![
+        // method, path, content type, body, status, code
+        (
+            "GET",
+            "/v1/groups/abc/members",
+            "application/json",
+            "",
+            400,
+            "bad_path",
+        ),
+        (
+            "GET",
+            "/v1/groups/99999999999999999999/members",
+            "application/json",
+            "",
+            400,
+            "bad_path",
+        ),
+        (
+            "DELETE",
+            "/v1/groups/1/members/-x",
+            "application/json",
+            "",
+            400,
+            "bad_path",
+        ),
+        (
+            "GET",
+            "/v1/conversations/1/messages?limit=x",
+            "application/json",
+            "",
+            400,
+            "bad_query",
+        ),
+        (
+            "GET",
+            "/v1/conversations?limit=99999999999999999999",
+            "application/json",
+            "",
+            400,
+            "bad_query",
+        ),
+        (
+            "GET",
+            "/v1/conversations/1/reads",
+            "application/json",
+            "",
+            400,
+            "bad_query",
+        ),
+        (
+            "GET",
+            "/v1/presence",
+            "application/json",
+            "",
+            400,
+            "bad_query",
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            "application/json",
+            "{",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            "application/json",
+            "[[[[[[[[[[[[",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            "application/json",
+            r#"{"title":"t","members":[1e400]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            "application/json",
+            r#"{"title":"a\u0007b"}"#,
+            400,
+            "bad_title",
+        ),
+        (
+            "POST",
+            "/v1/media",
+            "image/svg+xml",
+            "<svg/>",
+            415,
+            "unsupported_type",
+        ),
+        ("POST", "/v1/media", "image/png", "", 400, "empty"),
+        (
+            "POST",
+            "/v1/media",
+            "image/png",
+            "not a png",
+            400,
+            "bad_image",
+        ),
+        (
+            "GET",
+            "/v1/media/ABC",
+            "application/json",
+            "",
+            400,
+            "bad_hash",
+        ),
+        (
+            "GET",
+            "/v1/ws?device=a%20b",
+            "application/json",
+            "",
+            400,
+            "bad_device",
+        ),
+    ];
+    for (method, path, content_type, body, status, code) in cases {
+        let (got, bytes) = benchmarks::client::http_raw(
+            addr,
+            method,
+            path,
+            Some(&user.token),
+            content_type,
+            Bytes::from(body.to_string()),
+        )
+        .await
+        .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {bytes:?}"));
+        assert_eq!(
+            (got.as_u16(), answer["error"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {answer}"
+        );
+    }
+    // Tokens: missing, empty, another scheme, forged.
+    for token in [None, Some(""), Some("v1.1.99999999999.AAAA")] {
+        let (got, bytes) = benchmarks::client::http_raw(
+            addr,
+            "GET",
+            "/v1/groups",
+            token,
+            "application/json",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (got.as_u16(), answer["error"].as_str()),
+            (401, Some("unauthorized"))
+        );
+    }
+    assert!(tests::probe::metric(addr, "im_http_input_rejected_total").await >= 10.0);
+}
