@@ -226,6 +226,10 @@ pub struct Config {
     #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_media_bytes: usize,
 
+    /// Upload thumbnails decoded at once; each may use up to 256 MiB while decoding. Further image uploads wait.
+    #[arg(long, env = "IM_THUMBNAIL_CONCURRENCY", default_value_t = 2)]
+    pub thumbnail_concurrency: usize,
+
     /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
     /// when empty.
     #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
@@ -295,8 +299,8 @@ impl Config {
                     .into(),
             );
         }
-        if self.push_batch == 0 {
-            return Err("--push-batch must be positive".into());
+        if self.push_batch == 0 || self.thumbnail_concurrency == 0 {
+            return Err("--push-batch and --thumbnail-concurrency must be positive".into());
         }
         if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
             return Err(

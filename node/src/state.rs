@@ -39,6 +39,8 @@ pub struct NodeState {
     pub writer: WriterHandle,
     /// The per-user send rate limit (`ratelimit.rs`).
     pub send_limiter: SendLimiter,
+    /// Upload thumbnails decoding at once (`--thumbnail-concurrency`).
+    pub thumbnail_permits: tokio::sync::Semaphore,
     pub metrics: Metrics,
     pub prometheus: PrometheusHandle,
     /// Every connection task (HTTP and WebSocket), so a drain can wait for them.
@@ -72,6 +74,7 @@ impl NodeState {
         NodeState {
             limits: config.limits(),
             send_limiter: SendLimiter::new(config.send_limits()),
+            thumbnail_permits: tokio::sync::Semaphore::new(config.thumbnail_concurrency),
             config,
             node_id,
             pool,

@@ -68,12 +68,22 @@ pub async fn upload(
         return Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": has_thumb, "deduplicated": true }))
             .into_response();
     }
+    // Decoding may take up to the decoder's allocation cap (256 MiB) and seconds of CPU: no database connection is
+    // held meanwhile, and at most `--thumbnail-concurrency` decodes run at once, so a burst of crafted images can
+    // neither exhaust memory nor starve the pool.
+    drop(client);
     let thumb = if mime.starts_with("image/") {
+        let Ok(_permit) = state.thumbnail_permits.acquire().await else {
+            return unavailable(StoreError::Invalid("thumbnailing stopped".into()));
+        };
+        let started = std::time::Instant::now();
         let bytes = body.clone();
-        tokio::task::spawn_blocking(move || thumbnail(&bytes))
+        let thumb = tokio::task::spawn_blocking(move || thumbnail(&bytes))
             .await
             .ok()
-            .flatten()
+            .flatten();
+        ::metrics::histogram!("im_media_thumbnail_seconds").record(started.elapsed().as_secs_f64());
+        thumb
     } else {
         None
     };
@@ -97,6 +107,10 @@ pub async fn upload(
         }
     }
     let size = body.len() as i64;
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return unavailable(error.into()),
+    };
     let stored: Result<(), tokio_postgres::Error> = async {
         client
             .execute(
