@@ -613,3 +613,33 @@ async fn malformed_rest_input_is_answered_with_json_errors() {
     }
     assert!(tests::probe::metric(addr, "im_http_input_rejected_total").await >= 10.0);
 }
+
+#[tokio::test]
+async fn a_sender_field_in_a_send_frame_is_ignored() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let a = cluster.user("spoofer").await.unwrap();
+    let b = cluster.user("victim").await.unwrap();
+    let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
+    let mut cb = cluster.connect(0, &b, "phone").await.unwrap();
+    // A `send` with an extra `from: b` key: the map header grows by one entry, the pair goes at the end.
+    let mut bytes = common::encode(
+        &ClientFrame::Send(Send {
+            cid: "spoof".into(),
+            to: Some(b.id),
+            conv: None,
+            kind: "text".into(),
+            body: "it was b".into(),
+            attrs: None,
+        }),
+        usize::MAX,
+    )
+    .unwrap();
+    assert_eq!(bytes[1] & 0xf0, 0x80, "a fixmap");
+    bytes[1] += 1;
+    bytes.extend_from_slice(&[0xa4, b'f', b'r', b'o', b'm', 0xd3]);
+    bytes.extend_from_slice(&b.id.to_be_bytes());
+    ca.connection().send_raw(&bytes).await.unwrap();
+    let ack = ca.wait_ack("spoof", WAIT).await.unwrap();
+    cb.wait_messages(ack.conv, 1, WAIT).await.unwrap();
+    assert_eq!(cb.convs[&ack.conv].msgs[&ack.seq].from, a.id);
+}
