@@ -148,11 +148,10 @@ fn json_seed() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         ("[a-z0-9_.-]{0,40}", ".{0,40}")
             .prop_map(|(u, p)| serde_json::json!({"username": u, "password": p})),
-        (".{0,80}", proptest::collection::vec(user.clone(), 0..20))
+        (".{0,80}", proptest::collection::vec(user, 0..20))
             .prop_map(|(t, m)| serde_json::json!({"title": t, "members": m})),
-        proptest::collection::vec(user.clone(), 0..20)
-            .prop_map(|u| serde_json::json!({"users": u})),
-        (user.clone(), ".{0,250}").prop_map(|(u, n)| serde_json::json!({"user": u, "note": n})),
+        proptest::collection::vec(user, 0..20).prop_map(|u| serde_json::json!({"users": u})),
+        (user, ".{0,250}").prop_map(|(u, n)| serde_json::json!({"user": u, "note": n})),
         (
             proptest::option::of(".{0,80}"),
             proptest::option::of("[0-9a-f]{0,64}")
