@@ -36,10 +36,12 @@ fn config() -> Config {
     }
 }
 
-/// Fails when one parser call took longer than any honest input needs.
+/// Fails when one parser call took far longer than any honest input needs. Every parser here answers in well
+/// under a millisecond; the bound is loose because the machine may be busy (a descheduled thread once took 0.8 s),
+/// and still catches anything quadratic in the input.
 fn quick(started: Instant, what: &str) -> Result<(), TestCaseError> {
     prop_assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_secs(2),
         "{what} took {:?}",
         started.elapsed()
     );
@@ -324,7 +326,7 @@ proptest! {
             let decoded = image::load_from_memory(&thumb).unwrap();
             prop_assert!(decoded.width() <= node::media::THUMB_EDGE && decoded.height() <= node::media::THUMB_EDGE);
         }
-        prop_assert!(started.elapsed() < Duration::from_secs(2), "thumbnail took {:?}", started.elapsed());
+        prop_assert!(started.elapsed() < Duration::from_secs(5), "thumbnail took {:?}", started.elapsed());
     }
 }
 
