@@ -83,8 +83,8 @@ fuzz_target!(|data: &[u8]| {
                 &token[..keep],
                 String::from_utf8_lossy(rest.get(1..).unwrap_or_default())
             );
-            if let Ok(user) = authenticator().verify(&spliced) {
-                assert_eq!(user, 42);
+            if let Ok(claims) = authenticator().verify(&spliced) {
+                assert_eq!(claims.user, 42);
             }
         }
         _ => {
