@@ -17,7 +17,7 @@ pub enum ErrorCode {
     LimitExceeded,
     /// A field had a value outside its rules (bad `cid`, unknown `kind`, `limit` out of range...).
     InvalidRequest,
-    /// The per-connection send rate was exceeded; retry later with the same `cid`.
+    /// The sender's send rate (per user and node) was exceeded; nothing was stored; retry later with the same `cid`.
     RateLimited,
     /// The recipient does not exist.
     UnknownUser,
@@ -90,6 +90,9 @@ pub enum KickReason {
     ProtocolError,
     /// The session token was revoked (logout, or logout of every session): log in again, do not reconnect with it.
     Revoked,
+    /// The client kept sending over its rate limit after being told (`error{rate_limited}`): back off before
+    /// reconnecting.
+    RateLimited,
 }
 
 impl KickReason {
@@ -103,6 +106,7 @@ impl KickReason {
             KickReason::LeaseLost => "lease_lost",
             KickReason::ProtocolError => "protocol_error",
             KickReason::Revoked => "revoked",
+            KickReason::RateLimited => "rate_limited",
         }
     }
 
@@ -116,6 +120,7 @@ impl KickReason {
             KickReason::LeaseLost => close_code::LEASE_LOST,
             KickReason::ProtocolError => close_code::PROTOCOL_ERROR,
             KickReason::Revoked => close_code::POLICY_VIOLATION,
+            KickReason::RateLimited => close_code::POLICY_VIOLATION,
         }
     }
 }
@@ -128,7 +133,8 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame was sent: the protocol is binary only.
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// The session's token was revoked (RFC 6455 "policy violation"); the reason says so.
+    /// A usage policy was broken: the session token was revoked, or the client kept sending over its rate limit
+    /// after being told (RFC 6455 "policy violation"); the kick reason says which.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message was larger than the configured maximum WebSocket message size.
     pub const MESSAGE_TOO_BIG: u16 = 1009;

@@ -138,13 +138,22 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// Sends per second one connection may make (sustained).
+    /// Sends (and recalls) per second one user may make on this node, sustained; the user's devices on the node
+    /// share it. Over it: `error{rate_limited}`, nothing stored.
     #[arg(long, env = "IM_SEND_RATE", default_value_t = 50.0)]
     pub send_rate: f64,
 
-    /// Sends one connection may make in a burst above the sustained rate.
+    /// Sends one user may make on this node in a burst above the sustained rate.
     #[arg(long, env = "IM_SEND_BURST", default_value_t = 200.0)]
     pub send_burst: f64,
+
+    /// Sends refused for rate within `--send-strike-window-secs` after which the connection is closed (1008).
+    #[arg(long, env = "IM_SEND_STRIKES", default_value_t = 100)]
+    pub send_strikes: u32,
+
+    /// Length of the window in which rate refusals are counted towards a close, in seconds.
+    #[arg(long, env = "IM_SEND_STRIKE_WINDOW_SECS", default_value_t = 10)]
+    pub send_strike_window_secs: u64,
 
     /// Writers committing messages in parallel, each on its own Postgres connection (a sender's messages always go
     /// to the same one). One writer is one Postgres backend, so one core of the database server.
@@ -217,6 +226,10 @@ pub struct Config {
     #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_media_bytes: usize,
 
+    /// Upload thumbnails decoded at once; each may use up to 256 MiB while decoding. Further image uploads wait.
+    #[arg(long, env = "IM_THUMBNAIL_CONCURRENCY", default_value_t = 2)]
+    pub thumbnail_concurrency: usize,
+
     /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
     /// when empty.
     #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
@@ -277,14 +290,17 @@ impl Config {
         if self.send_rate <= 0.0 || self.send_burst < 1.0 {
             return Err("--send-rate must be > 0 and --send-burst >= 1".into());
         }
+        if self.send_strikes == 0 || self.send_strike_window_secs == 0 {
+            return Err("--send-strikes and --send-strike-window-secs must be positive".into());
+        }
         if !self.push_webhook_url.is_empty() && !self.push_webhook_url.starts_with("http://") {
             return Err(
                 "--push-webhook-url must be an http:// URL (put a TLS-terminating proxy in front)"
                     .into(),
             );
         }
-        if self.push_batch == 0 {
-            return Err("--push-batch must be positive".into());
+        if self.push_batch == 0 || self.thumbnail_concurrency == 0 {
+            return Err("--push-batch and --thumbnail-concurrency must be positive".into());
         }
         if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
             return Err(
@@ -344,6 +360,15 @@ impl Config {
             max_decompressed_bytes: self.max_decompressed_bytes,
             max_depth: self.max_depth,
             max_collection_len: self.max_collection_len,
+        }
+    }
+
+    pub fn send_limits(&self) -> crate::ratelimit::SendLimits {
+        crate::ratelimit::SendLimits {
+            rate: self.send_rate,
+            burst: self.send_burst,
+            strikes: self.send_strikes,
+            strike_window: Duration::from_secs(self.send_strike_window_secs),
         }
     }
 

@@ -92,7 +92,7 @@ pub struct Outbox {
 }
 
 const NO_KICK: u8 = u8::MAX;
-const KICK_REASONS: [KickReason; 7] = [
+const KICK_REASONS: [KickReason; 8] = [
     KickReason::Draining,
     KickReason::Replaced,
     KickReason::SlowConsumer,
@@ -100,6 +100,7 @@ const KICK_REASONS: [KickReason; 7] = [
     KickReason::LeaseLost,
     KickReason::ProtocolError,
     KickReason::Revoked,
+    KickReason::RateLimited,
 ];
 
 impl Outbox {
@@ -200,6 +201,9 @@ impl Outbox {
             KickReason::LeaseLost => "node lost its cluster lease: reconnect and sync",
             KickReason::ProtocolError => "protocol error",
             KickReason::Revoked => "session token revoked: log in again",
+            KickReason::RateLimited => {
+                "send rate exceeded again and again: back off before reconnecting"
+            }
         };
         ServerFrame::Kick(Kick {
             reason,

@@ -17,6 +17,7 @@ use crate::contacts::PairCache;
 use crate::delivery::{Delivery, LocalSessions};
 use crate::media::LocalMediaStore;
 use crate::metrics::Metrics;
+use crate::ratelimit::SendLimiter;
 use crate::revocation::Revocations;
 use crate::store::writer::WriterHandle;
 
@@ -36,6 +37,10 @@ pub struct NodeState {
     pub pairs: Arc<PairCache>,
     pub media: LocalMediaStore,
     pub writer: WriterHandle,
+    /// The per-user send rate limit (`ratelimit.rs`).
+    pub send_limiter: SendLimiter,
+    /// Upload thumbnails decoding at once (`--thumbnail-concurrency`).
+    pub thumbnail_permits: tokio::sync::Semaphore,
     pub metrics: Metrics,
     pub prometheus: PrometheusHandle,
     /// Every connection task (HTTP and WebSocket), so a drain can wait for them.
@@ -68,6 +73,8 @@ impl NodeState {
     ) -> Self {
         NodeState {
             limits: config.limits(),
+            send_limiter: SendLimiter::new(config.send_limits()),
+            thumbnail_permits: tokio::sync::Semaphore::new(config.thumbnail_concurrency),
             config,
             node_id,
             pool,

@@ -2,16 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::ids::{ConvId, Seq};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bad_request, unavailable, AuthUser};
-use crate::http::json_error;
+use super::{bad_request, no_such_conversation, unavailable, AuthUser};
+use crate::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
 use crate::store::queries::{message_from_row, KIND_DIRECT};
 
@@ -30,7 +29,7 @@ fn default_list_limit() -> i64 {
 pub async fn list(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Response {
     let limit = query.limit.clamp(1, 1000);
     let client = match state.pool.get().await {
@@ -124,24 +123,17 @@ async fn is_member(state: &NodeState, conv: ConvId, user: i64) -> Result<bool, R
     }
 }
 
-fn not_member() -> Response {
-    json_error(
-        StatusCode::FORBIDDEN,
-        "not_member",
-        "not a member of this conversation",
-    )
-}
-
-/// `GET /v1/conversations/{id}/messages?before_seq=&limit=`: history, newest first (members only).
+/// `GET /v1/conversations/{id}/messages?before_seq=&limit=`: history, newest first (members only; anyone else gets
+/// the answer for a missing conversation).
 pub async fn history(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
-    Query(query): Query<HistoryQuery>,
+    ApiPath(conv): ApiPath<ConvId>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Response {
     match is_member(&state, conv, me).await {
         Ok(true) => {}
-        Ok(false) => return not_member(),
+        Ok(false) => return no_such_conversation(),
         Err(response) => return response,
     }
     let limit = query.limit.clamp(1, 200);
@@ -182,12 +174,12 @@ pub struct ReadsQuery {
 pub async fn reads(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
-    Query(query): Query<ReadsQuery>,
+    ApiPath(conv): ApiPath<ConvId>,
+    ApiQuery(query): ApiQuery<ReadsQuery>,
 ) -> Response {
     match is_member(&state, conv, me).await {
         Ok(true) => {}
-        Ok(false) => return not_member(),
+        Ok(false) => return no_such_conversation(),
         Err(response) => return response,
     }
     if query.seq < 1 {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +21,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{bad_request, forbidden, not_found, unavailable, AuthUser};
 use crate::http::json_error;
+use crate::input::ApiPath;
 use crate::state::NodeState;
 
 const PENDING: i16 = 0;
@@ -184,7 +185,7 @@ pub async fn list_requests(
 pub async fn answer(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path((id, action)): Path<(i64, String)>,
+    ApiPath((id, action)): ApiPath<(i64, String)>,
 ) -> Response {
     let accept = match action.as_str() {
         "accept" => true,
@@ -269,7 +270,7 @@ pub async fn list(State(state): State<Arc<NodeState>>, AuthUser(me): AuthUser) -
 pub async fn remove(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(other): Path<UserId>,
+    ApiPath(other): ApiPath<UserId>,
 ) -> Response {
     let client = match state.pool.get().await {
         Ok(client) => client,
@@ -296,7 +297,7 @@ pub async fn remove(
 pub async fn block(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(other): Path<UserId>,
+    ApiPath(other): ApiPath<UserId>,
 ) -> Response {
     if other == me {
         return bad_request("bad_request", "you cannot block yourself");
@@ -326,7 +327,7 @@ pub async fn block(
 pub async fn unblock(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(other): Path<UserId>,
+    ApiPath(other): ApiPath<UserId>,
 ) -> Response {
     let client = match state.pool.get().await {
         Ok(client) => client,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,19 +19,15 @@ use serde_json::json;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
-use super::{bad_request, forbidden, system_message, unavailable, AuthUser};
+use super::{bad_request, forbidden, no_such_group, system_message, unavailable, AuthUser};
 use crate::http::json_error;
+use crate::input::ApiPath;
 use crate::state::NodeState;
 use crate::store::queries::KIND_GROUP;
 
 const MEMBER: i16 = 0;
 const ADMIN: i16 = 1;
 const OWNER: i16 = 2;
-
-fn valid_title(title: &str) -> bool {
-    let count = title.chars().count();
-    (1..=64).contains(&count) && !title.chars().any(char::is_control)
-}
 
 /// The caller's role in a group, or `None` if the group does not exist or the caller is not in it.
 async fn role_of<C: GenericClient>(
@@ -60,14 +56,6 @@ async fn member_ids<C: GenericClient>(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-fn not_member() -> Response {
-    json_error(
-        StatusCode::FORBIDDEN,
-        "not_member",
-        "not a member of this group",
-    )
 }
 
 /// After a committed change: drop cached member lists everywhere, then record it in the timeline.
@@ -108,8 +96,8 @@ pub async fn create(
     let Ok(Json(new)) = body else {
         return bad_request("bad_request", "expected {title, members}");
     };
-    if !valid_title(&new.title) {
-        return bad_request("bad_title", "titles are 1-64 characters");
+    if let Err(rejected) = crate::input::group_title(&new.title) {
+        return rejected.into_response();
     }
     let mut others: Vec<UserId> = new.members.into_iter().filter(|u| *u != me).collect();
     others.sort_unstable();
@@ -213,7 +201,7 @@ fn role_name(role: i16) -> &'static str {
 pub async fn members(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
+    ApiPath(conv): ApiPath<ConvId>,
 ) -> Response {
     let client = match state.pool.get().await {
         Ok(client) => client,
@@ -221,7 +209,7 @@ pub async fn members(
     };
     match role_of(&**client, conv, me).await {
         Ok(Some(_)) => {}
-        Ok(None) => return not_member(),
+        Ok(None) => return no_such_group(),
         Err(error) => return unavailable(error.into()),
     }
     let rows = client
@@ -255,7 +243,7 @@ pub struct AddMembers {
 pub async fn add_members(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
+    ApiPath(conv): ApiPath<ConvId>,
     body: Result<Json<AddMembers>, JsonRejection>,
 ) -> Response {
     let Ok(Json(request)) = body else {
@@ -312,7 +300,7 @@ pub async fn add_members(
             }
             Json(json!({ "id": conv, "added": added })).into_response()
         }
-        Ok(Outcome::NotMember) => not_member(),
+        Ok(Outcome::NotMember) => no_such_group(),
         Ok(Outcome::Full) => json_error(
             StatusCode::CONFLICT,
             "group_full",
@@ -328,7 +316,7 @@ pub async fn add_members(
 pub async fn remove_member(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path((conv, target)): Path<(ConvId, UserId)>,
+    ApiPath((conv, target)): ApiPath<(ConvId, UserId)>,
 ) -> Response {
     if target == me {
         return leave_group(&state, me, conv).await;
@@ -345,7 +333,7 @@ pub async fn remove_member(
         )
         .await?;
         let Some(my_role) = role_of(&*tx, conv, me).await? else {
-            return Ok(Err(not_member()));
+            return Ok(Err(no_such_group()));
         };
         let Some(their_role) = role_of(&*tx, conv, target).await? else {
             return Ok(Err(json_error(
@@ -394,7 +382,7 @@ pub async fn remove_member(
 pub async fn leave(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
+    ApiPath(conv): ApiPath<ConvId>,
 ) -> Response {
     leave_group(&state, me, conv).await
 }
@@ -412,7 +400,7 @@ async fn leave_group(state: &NodeState, me: UserId, conv: ConvId) -> Response {
         )
         .await?;
         let Some(role) = role_of(&*tx, conv, me).await? else {
-            return Ok(Err(not_member()));
+            return Ok(Err(no_such_group()));
         };
         let all = member_ids(&*tx, conv).await?;
         if role == OWNER && all.len() > 1 {
@@ -452,14 +440,14 @@ pub struct Rename {
 pub async fn rename(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
+    ApiPath(conv): ApiPath<ConvId>,
     body: Result<Json<Rename>, JsonRejection>,
 ) -> Response {
     let Ok(Json(rename)) = body else {
         return bad_request("bad_request", "expected {title}");
     };
-    if !valid_title(&rename.title) {
-        return bad_request("bad_title", "titles are 1-64 characters");
+    if let Err(rejected) = crate::input::group_title(&rename.title) {
+        return rejected.into_response();
     }
     let client = match state.pool.get().await {
         Ok(client) => client,
@@ -468,7 +456,7 @@ pub async fn rename(
     match role_of(&**client, conv, me).await {
         Ok(Some(role)) if role >= ADMIN => {}
         Ok(Some(_)) => return forbidden("only the owner and admins rename the group"),
-        Ok(None) => return not_member(),
+        Ok(None) => return no_such_group(),
         Err(error) => return unavailable(error.into()),
     }
     let members = match client
@@ -503,7 +491,7 @@ pub struct Transfer {
 pub async fn transfer(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(conv): Path<ConvId>,
+    ApiPath(conv): ApiPath<ConvId>,
     body: Result<Json<Transfer>, JsonRejection>,
 ) -> Response {
     let Ok(Json(transfer)) = body else {
@@ -516,7 +504,7 @@ pub async fn transfer(
 pub async fn appoint_admin(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path((conv, user)): Path<(ConvId, UserId)>,
+    ApiPath((conv, user)): ApiPath<(ConvId, UserId)>,
 ) -> Response {
     set_role(&state, me, conv, user, ADMIN).await
 }
@@ -524,7 +512,7 @@ pub async fn appoint_admin(
 pub async fn dismiss_admin(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path((conv, user)): Path<(ConvId, UserId)>,
+    ApiPath((conv, user)): ApiPath<(ConvId, UserId)>,
 ) -> Response {
     set_role(&state, me, conv, user, MEMBER).await
 }
@@ -553,7 +541,7 @@ async fn set_role(
         match role_of(&*tx, conv, me).await? {
             Some(OWNER) => {}
             Some(_) => return Ok(Err(forbidden("only the owner changes roles"))),
-            None => return Ok(Err(not_member())),
+            None => return Ok(Err(no_such_group())),
         }
         if role_of(&*tx, conv, target).await?.is_none() {
             return Ok(Err(json_error(

@@ -1,14 +1,14 @@
 //! Uploads and downloads of media.
 //!
 //! `POST /v1/media` takes the raw bytes with their `Content-Type`. The SHA-256 of the bytes names the medium: a
-//! second upload of the same bytes stores nothing and answers at once. `GET /v1/media/{hash}/info` tells whether a
-//! hash exists before any bytes are sent. Downloads (`/v1/media/{hash}`, `/thumb`) are allowed to the uploader and
+//! second upload of the same bytes stores nothing and answers at once. `GET /v1/media/{hash}/info` describes a
+//! medium the caller may use. Info and downloads (`/v1/media/{hash}`, `/thumb`) are allowed to the uploader and
 //! to members of a conversation where the medium was sent.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,16 +16,10 @@ use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::http::json_error;
-use crate::media::{sha256_hex, thumbnail, MediaStore, ALLOWED_TYPES};
+use crate::input::ApiPath;
+use crate::media::{sha256_hex, thumbnail, MediaStore};
 use crate::state::NodeState;
 use crate::store::StoreError;
-
-fn valid_hash(hash: &str) -> bool {
-    hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 pub async fn upload(
     State(state): State<Arc<NodeState>>,
@@ -33,25 +27,14 @@ pub async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    if !ALLOWED_TYPES.contains(&mime.as_str()) {
-        ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_type",
-            &format!("Content-Type must be one of {}", ALLOWED_TYPES.join(", ")),
-        );
-    }
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    let mime = match crate::input::upload_media_type(content_type) {
+        Ok(mime) => mime,
+        Err(rejected) => {
+            ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
+            return rejected.into_response();
+        }
+    };
     if body.is_empty() {
         return bad_request("empty", "an upload needs a body");
     }
@@ -85,12 +68,22 @@ pub async fn upload(
         return Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": has_thumb, "deduplicated": true }))
             .into_response();
     }
+    // Decoding may take up to the decoder's allocation cap (256 MiB) and seconds of CPU: no database connection is
+    // held meanwhile, and at most `--thumbnail-concurrency` decodes run at once, so a burst of crafted images can
+    // neither exhaust memory nor starve the pool.
+    drop(client);
     let thumb = if mime.starts_with("image/") {
+        let Ok(_permit) = state.thumbnail_permits.acquire().await else {
+            return unavailable(StoreError::Invalid("thumbnailing stopped".into()));
+        };
+        let started = std::time::Instant::now();
         let bytes = body.clone();
-        tokio::task::spawn_blocking(move || thumbnail(&bytes))
+        let thumb = tokio::task::spawn_blocking(move || thumbnail(&bytes))
             .await
             .ok()
-            .flatten()
+            .flatten();
+        ::metrics::histogram!("im_media_thumbnail_seconds").record(started.elapsed().as_secs_f64());
+        thumb
     } else {
         None
     };
@@ -114,6 +107,10 @@ pub async fn upload(
         }
     }
     let size = body.len() as i64;
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return unavailable(error.into()),
+    };
     let stored: Result<(), tokio_postgres::Error> = async {
         client
             .execute(
@@ -139,14 +136,21 @@ pub async fn upload(
         .into_response()
 }
 
-/// `GET /v1/media/{hash}/info`: does this medium exist (size, type)? For "instant upload" checks.
+/// `GET /v1/media/{hash}/info`: size and type of a medium the caller may use (uploaded it, or it was sent in one of
+/// their conversations). Anything else, existing or not, gets the same 404 as a download: answering for every hash
+/// would let anyone confirm that some file (a known document, say) was uploaded by someone.
 pub async fn info(
     State(state): State<Arc<NodeState>>,
-    AuthUser(_): AuthUser,
-    Path(hash): Path<String>,
+    AuthUser(me): AuthUser,
+    ApiPath(hash): ApiPath<String>,
 ) -> Response {
-    if !valid_hash(&hash) {
-        return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    if let Err(rejected) = crate::input::media_hash(&hash) {
+        return rejected.into_response();
+    }
+    match crate::store::chat::accessible_media(&state.pool, &hash, me).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return no_such_medium(),
+        Err(error) => return unavailable(error),
     }
     let client = match state.pool.get().await {
         Ok(client) => client,
@@ -164,20 +168,24 @@ pub async fn info(
                                       "thumbnail": row.get::<_, bool>(2) }),
         )
         .into_response(),
-        Ok(None) => not_found("no such medium"),
+        Ok(None) => no_such_medium(),
         Err(error) => unavailable(error.into()),
     }
 }
 
+/// Unknown and not shared with the caller look the same, so hashes cannot be probed.
+fn no_such_medium() -> Response {
+    not_found("no such medium, or not shared with you")
+}
+
 async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Response {
-    if !valid_hash(hash) {
-        return bad_request("bad_hash", "a hash is 64 lowercase hex digits");
+    if let Err(rejected) = crate::input::media_hash(hash) {
+        return rejected.into_response();
     }
     let access = crate::store::chat::accessible_media(&state.pool, hash, me).await;
     let mime = match access {
         Ok(Some((_, mime))) => mime,
-        // Unknown and forbidden look the same, so hashes cannot be probed through downloads.
-        Ok(None) => return not_found("no such medium, or not shared with you"),
+        Ok(None) => return no_such_medium(),
         Err(error) => return unavailable(error),
     };
     let bytes = if thumb {
@@ -211,7 +219,7 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
 pub async fn get(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Response {
     download(&state, me, &hash, false).await
 }
@@ -219,7 +227,7 @@ pub async fn get(
 pub async fn get_thumb(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Response {
     download(&state, me, &hash, true).await
 }

@@ -41,12 +41,9 @@ impl FromRequestParts<Arc<NodeState>> for AuthToken {
         parts: &mut Parts,
         state: &Arc<NodeState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        let token =
+            crate::input::bearer_token(authorization.map(|v| v.as_bytes())).ok_or_else(|| {
                 json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
@@ -108,6 +105,17 @@ pub fn forbidden(message: &str) -> Response {
 
 pub fn not_found(message: &str) -> Response {
     json_error(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+/// The answer for a conversation the caller may not see: it does not exist, or the caller is not a member. The two
+/// must be indistinguishable (status, code and body), so ids cannot be probed.
+pub fn no_such_conversation() -> Response {
+    not_found("no such conversation")
+}
+
+/// The same for the group routes (a missing group, a group without the caller, or a 1:1 conversation).
+pub fn no_such_group() -> Response {
+    not_found("no such group")
 }
 
 /// Receives the outcome of a server-made message.

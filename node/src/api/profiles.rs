@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::ids::UserId;
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
+use crate::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
 
 const PROFILE_COLUMNS: &str = "id, username, display_name, avatar";
@@ -53,7 +54,7 @@ pub async fn me(State(state): State<Arc<NodeState>>, AuthUser(user): AuthUser) -
 pub async fn get_user(
     State(state): State<Arc<NodeState>>,
     AuthUser(_): AuthUser,
-    Path(id): Path<UserId>,
+    ApiPath(id): ApiPath<UserId>,
 ) -> Response {
     profile(&state, id).await
 }
@@ -117,7 +118,7 @@ pub struct Search {
 pub async fn search(
     State(state): State<Arc<NodeState>>,
     AuthUser(_): AuthUser,
-    Query(query): Query<Search>,
+    ApiQuery(query): ApiQuery<Search>,
 ) -> Response {
     let Some(username) = query.username else {
         return bad_request("bad_request", "username is required");
@@ -152,14 +153,9 @@ pub struct PresenceQuery {
 pub async fn presence(
     State(state): State<Arc<NodeState>>,
     AuthUser(user): AuthUser,
-    Query(query): Query<PresenceQuery>,
+    ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> Response {
-    let asked: Vec<UserId> = query
-        .users
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .take(500)
-        .collect();
+    let asked = crate::input::user_list(&query.users, 500);
     let friends: HashSet<UserId> = match crate::contacts::friends_of(&state.pool, user).await {
         Ok(friends) => friends.into_iter().collect(),
         Err(error) => return unavailable(error),

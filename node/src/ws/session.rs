@@ -26,11 +26,12 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::contacts::{PairPolicy, Route};
 use crate::delivery::{Outbound, OutboundRx, Outbox};
 use crate::metrics;
+use crate::ratelimit::Verdict;
 use crate::state::NodeState;
 use crate::store::queries::{self, SyncPage};
 use crate::store::writer::{Submission, Target};
@@ -178,7 +179,6 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         user,
         device: device.clone(),
         outbox: outbox.clone(),
-        bucket: TokenBucket::new(state.config.send_burst),
         typing: HashMap::new(),
     };
     let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
@@ -367,41 +367,12 @@ async fn write_binary(
         .await
 }
 
-/// Per-connection send rate limit.
-struct TokenBucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl TokenBucket {
-    fn new(burst: f64) -> Self {
-        TokenBucket {
-            tokens: burst,
-            updated: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, rate: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.updated).as_secs_f64() * rate).min(burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The reader's per-connection state.
 struct Connection {
     state: Arc<NodeState>,
     user: UserId,
     device: Arc<str>,
     outbox: Arc<Outbox>,
-    bucket: TokenBucket,
     /// When this connection last relayed `typing` per conversation.
     typing: HashMap<common::ids::ConvId, Instant>,
 }
@@ -443,6 +414,9 @@ impl Connection {
 
     async fn on_send(&mut self, send: Send) {
         let received_at = Instant::now();
+        if !self.admit_send(&send.cid) {
+            return;
+        }
         if !is_valid_cid(&send.cid) {
             self.outbox.error(ErrorFrame::new(
                 ErrorCode::InvalidRequest,
@@ -459,15 +433,6 @@ impl Connection {
                 return;
             }
         };
-        let config = &self.state.config;
-        if !self.bucket.take(config.send_rate, config.send_burst) {
-            ::metrics::counter!("im_rate_limited_total").increment(1);
-            self.outbox.error(fail(
-                ErrorCode::RateLimited,
-                "send rate exceeded; retry with the same cid".into(),
-            ));
-            return;
-        }
         let (target, members) = match self.resolve_target(send.to, send.conv).await {
             Ok(target) => target,
             Err((code, msg)) => {
@@ -490,6 +455,36 @@ impl Connection {
             received_at,
         };
         self.submit(submission).await;
+    }
+
+    /// The per-user send rate limit (`ratelimit.rs`), before any other work on a `send` or `recall`. Refused:
+    /// `error{rate_limited}` for the `cid`; refused again and again: `kick{rate_limited}` and close 1008.
+    fn admit_send(&self, cid: &str) -> bool {
+        let verdict = self.state.send_limiter.check(self.user);
+        if verdict == Verdict::Allowed {
+            return true;
+        }
+        self.state.metrics.rate_limited.increment(1);
+        if verdict == Verdict::Close {
+            // The kick closes the queue at once, so an error frame queued now would never be sent.
+            self.state.metrics.rate_limit_closes.increment(1);
+            info!(
+                user = self.user,
+                "closing a connection that kept sending over its rate limit"
+            );
+            self.outbox.kick(KickReason::RateLimited);
+            return false;
+        }
+        let mut refusal = ErrorFrame::new(
+            ErrorCode::RateLimited,
+            "send rate exceeded; slow down and retry with the same cid",
+        );
+        // Only a well-formed cid is echoed (a malformed one gets no answer of its own either).
+        if is_valid_cid(cid) {
+            refusal = refusal.for_cid(cid.to_string());
+        }
+        self.outbox.error(refusal);
+        false
     }
 
     async fn submit(&self, submission: Submission) {
@@ -779,6 +774,9 @@ impl Connection {
 
     async fn on_recall(&mut self, request: RecallRequest) {
         let received_at = Instant::now();
+        if !self.admit_send(&request.cid) {
+            return;
+        }
         if !is_valid_cid(&request.cid) {
             self.outbox.error(ErrorFrame::new(
                 ErrorCode::InvalidRequest,

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
 use common::frame::Hello;
-use common::ids::is_valid_device_id;
 use common::{KickReason, ServerFrame};
 use fastwebsockets::upgrade::IncomingUpgrade;
 use router::BusMessage;
@@ -25,6 +24,7 @@ use tracing::{info_span, warn, Instrument};
 use crate::api::token_refused;
 use crate::delivery::{ConnectionLimits, LimitHit, Outbox};
 use crate::http::{json_error, PeerAddr};
+use crate::input;
 use crate::metrics;
 use crate::revocation::{authenticate, Refusal};
 use crate::state::NodeState;
@@ -64,10 +64,7 @@ pub async fn handle(
             "this Origin may not open WebSockets here",
         );
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = input::bearer_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
         .or_else(|| params.get("token").map(String::as_str));
     let Some(token) = token else {
         metrics::handshake_refused("no_token");
@@ -85,15 +82,11 @@ pub async fn handle(
         }
     };
     let user = claims.user;
-    let device = match params.get("device") {
-        Some(device) if is_valid_device_id(device) => device.clone(),
-        _ => {
+    let device = match input::device_id(params.get("device").map(String::as_str)) {
+        Ok(device) => device.to_string(),
+        Err(rejected) => {
             metrics::handshake_refused("bad_device");
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_device",
-                "query parameter `device` must be 1-64 characters of [A-Za-z0-9_.-]",
-            );
+            return rejected.into_response();
         }
     };
     let upgrade = match upgrade {

@@ -1,5 +1,6 @@
 //! The multi-process suite: every test starts real Redis, uses the shared real Postgres, and runs real nodes.
 
+mod abuse;
 mod chat;
 mod conformance;
 mod failover;
