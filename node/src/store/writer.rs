@@ -227,6 +227,10 @@ async fn commit_batch(
             for (a, b, policy, conv) in outcome.learned {
                 pairs.remember(a, b, policy, conv);
             }
+            if outcome.created > 0 {
+                metrics::counter!("im_direct_conversations_created_total")
+                    .increment(outcome.created as u64);
+            }
             metrics.batch_rows.record(rows as f64);
             metrics
                 .flush_seconds
@@ -312,6 +316,8 @@ struct Outcome {
     new_count: usize,
     /// What the batch found out about 1:1 pairs: `(low, high, policy, conversation)`.
     learned: Vec<Learned>,
+    /// 1:1 conversations the batch created.
+    created: usize,
 }
 
 type Learned = (UserId, UserId, PairPolicy, Option<ConvId>);
@@ -319,6 +325,8 @@ type Learned = (UserId, UserId, PairPolicy, Option<ConvId>);
 /// The conversations and refusals of the batch's unrouted 1:1 sends (see the module comment, step 2).
 struct Directs {
     conv: HashMap<(UserId, UserId), ConvId>,
+    /// Conversations this batch created.
+    created: usize,
     refused: HashMap<(UserId, UserId), Refusal>,
     learned: Vec<Learned>,
 }
@@ -330,6 +338,7 @@ async fn resolve_directs(
 ) -> Result<Directs, StoreError> {
     let mut directs = Directs {
         conv: HashMap::with_capacity(wanted.len()),
+        created: 0,
         refused: HashMap::new(),
         learned: Vec::with_capacity(wanted.len()),
     };
@@ -424,6 +433,7 @@ async fn resolve_directs(
         {
             found.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
         }
+        directs.created = found.len();
         // A pair created meanwhile by another node's batch (committed while this one waited on it).
         let raced: Vec<(UserId, UserId)> = create
             .iter()
@@ -766,5 +776,6 @@ async fn write(
         per_submission,
         new_count,
         learned: directs.learned,
+        created: directs.created,
     })
 }
