@@ -160,6 +160,29 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// A WebSocket upgrade request (version 13, a fresh key) for `path` on `addr`, with a bearer token if given.
+pub fn upgrade_request(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
+    let mut builder = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header(
+            "sec-websocket-key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("sec-websocket-version", "13");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    builder.body(Empty::<Bytes>::new())
+}
+
 impl Connection {
     /// Connects to `GET /v1/ws?device=…` with the token in the Authorization header.
     pub async fn connect(
@@ -194,19 +217,7 @@ impl Connection {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let request = Request::builder()
-            .method("GET")
-            .uri(format!("/v1/ws?device={device}"))
-            .header("host", addr.to_string())
-            .header("upgrade", "websocket")
-            .header("connection", "upgrade")
-            .header(
-                "sec-websocket-key",
-                fastwebsockets::handshake::generate_key(),
-            )
-            .header("sec-websocket-version", "13")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Empty::<Bytes>::new())
+        let request = upgrade_request(addr, &format!("/v1/ws?device={device}"), Some(token))
             .map_err(|e| ConnectError::Other(e.into()))?;
         match fastwebsockets::handshake::client(&SpawnExecutor, request, stream).await {
             Ok((ws, _)) => Ok(Connection {

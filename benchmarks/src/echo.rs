@@ -162,18 +162,7 @@ pub async fn load(
 
 /// A WebSocket upgrade request for the echo server.
 fn upgrade_request(target: SocketAddr) -> anyhow::Result<Request<Empty<Bytes>>> {
-    Ok(Request::builder()
-        .method("GET")
-        .uri("/")
-        .header("host", target.to_string())
-        .header("upgrade", "websocket")
-        .header("connection", "upgrade")
-        .header(
-            "sec-websocket-key",
-            fastwebsockets::handshake::generate_key(),
-        )
-        .header("sec-websocket-version", "13")
-        .body(Empty::<Bytes>::new())?)
+    Ok(crate::client::upgrade_request(target, "/", None)?)
 }
 
 /// The box's connect ceiling: `connections` WebSocket handshakes (TCP connect + upgrade) against the bare echo

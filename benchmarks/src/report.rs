@@ -477,21 +477,7 @@ pub fn report(dir: &Path, plots: &Path) -> anyhow::Result<()> {
                         .join("<br>")
                 })
                 .unwrap_or_default();
-            let cpu = step["hold_cpu"]["processes"]
-                .as_array()
-                .map(|ps| {
-                    ps.iter()
-                        .map(|p| {
-                            format!(
-                                "{} {}",
-                                p["name"].as_str().unwrap_or("?"),
-                                cell(&p["cpu_pct"])
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
+            let cpu = cpu_cell(&step["hold_cpu"]);
             let _ = writeln!(
                 md,
                 "| {} | {} | {} / {} | {} | {} | {} | {} | {} |",
