@@ -17,23 +17,18 @@ use common::{decode, encode, ClientFrame, Limits, ServerFrame};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// One mutation step.
+#[path = "support/edits.rs"]
+mod edits;
+use edits::{apply_edit, position, Edit};
+
+/// One mutation step: a plain byte edit, or one that means something to the codec.
 #[derive(Debug, Clone)]
 enum Mutation {
-    /// Replace the byte at a position (modulo the length).
-    Set(usize, u8),
-    /// Insert bytes at a position.
-    Insert(usize, Vec<u8>),
-    /// Remove up to `n` bytes from a position.
-    Remove(usize, usize),
-    /// Copy a range of the input to another position (repeats structures).
-    Splice(usize, usize, usize),
+    Edit(Edit),
     /// Insert a MessagePack marker that claims a huge length (array32, map32, bin32, str32, ext32).
     HugeLength(usize, u8),
     /// Insert many nested one-element arrays.
     Nest(usize, usize),
-    /// Truncate to a length.
-    Truncate(usize),
     /// Set the header byte.
     Header(u8),
     /// Re-compress the body (header bit set), so mutations of the MessagePack reach it through zstd.
@@ -42,22 +37,22 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Set(at, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Edit(Edit::Set(at, b))),
         (
             any::<usize>(),
             proptest::collection::vec(any::<u8>(), 1..16)
         )
-            .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
-        (any::<usize>(), 1usize..32).prop_map(|(at, n)| Mutation::Remove(at, n)),
+            .prop_map(|(at, bytes)| Mutation::Edit(Edit::Insert(at, bytes))),
+        (any::<usize>(), 1usize..32).prop_map(|(at, n)| Mutation::Edit(Edit::Remove(at, n))),
         (any::<usize>(), any::<usize>(), 1usize..64)
-            .prop_map(|(from, to, n)| Mutation::Splice(from, to, n)),
+            .prop_map(|(from, to, n)| Mutation::Edit(Edit::Splice(from, to, n))),
         (
             any::<usize>(),
             prop::sample::select(vec![0xdd, 0xdf, 0xc6, 0xdb, 0xc9, 0xdc, 0xde])
         )
             .prop_map(|(at, marker)| Mutation::HugeLength(at, marker)),
         (any::<usize>(), 1usize..2000).prop_map(|(at, depth)| Mutation::Nest(at, depth)),
-        any::<usize>().prop_map(Mutation::Truncate),
+        any::<usize>().prop_map(|n| Mutation::Edit(Edit::Truncate(n))),
         any::<u8>().prop_map(Mutation::Header),
         Just(Mutation::Compress),
     ]
@@ -98,42 +93,15 @@ fn seed() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    let at = |i: usize, len: usize| if len == 0 { 0 } else { i % (len + 1) };
     match mutation {
-        Mutation::Set(i, b) => {
-            if !bytes.is_empty() {
-                let len = bytes.len();
-                bytes[i % len] = *b;
-            }
-        }
-        Mutation::Insert(i, more) => {
-            let p = at(*i, bytes.len());
-            bytes.splice(p..p, more.iter().copied());
-        }
-        Mutation::Remove(i, n) => {
-            let p = at(*i, bytes.len());
-            let end = (p + n).min(bytes.len());
-            bytes.drain(p..end);
-        }
-        Mutation::Splice(from, to, n) => {
-            if !bytes.is_empty() {
-                let f = from % bytes.len();
-                let chunk: Vec<u8> = bytes[f..(f + n).min(bytes.len())].to_vec();
-                let p = at(*to, bytes.len());
-                bytes.splice(p..p, chunk);
-            }
-        }
+        Mutation::Edit(edit) => apply_edit(bytes, edit),
         Mutation::HugeLength(i, marker) => {
-            let p = at(*i, bytes.len());
+            let p = position(*i, bytes.len());
             bytes.splice(p..p, [*marker, 0xff, 0xff, 0xff, 0xf0]);
         }
         Mutation::Nest(i, depth) => {
-            let p = at(*i, bytes.len());
+            let p = position(*i, bytes.len());
             bytes.splice(p..p, std::iter::repeat_n(0x91u8, *depth));
-        }
-        Mutation::Truncate(n) => {
-            let keep = at(*n, bytes.len());
-            bytes.truncate(keep);
         }
         Mutation::Header(h) => {
             if let Some(first) = bytes.first_mut() {

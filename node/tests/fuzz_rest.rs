@@ -21,6 +21,10 @@ use node::input;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+#[path = "../../common/tests/support/edits.rs"]
+mod edits;
+use edits::{apply_edit, Edit};
+
 fn cases() -> u32 {
     std::env::var("IM_FUZZ_CASES")
         .ok()
@@ -48,19 +52,10 @@ fn quick(started: Instant, what: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// One byte-level mutation (as in `common/tests/fuzz_decode.rs`).
-#[derive(Debug, Clone)]
-enum Mutation {
-    Set(usize, u8),
-    Insert(usize, Vec<u8>),
-    Remove(usize, usize),
-    Splice(usize, usize, usize),
-    Truncate(usize),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
+/// One byte-level edit, with pieces that mean something to the REST parsers among the insertions.
+fn mutation() -> impl Strategy<Value = Edit> {
     prop_oneof![
-        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Set(at, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Edit::Set(at, b)),
         (
             any::<usize>(),
             prop_oneof![
@@ -82,51 +77,18 @@ fn mutation() -> impl Strategy<Value = Mutation> {
                 ]),
             ]
         )
-            .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
-        (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Remove(at, n)),
+            .prop_map(|(at, bytes)| Edit::Insert(at, bytes)),
+        (any::<usize>(), 1usize..16).prop_map(|(at, n)| Edit::Remove(at, n)),
         (any::<usize>(), any::<usize>(), 1usize..32)
-            .prop_map(|(from, to, n)| Mutation::Splice(from, to, n)),
-        any::<usize>().prop_map(Mutation::Truncate),
+            .prop_map(|(from, to, n)| Edit::Splice(from, to, n)),
+        any::<usize>().prop_map(Edit::Truncate),
     ]
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    let at = |i: usize, len: usize| if len == 0 { 0 } else { i % (len + 1) };
-    match mutation {
-        Mutation::Set(i, b) => {
-            if !bytes.is_empty() {
-                let len = bytes.len();
-                bytes[i % len] = *b;
-            }
-        }
-        Mutation::Insert(i, more) => {
-            let p = at(*i, bytes.len());
-            bytes.splice(p..p, more.iter().copied());
-        }
-        Mutation::Remove(i, n) => {
-            let p = at(*i, bytes.len());
-            let end = (p + n).min(bytes.len());
-            bytes.drain(p..end);
-        }
-        Mutation::Splice(from, to, n) => {
-            if !bytes.is_empty() {
-                let f = from % bytes.len();
-                let chunk: Vec<u8> = bytes[f..(f + n).min(bytes.len())].to_vec();
-                let p = at(*to, bytes.len());
-                bytes.splice(p..p, chunk);
-            }
-        }
-        Mutation::Truncate(n) => {
-            let keep = at(*n, bytes.len());
-            bytes.truncate(keep);
-        }
-    }
 }
 
 fn mutated(seed: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     (seed, proptest::collection::vec(mutation(), 0..6)).prop_map(|(mut bytes, mutations)| {
         for mutation in &mutations {
-            apply(&mut bytes, mutation);
+            apply_edit(&mut bytes, mutation);
         }
         bytes
     })
@@ -302,7 +264,7 @@ proptest! {
         let (token, _) = auth.issue(user);
         let mut bytes = token.clone().into_bytes();
         for mutation in &mutations {
-            apply(&mut bytes, mutation);
+            apply_edit(&mut bytes, mutation);
         }
         let started = Instant::now();
         let text = String::from_utf8_lossy(&bytes);
