@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::client::upgrade_request;
 use crate::load::{new_histogram, Percentiles};
 use crate::sys::{self, SourceAddresses};
 
@@ -93,7 +94,7 @@ pub async fn load(
                 continue;
             }
         };
-        let request = upgrade_request(target)?;
+        let request = upgrade_request(target, "/", None)?;
         let (round_trips, measuring, stop, latency) = (
             round_trips.clone(),
             measuring.clone(),
@@ -160,11 +161,6 @@ pub async fn load(
     }))
 }
 
-/// A WebSocket upgrade request for the echo server.
-fn upgrade_request(target: SocketAddr) -> anyhow::Result<Request<Empty<Bytes>>> {
-    Ok(crate::client::upgrade_request(target, "/", None)?)
-}
-
 /// The box's connect ceiling: `connections` WebSocket handshakes (TCP connect + upgrade) against the bare echo
 /// server, at most `in_flight` at once, every connection held until the last is open: the `connect` scenario's
 /// shape without what ours adds (token check, device registration in Redis, the `hello` state from Postgres).
@@ -185,9 +181,12 @@ pub async fn connect_storm(
             let began = Instant::now();
             let opened = async {
                 let stream = sys::connect_from(source, target).await?;
-                let (ws, _) =
-                    fastwebsockets::handshake::client(&Executor, upgrade_request(target)?, stream)
-                        .await?;
+                let (ws, _) = fastwebsockets::handshake::client(
+                    &Executor,
+                    upgrade_request(target, "/", None)?,
+                    stream,
+                )
+                .await?;
                 anyhow::Ok(ws)
             }
             .await;

@@ -93,14 +93,15 @@ impl PairCache {
         if cached.len() >= CAPACITY {
             cached.clear();
         }
-        let entry = cached.entry(pair(a, b)).or_insert(Entry {
-            policy,
-            checked: Instant::now(),
-            conv,
-        });
-        entry.policy = policy;
-        entry.checked = Instant::now();
-        entry.conv = conv.or(entry.conv);
+        let known = cached.get(&pair(a, b)).and_then(|entry| entry.conv);
+        cached.insert(
+            pair(a, b),
+            Entry {
+                policy,
+                checked: Instant::now(),
+                conv: conv.or(known),
+            },
+        );
     }
 
     /// Forgets a pair (its friendship or blocking changed); the next send re-checks it in the writer's batch.

@@ -528,17 +528,16 @@ async fn write(
     };
     let directs = resolve_directs(&tx, require_friendship, wanted).await?;
     let mut refused: HashMap<SendKey, Refusal> = HashMap::new();
-    let mut conv_of: HashMap<usize, ConvId> = HashMap::with_capacity(new.len());
+    // By batch index: the conversation of each new submission that has one.
+    let mut conv_of: Vec<Option<ConvId>> = vec![None; batch.len()];
     for &i in &new {
         let s = &batch[i];
         match s.target {
-            Target::Conv(conv) => {
-                conv_of.insert(i, conv);
-            }
+            Target::Conv(conv) => conv_of[i] = Some(conv),
             Target::Direct(to) => {
                 let key = pair(s.sender, to);
                 if let Some(&conv) = directs.conv.get(&key) {
-                    conv_of.insert(i, conv);
+                    conv_of[i] = Some(conv);
                 } else {
                     let refusal = directs.refused.get(&key).cloned().unwrap_or((
                         ErrorCode::StoreUnavailable,
@@ -549,11 +548,8 @@ async fn write(
             }
         }
     }
-    let new: Vec<usize> = new
-        .into_iter()
-        .filter(|i| conv_of.contains_key(i))
-        .collect();
-    let conv_at = |i: usize| conv_of.get(&i).copied().unwrap_or_default();
+    let new: Vec<usize> = new.into_iter().filter(|&i| conv_of[i].is_some()).collect();
+    let conv_at = |i: usize| conv_of[i].unwrap_or_default();
 
     let mut new_keys: HashMap<SendKey, Stored> = HashMap::new();
     if !new.is_empty() {
