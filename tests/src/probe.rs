@@ -28,6 +28,19 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     sum_series(&body, name)
 }
 
+/// Waits up to 5 s for a counter to reach `at_least`, for what a node counts only after the client has seen the
+/// outcome (a connection's error is counted when its task ends); returns the last value read.
+pub async fn metric_reaching(addr: SocketAddr, name: &str, at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = metric(addr, name).await;
+        if value >= at_least || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Like `metric`, for a node serving TLS (`--tls-cert`).
 pub async fn metric_over_tls(
     addr: SocketAddr,
