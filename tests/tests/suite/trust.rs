@@ -1,0 +1,1 @@
+//! Issue 12's trust tests (written below).
