@@ -911,7 +911,10 @@ async fn run_cell(
     let prepared = started.elapsed();
     let outcome = act(&cluster, &sql, &mut cell, column, expected).await;
     if std::env::var("IM_POLICY_TIMES").is_ok() {
-        eprintln!("{state:?} x {column:?}: setup {prepared:?}, total {:?}", started.elapsed());
+        eprintln!(
+            "{state:?} x {column:?}: setup {prepared:?}, total {:?}",
+            started.elapsed()
+        );
     }
     outcome
 }
