@@ -1,10 +1,10 @@
-//! Friends and blocks as they affect messaging: who may send a 1:1 message to whom, and which conversation
-//! carries it, cached per pair.
+//! The 1:1 pairs recently found allowed to message each other, with the conversation that carries them.
 //!
 //! The cache is filled by the writer, which checks a pair's policy and finds or creates its conversation inside the
-//! batch that stores the pair's first message (no round trip of its own on the send path). A policy entry is
-//! dropped whenever any node changes that pair's friendship or blocking (it broadcasts `PairChanged`) and expires
-//! after 15 s as a backstop (pub/sub may lose an invalidation); a pair's conversation id never changes.
+//! batch that stores the pair's first message (no round trip of its own on the send path). Only allowed pairs are
+//! cached: a refusal is always decided on Postgres (`chat::policy`). An entry is dropped whenever any node changes
+//! that pair's friendship or blocking (it broadcasts `PairChanged`) and expires after 15 s; a stale entry cannot
+//! store anything, because the writer re-checks the pair in the commit.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,34 +19,13 @@ const TTL: Duration = Duration::from_secs(15);
 /// Most cached pairs before the cache is cleared (an entry is ~48 bytes).
 const CAPACITY: usize = 200_000;
 
-/// Whether a 1:1 message between two users is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PairPolicy {
-    Allowed,
-    NotFriends,
-    Blocked,
-}
-
-/// How a 1:1 send is routed, as far as the cache knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// Allowed, into this conversation.
-    Conversation(ConvId),
-    /// Refused by the pair's policy.
-    Refused(PairPolicy),
-    /// Not cached (or stale): the writer checks and resolves it inside the batch.
-    Unknown,
-}
-
 #[derive(Clone, Copy)]
 struct Entry {
-    policy: PairPolicy,
     checked: Instant,
-    conv: Option<ConvId>,
+    conv: ConvId,
 }
 
 pub struct PairCache {
-    require_friendship: bool,
     cached: Mutex<HashMap<(UserId, UserId), Entry>>,
 }
 
@@ -59,47 +38,42 @@ pub fn pair(a: UserId, b: UserId) -> (UserId, UserId) {
     }
 }
 
+impl Default for PairCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PairCache {
-    pub fn new(require_friendship: bool) -> Self {
+    pub fn new() -> Self {
         PairCache {
-            require_friendship,
             cached: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn require_friendship(&self) -> bool {
-        self.require_friendship
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, UserId), Entry>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached route of a 1:1 message from `from` to `to`.
-    pub fn route(&self, from: UserId, to: UserId) -> Route {
+    /// The conversation of a pair allowed to message each other when last checked (less than 15 s ago).
+    pub fn route(&self, from: UserId, to: UserId) -> Option<ConvId> {
         match self.lock().get(&pair(from, to)) {
-            Some(entry) if entry.checked.elapsed() < TTL => match (entry.policy, entry.conv) {
-                (PairPolicy::Allowed, Some(conv)) => Route::Conversation(conv),
-                (PairPolicy::Allowed, None) => Route::Unknown,
-                (refused, _) => Route::Refused(refused),
-            },
-            _ => Route::Unknown,
+            Some(entry) if entry.checked.elapsed() < TTL => Some(entry.conv),
+            _ => None,
         }
     }
 
-    /// Records what a committed batch found out about a pair.
-    pub fn remember(&self, a: UserId, b: UserId, policy: PairPolicy, conv: Option<ConvId>) {
+    /// Records a pair a committed batch found allowed, with its conversation.
+    pub fn remember(&self, a: UserId, b: UserId, conv: ConvId) {
         let mut cached = self.lock();
         if cached.len() >= CAPACITY {
             cached.clear();
         }
-        let known = cached.get(&pair(a, b)).and_then(|entry| entry.conv);
         cached.insert(
             pair(a, b),
             Entry {
-                policy,
                 checked: Instant::now(),
-                conv: conv.or(known),
+                conv,
             },
         );
     }

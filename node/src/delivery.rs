@@ -79,6 +79,11 @@ impl OutboundRx {
             self.0.ready.notified().await;
         }
     }
+
+    /// Everything queued now, without waiting (what is still to be sent before a kick).
+    pub fn take_queued(&mut self) -> VecDeque<Outbound> {
+        std::mem::take(&mut *self.0.lock())
+    }
 }
 
 /// The sending side of one connection: a bounded frame queue and a switch that closes the connection.

@@ -8,9 +8,11 @@
 pub mod accounts;
 pub mod api;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod contacts;
 pub mod delivery;
+pub mod error;
 pub mod http;
 pub mod input;
 pub mod media;
@@ -93,7 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             })
         }),
     };
-    let pairs = Arc::new(contacts::PairCache::new(config.require_friendship));
+    let pairs = Arc::new(contacts::PairCache::new());
     let revocations = Arc::new(revocation::Revocations::new(
         router::RevocationStore::new(redis.clone()),
         Duration::from_secs(config.revocation_recheck_secs),
@@ -123,6 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             batch_rows: config.writer_batch_rows,
             flush_interval: Duration::from_micros(config.writer_flush_us),
             queue: config.writer_queue,
+            require_friendship: config.require_friendship,
         },
         committed_tx,
         metrics.clone(),

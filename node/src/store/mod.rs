@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod queries;
+pub mod relations;
 pub mod schema;
 pub mod writer;
 
