@@ -649,6 +649,7 @@ impl Delivery {
                 request: None,
                 note: None,
                 online: Some(connected),
+                conv: None,
             });
             delivery.event_to_users(&friends, None, &frame).await;
         });

@@ -97,6 +97,15 @@ pub fn routes(state: Arc<NodeState>) -> Router {
             "/v1/groups/{id}/admins/{user}",
             put(api::groups::appoint_admin).delete(api::groups::dismiss_admin),
         )
+        .route("/v1/invitations", get(api::invitations::list))
+        .route(
+            "/v1/invitations/{id}/accept",
+            post(api::invitations::accept),
+        )
+        .route(
+            "/v1/invitations/{id}/decline",
+            post(api::invitations::decline),
+        )
         .route("/v1/conversations", get(api::conversations::list))
         .route(
             "/v1/conversations/{id}/messages",

@@ -6,6 +6,7 @@
 pub mod conversations;
 pub mod friends;
 pub mod groups;
+pub mod invitations;
 pub mod media;
 pub mod profiles;
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
+use crate::chat::content::is_displayable_name;
 use crate::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
 
@@ -77,14 +78,20 @@ pub async fn update_me(
     if update
         .display_name
         .as_ref()
-        .is_some_and(|n| n.chars().count() > 64)
+        .is_some_and(|n| n.chars().count() > 64 || !is_displayable_name(n))
     {
         return bad_request(
             "bad_display_name",
-            "display names are at most 64 characters",
+            "display_name: at most 64 characters, no control or bidirectional-override characters",
         );
     }
     if let Some(avatar) = update.avatar.as_deref().filter(|a| !a.is_empty()) {
+        if crate::input::media_hash(avatar).is_err() {
+            return bad_request(
+                "bad_avatar",
+                "avatar must be the SHA-256 (hex) of an image you uploaded",
+            );
+        }
         match crate::store::chat::accessible_media(&state.pool, avatar, user).await {
             Ok(Some((_, mime))) if mime.starts_with("image/") => {}
             Ok(_) => return bad_request("bad_avatar", "avatar must be an image you uploaded"),
