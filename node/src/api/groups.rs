@@ -130,7 +130,7 @@ pub async fn create(
     let created: Result<Option<Created>, StoreError> = async {
         let tx = client.transaction().await?;
         // Consent: friends (no block either way) are added, everyone else is invited.
-        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &others).await? else {
+        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &others, state.config.group_consent).await? else {
             return Ok(None);
         };
         let conv: ConvId = tx
@@ -296,7 +296,7 @@ pub async fn add_members(
         if role_of(&*tx, conv, me).await?.is_none() {
             return Ok(Outcome::NotMember);
         }
-        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &users).await? else {
+        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &users, state.config.group_consent).await? else {
             return Ok(Outcome::UnknownUser);
         };
         let added: Vec<UserId> = tx

@@ -195,17 +195,19 @@ pub async fn refusal_facts<C: GenericClient>(
     Ok(facts)
 }
 
-/// Who of `users` `actor` may add to a group directly (friends, no block either way) and who gets an invitation
-/// instead; `None` if one of them does not exist.
+/// Who of `users` `actor` may add to a group directly and who gets an invitation instead; `None` if one of them
+/// does not exist. With `consent` (the default), only friends with no block either way are added directly; without
+/// it, anyone with no block either way.
 pub async fn split_direct_adds<C: GenericClient>(
     client: &C,
     actor: UserId,
     users: &[UserId],
+    consent: bool,
 ) -> Result<Option<(Vec<UserId>, Vec<UserId>)>, StoreError> {
     let statement = client
         .prepare_cached(concat!(
             "SELECT v.u, EXISTS (SELECT 1 FROM users x WHERE x.id = v.u),
-                    EXISTS (SELECT 1 FROM friendships f WHERE f.user_id = $1 AND f.friend_id = v.u)
+                    (NOT $3 OR EXISTS (SELECT 1 FROM friendships f WHERE f.user_id = $1 AND f.friend_id = v.u))
                       AND NOT ",
             blocked_between!("$1", "v.u"),
             "
@@ -213,7 +215,10 @@ pub async fn split_direct_adds<C: GenericClient>(
         ))
         .await?;
     let (mut direct, mut invited) = (Vec::new(), Vec::new());
-    for row in client.query(&statement, &[&actor, &users]).await? {
+    for row in client
+        .query(&statement, &[&actor, &users, &consent])
+        .await?
+    {
         let user: UserId = row.try_get(0)?;
         if !row.try_get::<_, bool>(1)? {
             return Ok(None);
