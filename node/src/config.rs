@@ -367,8 +367,8 @@ impl Config {
         }
     }
 
-    pub fn send_limits(&self) -> crate::ratelimit::SendLimits {
-        crate::ratelimit::SendLimits {
+    pub fn send_limits(&self) -> crate::chat::rate_limit::SendLimits {
+        crate::chat::rate_limit::SendLimits {
             rate: self.send_rate,
             burst: self.send_burst,
             strikes: self.send_strikes,

@@ -16,11 +16,11 @@ use common::ServerFrame;
 use serde_json::json;
 
 use super::{not_found, system_message, unavailable, AuthUser};
-use crate::http::json_error;
-use crate::input::ApiPath;
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::store::relations;
-use crate::store::StoreError;
+use crate::storage::relations;
+use crate::storage::StoreError;
 
 /// Tells each of `users` (in real time, on any node) that `inviter` invited them to `conv`.
 pub async fn tell_invited(state: &NodeState, inviter: UserId, conv: ConvId, users: &[UserId]) {

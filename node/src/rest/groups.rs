@@ -22,12 +22,12 @@ use tokio_postgres::GenericClient;
 use super::{
     bad_request, forbidden, invitations, no_such_group, system_message, unavailable, AuthUser,
 };
-use crate::http::json_error;
-use crate::input::ApiPath;
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::store::queries::KIND_GROUP;
-use crate::store::relations;
-use crate::store::StoreError;
+use crate::storage::queries::KIND_GROUP;
+use crate::storage::relations;
+use crate::storage::StoreError;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -110,7 +110,7 @@ pub async fn create(
     let Ok(Json(new)) = body else {
         return bad_request("bad_request", "expected {title, members}");
     };
-    if let Err(rejected) = crate::input::group_title(&new.title) {
+    if let Err(rejected) = crate::rest::input::group_title(&new.title) {
         return rejected.into_response();
     }
     let mut others: Vec<UserId> = new.members.into_iter().filter(|u| *u != me).collect();
@@ -482,7 +482,7 @@ pub async fn rename(
     let Ok(Json(rename)) = body else {
         return bad_request("bad_request", "expected {title}");
     };
-    if let Err(rejected) = crate::input::group_title(&rename.title) {
+    if let Err(rejected) = crate::rest::input::group_title(&rename.title) {
         return rejected.into_response();
     }
     let client = match state.pool.get().await {

@@ -10,11 +10,11 @@ use deadpool_postgres::{Pool, Transaction};
 
 use super::directs::{resolve_directs, Directs};
 use super::{Submission, Target};
-use crate::contacts::pair;
+use crate::chat::pair_cache::pair;
 use crate::error::Refusal;
-use crate::store::queries::KIND_DIRECT;
-use crate::store::relations::{self, blocked_between};
-use crate::store::StoreError;
+use crate::storage::queries::KIND_DIRECT;
+use crate::storage::relations::{self, blocked_between};
+use crate::storage::StoreError;
 
 /// Key of the idempotency constraint.
 pub(super) type SendKey = (UserId, String);

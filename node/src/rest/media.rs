@@ -15,11 +15,11 @@ use axum::Json;
 use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
-use crate::http::json_error;
-use crate::input::ApiPath;
-use crate::media::{sha256_hex, thumbnail, MediaStore};
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::store::StoreError;
+use crate::storage::media::{sha256_hex, thumbnail, MediaStore};
+use crate::storage::StoreError;
 
 pub async fn upload(
     State(state): State<Arc<NodeState>>,
@@ -28,7 +28,7 @@ pub async fn upload(
     body: Bytes,
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
-    let mime = match crate::input::upload_media_type(content_type) {
+    let mime = match crate::rest::input::upload_media_type(content_type) {
         Ok(mime) => mime,
         Err(rejected) => {
             ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
@@ -156,10 +156,10 @@ pub async fn info(
     AuthUser(me): AuthUser,
     ApiPath(hash): ApiPath<String>,
 ) -> Response {
-    if let Err(rejected) = crate::input::media_hash(&hash) {
+    if let Err(rejected) = crate::rest::input::media_hash(&hash) {
         return rejected.into_response();
     }
-    match crate::store::chat::accessible_media(&state.pool, &hash, me).await {
+    match crate::storage::chat::accessible_media(&state.pool, &hash, me).await {
         Ok(Some(_)) => {}
         Ok(None) => return no_such_medium(),
         Err(error) => return unavailable(error),
@@ -207,10 +207,10 @@ fn no_such_medium() -> Response {
 }
 
 async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Response {
-    if let Err(rejected) = crate::input::media_hash(hash) {
+    if let Err(rejected) = crate::rest::input::media_hash(hash) {
         return rejected.into_response();
     }
-    let access = crate::store::chat::accessible_media(&state.pool, hash, me).await;
+    let access = crate::storage::chat::accessible_media(&state.pool, hash, me).await;
     let mime = match access {
         Ok(Some((_, mime))) => mime,
         Ok(None) => return no_such_medium(),

@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-use crate::contacts::PairCache;
+use crate::chat::pair_cache::PairCache;
 use crate::metrics::Metrics;
 use batch::commit_batch;
 

@@ -20,8 +20,8 @@ use serde_json::json;
 use tokio_postgres::error::SqlState;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
-use crate::http::json_error;
-use crate::input::ApiPath;
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
 
 const PENDING: i16 = 0;

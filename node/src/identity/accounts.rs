@@ -19,11 +19,12 @@ use router::{BusMessage, FailureCounters};
 use serde::Deserialize;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::api::AuthToken;
-use crate::auth::{token_id_hex, unix_now_ms};
-use crate::http::{json_error, PeerAddr};
+use crate::error::json_error;
+use crate::identity::auth::{token_id_hex, unix_now_ms};
+use crate::peer::PeerAddr;
+use crate::rest::AuthToken;
 use crate::state::NodeState;
-use crate::store::queries::{self, NewUser};
+use crate::storage::queries::{self, NewUser};
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -298,7 +299,7 @@ async fn announce(
     token: Option<u128>,
     not_before_ms: Option<u64>,
 ) {
-    crate::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
+    crate::identity::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
     state
         .delivery
         .broadcast(BusMessage::TokensRevoked {

@@ -14,8 +14,8 @@ use axum::Json;
 use common::ids::{is_valid_device_id, UserId};
 use serde::de::DeserializeOwned;
 
-use crate::http::json_error;
-use crate::media::ALLOWED_TYPES;
+use crate::error::json_error;
+use crate::storage::media::ALLOWED_TYPES;
 
 /// Why a piece of input was refused: the HTTP answer, JSON `{"error": code, "message": message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

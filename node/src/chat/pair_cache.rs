@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::ids::{ConvId, UserId};
 use deadpool_postgres::Pool;
 
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 const TTL: Duration = Duration::from_secs(15);
 /// Most cached pairs before the cache is cleared (an entry is ~48 bytes).

@@ -9,9 +9,9 @@ use common::ErrorCode;
 use deadpool_postgres::Transaction;
 
 use crate::error::Refusal;
-use crate::store::queries::KIND_DIRECT;
-use crate::store::relations::{blocked_between, PairPolicy};
-use crate::store::StoreError;
+use crate::storage::queries::KIND_DIRECT;
+use crate::storage::relations::{blocked_between, PairPolicy};
+use crate::storage::StoreError;
 
 /// The conversations and refusals of a batch's unrouted 1:1 pairs, keyed by the pair in `(low, high)` order.
 #[derive(Default)]

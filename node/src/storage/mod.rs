@@ -4,6 +4,7 @@
 //! know about sockets or Redis: the writer hands committed messages to `delivery` through a channel.
 
 pub mod chat;
+pub mod media;
 pub mod queries;
 pub mod relations;
 pub mod schema;

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::chat::content::is_displayable_name;
-use crate::input::{ApiPath, ApiQuery};
+use crate::rest::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
 
 const PROFILE_COLUMNS: &str = "id, username, display_name, avatar";
@@ -86,13 +86,13 @@ pub async fn update_me(
         );
     }
     if let Some(avatar) = update.avatar.as_deref().filter(|a| !a.is_empty()) {
-        if crate::input::media_hash(avatar).is_err() {
+        if crate::rest::input::media_hash(avatar).is_err() {
             return bad_request(
                 "bad_avatar",
                 "avatar must be the SHA-256 (hex) of an image you uploaded",
             );
         }
-        match crate::store::chat::accessible_media(&state.pool, avatar, user).await {
+        match crate::storage::chat::accessible_media(&state.pool, avatar, user).await {
             Ok(Some((_, mime))) if mime.starts_with("image/") => {}
             Ok(_) => return bad_request("bad_avatar", "avatar must be an image you uploaded"),
             Err(error) => return unavailable(error),
@@ -162,11 +162,12 @@ pub async fn presence(
     AuthUser(user): AuthUser,
     ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> Response {
-    let asked = crate::input::user_list(&query.users, 500);
-    let friends: HashSet<UserId> = match crate::contacts::friends_of(&state.pool, user).await {
-        Ok(friends) => friends.into_iter().collect(),
-        Err(error) => return unavailable(error),
-    };
+    let asked = crate::rest::input::user_list(&query.users, 500);
+    let friends: HashSet<UserId> =
+        match crate::chat::pair_cache::friends_of(&state.pool, user).await {
+            Ok(friends) => friends.into_iter().collect(),
+            Err(error) => return unavailable(error),
+        };
     let visible: Vec<UserId> = asked
         .into_iter()
         .filter(|u| *u == user || friends.contains(u))
@@ -186,7 +187,7 @@ pub async fn presence(
         }
         Err(error) => {
             tracing::warn!(%error, "presence lookup failed");
-            crate::http::json_error(
+            crate::error::json_error(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "presence unavailable",

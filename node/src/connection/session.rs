@@ -28,15 +28,15 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::chat::content;
+use crate::chat::rate_limit::Verdict;
 use crate::chat::typing::TypingThrottle;
-use crate::delivery::{Outbound, OutboundRx, Outbox};
+use crate::connection::frames::FrameReader;
+use crate::connection::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
+use crate::fanout::delivery::{Outbound, OutboundRx, Outbox};
 use crate::metrics;
-use crate::ratelimit::Verdict;
 use crate::state::NodeState;
-use crate::store::queries::{self, SyncPage};
-use crate::store::writer::{Submission, Target};
-use crate::ws::frames::FrameReader;
-use crate::ws::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
+use crate::storage::queries::{self, SyncPage};
+use crate::storage::writer::{Submission, Target};
 
 type Io = TokioIo<Upgraded>;
 
@@ -530,7 +530,7 @@ impl Connection {
             ));
             return;
         }
-        let marked = match crate::store::chat::mark_read(
+        let marked = match crate::storage::chat::mark_read(
             &self.state.pool,
             self.user,
             request.conv,
@@ -620,7 +620,7 @@ impl Connection {
         }
         let fail =
             |code: ErrorCode, msg: &str| ErrorFrame::new(code, msg).for_cid(request.cid.clone());
-        let target = match crate::store::chat::recall_target(
+        let target = match crate::storage::chat::recall_target(
             &self.state.pool,
             request.conv,
             request.seq,
@@ -651,7 +651,8 @@ impl Connection {
             .unwrap_or(0);
         let own_in_time = target.sender == self.user
             && now_ms - target.created_ms <= self.state.config.recall_window_secs * 1000;
-        let group_admin = target.conv_kind == crate::store::queries::KIND_GROUP && target.role >= 1;
+        let group_admin =
+            target.conv_kind == crate::storage::queries::KIND_GROUP && target.role >= 1;
         if target.kind == kinds::SYSTEM || target.kind == kinds::RECALL || target.recalled {
             self.outbox.error(fail(
                 ErrorCode::Forbidden,

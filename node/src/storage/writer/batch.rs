@@ -12,10 +12,10 @@ use tracing::{info, warn};
 
 use super::commit::{write, Outcome};
 use super::{Committed, Submission};
-use crate::contacts::PairCache;
+use crate::chat::pair_cache::PairCache;
 use crate::error::Refusal;
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// How a failed transaction is treated.
 enum Failure {
