@@ -160,7 +160,7 @@ pub struct TypingState {
 /// `notice`: a change about contacts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notice {
-    /// `friend_request`, `friend_accepted`, `friend_rejected`, `friend_removed` or `presence`.
+    /// `friend_request`, `friend_accepted`, `friend_rejected`, `friend_removed`, `presence` or `group_invitation`.
     pub kind: String,
     /// The other user concerned.
     pub user: UserId,
@@ -170,6 +170,9 @@ pub struct Notice {
     pub note: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
+    /// The group of a `group_invitation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvId>,
 }
 
 /// `sync`: stored messages of `conv` with `seq > after_seq`, oldest first, at most `limit`.

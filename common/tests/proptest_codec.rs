@@ -95,7 +95,8 @@ fn arb_server() -> impl Strategy<Value = ServerFrame> {
             user: 7,
             request: None,
             note: None,
-            online: Some(true)
+            online: Some(true),
+            conv: Some(3)
         })),
         Just(ServerFrame::Kick(Kick {
             reason: KickReason::Draining,

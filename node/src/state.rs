@@ -11,15 +11,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use router::{Bus, LocationRegistry};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
+use crate::chat::pair_cache::PairCache;
+use crate::chat::policy::Policy;
+use crate::chat::rate_limit::SendLimiter;
 use crate::config::Config;
-use crate::contacts::PairCache;
-use crate::delivery::{Delivery, LocalSessions};
-use crate::media::LocalMediaStore;
+use crate::fanout::delivery::{Delivery, LocalSessions};
+use crate::identity::auth::Authenticator;
+use crate::identity::revocation::Revocations;
 use crate::metrics::Metrics;
-use crate::ratelimit::SendLimiter;
-use crate::revocation::Revocations;
-use crate::store::writer::WriterHandle;
+use crate::storage::media::LocalMediaStore;
+use crate::storage::writer::WriterHandle;
 
 pub struct NodeState {
     pub config: Config,
@@ -35,6 +36,8 @@ pub struct NodeState {
     pub bus: Bus,
     pub delivery: Delivery,
     pub pairs: Arc<PairCache>,
+    /// The chat policy: the one place that decides who may do what (`chat::policy`).
+    pub policy: Policy,
     pub media: LocalMediaStore,
     pub writer: WriterHandle,
     /// The per-user send rate limit (`ratelimit.rs`).
@@ -72,6 +75,12 @@ impl NodeState {
         prometheus: PrometheusHandle,
     ) -> Self {
         NodeState {
+            policy: Policy::new(
+                pool.clone(),
+                pairs.clone(),
+                delivery.members.clone(),
+                config.require_friendship,
+            ),
             limits: config.limits(),
             send_limiter: SendLimiter::new(config.send_limits()),
             thumbnail_permits: tokio::sync::Semaphore::new(config.thumbnail_concurrency),

@@ -8,11 +8,23 @@ use fred::prelude::*;
 
 use crate::RouterError;
 
-/// Counts a failure; the first failure of a window starts the window's expiry.
-const RECORD: &str = r#"
+/// Takes one attempt under a limit, atomically: counts it, and if that puts the count over the limit takes it back
+/// and answers the count before it (the caller refuses). Returns the count including this attempt otherwise.
+const RESERVE: &str = r#"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[1])
+  return -1
+end
 return n
+"#;
+
+/// Gives back an attempt taken by `reserve` that turned out not to be a failure.
+const RELEASE: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
 "#;
 
 fn key(name: &str) -> String {
@@ -35,26 +47,29 @@ impl FailureCounters {
         self.window
     }
 
-    /// The current counts of `names`, in order (0 for none). One GET per key in a pipeline, not MGET: the keys
-    /// may live in different slots of a Redis Cluster.
-    pub async fn counts(&self, names: &[&str]) -> Result<Vec<i64>, RouterError> {
-        let pipeline = self.client.pipeline();
-        for name in names {
-            let _: () = pipeline.get(key(name)).await?;
-        }
-        let values: Vec<Option<i64>> = pipeline.all().await?;
-        Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
+    /// Takes one attempt under `name` if fewer than `limit` are counted in the window; `false` if the limit is
+    /// reached (nothing is counted then). The check and the count are one script, so concurrent attempts cannot
+    /// all pass a check made before any of them was counted: an attempt counts as a failure until it is released.
+    pub async fn reserve(&self, name: &str, limit: i64) -> Result<bool, RouterError> {
+        let window_ms = self.window.as_millis().to_string();
+        let limit = limit.to_string();
+        let taken: i64 = self
+            .client
+            .eval(
+                RESERVE,
+                vec![key(name)],
+                vec![window_ms.as_str(), limit.as_str()],
+            )
+            .await?;
+        Ok(taken > 0)
     }
 
-    /// Records one failure under each of `names`.
-    pub async fn record(&self, names: &[&str]) -> Result<(), RouterError> {
-        let window_ms = self.window.as_millis().to_string();
-        for name in names {
-            let _: i64 = self
-                .client
-                .eval(RECORD, vec![key(name)], vec![window_ms.as_str()])
-                .await?;
-        }
+    /// Gives back an attempt taken by `reserve` (the attempt did not fail).
+    pub async fn release(&self, name: &str) -> Result<(), RouterError> {
+        let _: i64 = self
+            .client
+            .eval(RELEASE, vec![key(name)], Vec::<String>::new())
+            .await?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Groups: create, add, remove, leave, rename, transfer ownership, admins, and listings.
 //!
-//! Roles: 0 member, 1 admin, 2 owner. Any member may add members; admins and the owner remove members and
+//! Consent: a member adds their friends (no block either way) directly; anyone else gets an invitation they accept
+//! or decline (`invitations.rs`). Roles: 0 member, 1 admin, 2 owner. Any member may add or invite; admins and the owner remove members and
 //! rename; only the owner appoints admins and transfers ownership. Every change is one transaction (the
 //! conversation row is locked, so concurrent adds cannot overshoot the member cap), then every node drops its
 //! cached member list, then a `system` message records the change in the group's timeline.
@@ -16,14 +17,24 @@ use common::frame::Attrs;
 use common::ids::{ConvId, UserId};
 use serde::Deserialize;
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
-use super::{bad_request, forbidden, no_such_group, system_message, unavailable, AuthUser};
-use crate::http::json_error;
-use crate::input::ApiPath;
+use super::{
+    bad_request, forbidden, invitations, no_such_group, system_message, unavailable, AuthUser,
+};
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::store::queries::KIND_GROUP;
+use crate::storage::queries::KIND_GROUP;
+use crate::storage::relations;
+use crate::storage::StoreError;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 const MEMBER: i16 = 0;
 const ADMIN: i16 = 1;
@@ -80,6 +91,9 @@ fn event(name: &str, users: Vec<UserId>) -> Attrs {
     }
 }
 
+/// A new group's id, the members added directly, the users invited, and the invitees to tell.
+type Created = (ConvId, Vec<UserId>, Vec<UserId>, Vec<UserId>);
+
 #[derive(Deserialize)]
 pub struct NewGroup {
     title: String,
@@ -96,7 +110,7 @@ pub async fn create(
     let Ok(Json(new)) = body else {
         return bad_request("bad_request", "expected {title, members}");
     };
-    if let Err(rejected) = crate::input::group_title(&new.title) {
+    if let Err(rejected) = crate::rest::input::group_title(&new.title) {
         return rejected.into_response();
     }
     let mut others: Vec<UserId> = new.members.into_iter().filter(|u| *u != me).collect();
@@ -113,15 +127,19 @@ pub async fn create(
         Ok(client) => client,
         Err(error) => return unavailable(error.into()),
     };
-    let created: Result<ConvId, tokio_postgres::Error> = async {
+    let created: Result<Option<Created>, StoreError> = async {
         let tx = client.transaction().await?;
+        // Consent: friends (no block either way) are added, everyone else is invited.
+        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &others, state.config.group_consent).await? else {
+            return Ok(None);
+        };
         let conv: ConvId = tx
             .query_one(
                 "INSERT INTO conversations (kind, title, owner) VALUES ($1, $2, $3) RETURNING id",
                 &[&KIND_GROUP, &new.title, &me],
             )
             .await?
-            .get(0);
+            .try_get(0)?;
         tx.execute(
             "INSERT INTO conversation_members (conv_id, user_id, role) VALUES ($1, $2, $3)",
             &[&conv, &me, &OWNER],
@@ -129,32 +147,32 @@ pub async fn create(
         .await?;
         tx.execute(
             "INSERT INTO conversation_members (conv_id, user_id, role) SELECT $1, u, 0 FROM unnest($2::bigint[]) AS u",
-            &[&conv, &others],
+            &[&conv, &direct],
         )
         .await?;
+        let told = relations::invite(&tx, conv, me, &invited, now_ms()).await?;
         tx.commit().await?;
-        Ok(conv)
+        Ok(Some((conv, direct, invited, told)))
     }
     .await;
-    let conv = match created {
-        Ok(conv) => conv,
-        Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            return bad_request("unknown_user", "a member does not exist")
-        }
-        Err(error) => return unavailable(error.into()),
+    let (conv, direct, invited, told) = match created {
+        Ok(Some(created)) => created,
+        Ok(None) => return bad_request("unknown_user", "a member does not exist"),
+        Err(error) => return unavailable(error),
     };
     let mut members = vec![me];
-    members.extend(&others);
+    members.extend(&direct);
     let attrs = Attrs {
         title: Some(new.title.clone()),
-        ..event("created", others.clone())
+        ..event("created", direct.clone())
     };
     if let Err(response) = record(&state, me, conv, members.clone(), attrs).await {
         return response;
     }
+    invitations::tell_invited(&state, me, conv, &told).await;
     (
         StatusCode::CREATED,
-        Json(json!({ "id": conv, "title": new.title, "owner": me, "members": members })),
+        Json(json!({ "id": conv, "title": new.title, "owner": me, "members": members, "invited": invited })),
     )
         .into_response()
 }
@@ -239,7 +257,8 @@ pub struct AddMembers {
     users: Vec<UserId>,
 }
 
-/// `POST /v1/groups/{id}/members {users}`: any member may add; the cap is enforced under the group's row lock.
+/// `POST /v1/groups/{id}/members {users}`: any member may add their friends (no block either way); anyone else is
+/// invited. The cap is enforced under the group's row lock.
 pub async fn add_members(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
@@ -252,45 +271,61 @@ pub async fn add_members(
     if request.users.is_empty() || request.users.len() > 1000 {
         return bad_request("bad_request", "add 1-1000 users at a time");
     }
+    let mut users = request.users;
+    users.sort_unstable();
+    users.dedup();
     let cap = state.config.group_member_cap;
     let mut client = match state.pool.get().await {
         Ok(client) => client,
         Err(error) => return unavailable(error.into()),
     };
     enum Outcome {
-        Added(Vec<UserId>, Vec<UserId>),
+        Added {
+            added: Vec<UserId>,
+            invited: Vec<UserId>,
+            told: Vec<UserId>,
+            all: Vec<UserId>,
+        },
         NotMember,
         Full,
         UnknownUser,
     }
-    let outcome: Result<Outcome, tokio_postgres::Error> = async {
+    let outcome: Result<Outcome, StoreError> = async {
         let tx = client.transaction().await?;
         tx.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", &[&conv]).await?;
         if role_of(&*tx, conv, me).await?.is_none() {
             return Ok(Outcome::NotMember);
         }
-        let added = tx
+        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &users, state.config.group_consent).await? else {
+            return Ok(Outcome::UnknownUser);
+        };
+        let added: Vec<UserId> = tx
             .query(
                 "INSERT INTO conversation_members (conv_id, user_id, role) SELECT $1, u, 0 FROM unnest($2::bigint[]) AS u
                  ON CONFLICT DO NOTHING RETURNING user_id",
-                &[&conv, &request.users],
+                &[&conv, &direct],
             )
-            .await;
-        let added: Vec<UserId> = match added {
-            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-            Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => return Ok(Outcome::UnknownUser),
-            Err(error) => return Err(error),
-        };
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let all = member_ids(&*tx, conv).await?;
         if all.len() as i64 > cap {
             return Ok(Outcome::Full);
         }
+        let invited: Vec<UserId> = invited.into_iter().filter(|u| !all.contains(u)).collect();
+        let told = relations::invite(&tx, conv, me, &invited, now_ms()).await?;
         tx.commit().await?;
-        Ok(Outcome::Added(added, all))
+        Ok(Outcome::Added { added, invited, told, all })
     }
     .await;
     match outcome {
-        Ok(Outcome::Added(added, all)) => {
+        Ok(Outcome::Added {
+            added,
+            invited,
+            told,
+            all,
+        }) => {
             if !added.is_empty() {
                 if let Err(response) =
                     record(&state, me, conv, all, event("members_added", added.clone())).await
@@ -298,7 +333,8 @@ pub async fn add_members(
                     return response;
                 }
             }
-            Json(json!({ "id": conv, "added": added })).into_response()
+            invitations::tell_invited(&state, me, conv, &told).await;
+            Json(json!({ "id": conv, "added": added, "invited": invited })).into_response()
         }
         Ok(Outcome::NotMember) => no_such_group(),
         Ok(Outcome::Full) => json_error(
@@ -307,7 +343,7 @@ pub async fn add_members(
             &format!("groups have at most {cap} members"),
         ),
         Ok(Outcome::UnknownUser) => bad_request("unknown_user", "a user does not exist"),
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -446,7 +482,7 @@ pub async fn rename(
     let Ok(Json(rename)) = body else {
         return bad_request("bad_request", "expected {title}");
     };
-    if let Err(rejected) = crate::input::group_title(&rename.title) {
+    if let Err(rejected) = crate::rest::input::group_title(&rename.title) {
         return rejected.into_response();
     }
     let client = match state.pool.get().await {

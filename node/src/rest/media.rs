@@ -15,11 +15,11 @@ use axum::Json;
 use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
-use crate::http::json_error;
-use crate::input::ApiPath;
-use crate::media::{sha256_hex, thumbnail, MediaStore};
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::store::StoreError;
+use crate::storage::media::{sha256_hex, thumbnail, MediaStore};
+use crate::storage::StoreError;
 
 pub async fn upload(
     State(state): State<Arc<NodeState>>,
@@ -28,7 +28,7 @@ pub async fn upload(
     body: Bytes,
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
-    let mime = match crate::input::upload_media_type(content_type) {
+    let mime = match crate::rest::input::upload_media_type(content_type) {
         Ok(mime) => mime,
         Err(rejected) => {
             ::metrics::counter!("im_media_rejected_total", "why" => "type").increment(1);
@@ -39,39 +39,10 @@ pub async fn upload(
         return bad_request("empty", "an upload needs a body");
     }
     let hash = sha256_hex(&body);
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let existing = match client
-        .query_opt(
-            "SELECT size, mime, has_thumb FROM media WHERE hash = $1",
-            &[&hash],
-        )
-        .await
-    {
-        Ok(existing) => existing,
-        Err(error) => return unavailable(error.into()),
-    };
-    if let Some(row) = existing {
-        if let Err(error) = client
-            .execute(
-                "INSERT INTO media_uploads (hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&hash, &me],
-            )
-            .await
-        {
-            return unavailable(error.into());
-        }
-        ::metrics::counter!("im_media_uploads_total", "result" => "deduplicated").increment(1);
-        let (size, mime, has_thumb): (i64, String, bool) = (row.get(0), row.get(1), row.get(2));
-        return Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": has_thumb, "deduplicated": true }))
-            .into_response();
-    }
     // Decoding may take up to the decoder's allocation cap (256 MiB) and seconds of CPU: no database connection is
     // held meanwhile, and at most `--thumbnail-concurrency` decodes run at once, so a burst of crafted images can
-    // neither exhaust memory nor starve the pool.
-    drop(client);
+    // neither exhaust memory nor starve the pool. It runs for every upload, stored before or not: the declared type
+    // is checked against the bytes every time, and the answer cannot tell whether someone else uploaded them.
     let thumb = if mime.starts_with("image/") {
         let Ok(_permit) = state.thumbnail_permits.acquire().await else {
             return unavailable(StoreError::Invalid("thumbnailing stopped".into()));
@@ -88,11 +59,46 @@ pub async fn upload(
         None
     };
     if mime.starts_with("image/") && thumb.is_none() {
+        ::metrics::counter!("im_media_rejected_total", "why" => "undecodable").increment(1);
         return bad_request(
             "bad_image",
             "the bytes are not a decodable image of the declared type",
         );
     }
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return unavailable(error.into()),
+    };
+    let existing = match client
+        .query_opt(
+            "SELECT size, mime, has_thumb FROM media WHERE hash = $1",
+            &[&hash],
+        )
+        .await
+    {
+        Ok(existing) => existing,
+        Err(error) => return unavailable(error.into()),
+    };
+    if let Some(row) = existing {
+        let known: Result<(i64, String, bool), tokio_postgres::Error> =
+            (|| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))();
+        let (size, stored_mime, has_thumb) = match known {
+            Ok(known) => known,
+            Err(error) => return unavailable(error.into()),
+        };
+        if let Err(error) = client
+            .execute(
+                "INSERT INTO media_uploads (hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&hash, &me],
+            )
+            .await
+        {
+            return unavailable(error.into());
+        }
+        ::metrics::counter!("im_media_uploads_total", "result" => "deduplicated").increment(1);
+        return uploaded(&hash, size, &stored_mime, has_thumb);
+    }
+    drop(client);
     if let Err(error) = state.media.put(&hash, &body).await {
         tracing::warn!(%error, "could not store a medium");
         return json_error(
@@ -129,9 +135,15 @@ pub async fn upload(
     }
     ::metrics::counter!("im_media_uploads_total", "result" => "stored").increment(1);
     ::metrics::counter!("im_media_bytes_total").increment(body.len() as u64);
+    uploaded(&hash, size, mime, thumb.is_some())
+}
+
+/// The answer to an upload, the same whether or not the bytes were stored before (so it confirms nothing about
+/// other users' files).
+fn uploaded(hash: &str, size: i64, mime: &str, thumbnail: bool) -> Response {
     (
         StatusCode::CREATED,
-        Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": thumb.is_some(), "deduplicated": false })),
+        Json(json!({ "hash": hash, "size": size, "mime": mime, "thumbnail": thumbnail })),
     )
         .into_response()
 }
@@ -144,10 +156,10 @@ pub async fn info(
     AuthUser(me): AuthUser,
     ApiPath(hash): ApiPath<String>,
 ) -> Response {
-    if let Err(rejected) = crate::input::media_hash(&hash) {
+    if let Err(rejected) = crate::rest::input::media_hash(&hash) {
         return rejected.into_response();
     }
-    match crate::store::chat::accessible_media(&state.pool, &hash, me).await {
+    match crate::storage::chat::accessible_media(&state.pool, &hash, me).await {
         Ok(Some(_)) => {}
         Ok(None) => return no_such_medium(),
         Err(error) => return unavailable(error),
@@ -173,16 +185,32 @@ pub async fn info(
     }
 }
 
+/// Raster images a browser may show in place; anything else (PDFs, SVG, HTML, archives) is offered as a download,
+/// so a medium can never run as a page of the node's origin.
+fn content_disposition(hash: &str, mime: &str) -> String {
+    let (inline, extension) = match mime {
+        "image/png" => (true, "png"),
+        "image/jpeg" => (true, "jpg"),
+        "image/gif" => (true, "gif"),
+        "image/webp" => (true, "webp"),
+        "application/pdf" => (false, "pdf"),
+        "text/plain" => (false, "txt"),
+        _ => (false, "bin"),
+    };
+    let kind = if inline { "inline" } else { "attachment" };
+    format!("{kind}; filename=\"{hash}.{extension}\"")
+}
+
 /// Unknown and not shared with the caller look the same, so hashes cannot be probed.
 fn no_such_medium() -> Response {
     not_found("no such medium, or not shared with you")
 }
 
 async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Response {
-    if let Err(rejected) = crate::input::media_hash(hash) {
+    if let Err(rejected) = crate::rest::input::media_hash(hash) {
         return rejected.into_response();
     }
-    let access = crate::store::chat::accessible_media(&state.pool, hash, me).await;
+    let access = crate::storage::chat::accessible_media(&state.pool, hash, me).await;
     let mime = match access {
         Ok(Some((_, mime))) => mime,
         Ok(None) => return no_such_medium(),
@@ -197,6 +225,7 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
         Ok(bytes) => {
             let content_type = if thumb { "image/png".to_string() } else { mime };
             ::metrics::counter!("im_media_downloads_total").increment(1);
+            let disposition = content_disposition(hash, &content_type);
             (
                 [
                     (header::CONTENT_TYPE, content_type),
@@ -204,6 +233,9 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
                         header::CACHE_CONTROL,
                         "private, max-age=31536000, immutable".into(),
                     ),
+                    // The browser must not guess another type than the one the upload was checked against.
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+                    (header::CONTENT_DISPOSITION, disposition),
                 ],
                 bytes,
             )

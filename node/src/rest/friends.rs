@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-use super::{bad_request, forbidden, not_found, unavailable, AuthUser};
-use crate::http::json_error;
-use crate::input::ApiPath;
+use super::{bad_request, not_found, unavailable, AuthUser};
+use crate::error::json_error;
+use crate::rest::input::ApiPath;
 use crate::state::NodeState;
 
 const PENDING: i16 = 0;
@@ -43,6 +43,7 @@ async fn notify(
         request,
         note,
         online: None,
+        conv: None,
     });
     state.delivery.event_to_users(&[to], None, &frame).await;
 }
@@ -107,8 +108,8 @@ pub async fn request(
             "you are already friends",
         );
     }
-    if blocked {
-        return forbidden("this user does not accept requests from you");
+    if new.note.contains('\0') {
+        return bad_request("bad_note", "note contains U+0000, which cannot be stored");
     }
     let inserted = client
         .query_one(
@@ -119,15 +120,19 @@ pub async fn request(
     match inserted {
         Ok(row) => {
             let id: i64 = row.get(0);
-            notify(
-                &state,
-                new.user,
-                "friend_request",
-                me,
-                Some(id),
-                Some(new.note),
-            )
-            .await;
+            // A request to someone who blocked you is stored and answered like any other (the answer must not
+            // reveal the block), but they are never told and never see it.
+            if !blocked {
+                notify(
+                    &state,
+                    new.user,
+                    "friend_request",
+                    me,
+                    Some(id),
+                    Some(new.note),
+                )
+                .await;
+            }
             (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
         }
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => json_error(
@@ -151,7 +156,10 @@ pub async fn list_requests(
     let rows = client
         .query(
             "SELECT id, from_user, to_user, note, status, extract(epoch from created_at)::bigint
-             FROM friend_requests WHERE (to_user = $1 AND status = 0) OR from_user = $1
+             FROM friend_requests r
+             WHERE (to_user = $1 AND status = 0
+                    AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $1 AND b.blocked_id = r.from_user))
+                OR from_user = $1
              ORDER BY id DESC LIMIT 500",
             &[&me],
         )
@@ -202,7 +210,9 @@ pub async fn answer(
         let row = tx
             .query_opt(
                 "UPDATE friend_requests SET status = $3, decided_at = now()
-                 WHERE id = $1 AND to_user = $2 AND status = 0 RETURNING from_user",
+                 WHERE id = $1 AND to_user = $2 AND status = 0
+                   AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $2 AND b.blocked_id = friend_requests.from_user)
+                 RETURNING from_user",
                 &[&id, &me, &status],
             )
             .await?;

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{bad_request, no_such_conversation, unavailable, AuthUser};
-use crate::input::{ApiPath, ApiQuery};
+use crate::rest::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
-use crate::store::queries::{message_from_row, KIND_DIRECT};
+use crate::storage::queries::{message_from_row, KIND_DIRECT};
 
 #[derive(Deserialize)]
 pub struct ListQuery {

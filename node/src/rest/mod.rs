@@ -6,6 +6,8 @@
 pub mod conversations;
 pub mod friends;
 pub mod groups;
+pub mod input;
+pub mod invitations;
 pub mod media;
 pub mod profiles;
 
@@ -21,12 +23,12 @@ use common::ids::{ConvId, UserId};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::auth::Claims;
-use crate::http::json_error;
-use crate::revocation::{authenticate, Refusal, TokenRefusal};
+use crate::error::json_error;
+use crate::identity::auth::Claims;
+use crate::identity::revocation::{authenticate, Refusal, TokenRefusal};
 use crate::state::NodeState;
-use crate::store::writer::{AckSink, Submission, Target};
-use crate::store::StoreError;
+use crate::storage::writer::{AckSink, Submission, Target};
+use crate::storage::StoreError;
 
 /// The authenticated caller of a REST route.
 pub struct AuthUser(pub UserId);
@@ -42,8 +44,8 @@ impl FromRequestParts<Arc<NodeState>> for AuthToken {
         state: &Arc<NodeState>,
     ) -> Result<Self, Self::Rejection> {
         let authorization = parts.headers.get(header::AUTHORIZATION);
-        let token =
-            crate::input::bearer_token(authorization.map(|v| v.as_bytes())).ok_or_else(|| {
+        let token = crate::rest::input::bearer_token(authorization.map(|v| v.as_bytes()))
+            .ok_or_else(|| {
                 json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

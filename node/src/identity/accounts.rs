@@ -19,11 +19,12 @@ use router::{BusMessage, FailureCounters};
 use serde::Deserialize;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::api::AuthToken;
-use crate::auth::{token_id_hex, unix_now_ms};
-use crate::http::{json_error, PeerAddr};
+use crate::error::json_error;
+use crate::identity::auth::{token_id_hex, unix_now_ms};
+use crate::peer::PeerAddr;
+use crate::rest::AuthToken;
 use crate::state::NodeState;
-use crate::store::queries::{self, NewUser};
+use crate::storage::queries::{self, NewUser};
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -113,27 +114,49 @@ fn invalid_credentials() -> Response {
     )
 }
 
-/// Refuses (429) a login for a username or client address with too many recent failures, cluster-wide. If Redis
-/// cannot say, the login goes ahead: the Argon2 cost and its bounded pool still limit guessing.
-async fn throttled(
+/// What the throttle decided for one login attempt.
+enum Admission {
+    /// Refused (429): too many recent failures for the username or the client address, cluster-wide.
+    Refused(Response),
+    /// Admitted; the attempt is counted as a failure under these keys until it succeeds and gives them back.
+    Admitted { taken: Vec<String> },
+}
+
+/// Takes the attempt under the username's and the address's counters, each atomically (`FailureCounters::reserve`:
+/// concurrent guesses cannot all pass a check made before any was counted). If Redis cannot say, the login goes
+/// ahead: the Argon2 cost and its bounded pool still limit guessing.
+async fn admit(
     state: &NodeState,
     failures: &FailureCounters,
     user_key: &str,
     peer_key: &str,
-) -> Option<Response> {
-    let counts = match failures.counts(&[user_key, peer_key]).await {
-        Ok(counts) => counts,
-        Err(error) => {
-            ::metrics::counter!("im_login_throttle_unavailable_total").increment(1);
-            debug!(%error, "login failure counts unavailable; not throttling");
-            return None;
+) -> Admission {
+    let limits = [
+        (user_key, state.config.login_max_failures_per_user, "user"),
+        (peer_key, state.config.login_max_failures_per_ip, "ip"),
+    ];
+    let mut taken = Vec::with_capacity(limits.len());
+    for (key, limit, scope) in limits {
+        match failures.reserve(key, limit).await {
+            Ok(true) => taken.push(key.to_string()),
+            Ok(false) => {
+                for key in &taken {
+                    if let Err(error) = failures.release(key).await {
+                        debug!(%error, "could not give back a login attempt");
+                    }
+                }
+                return Admission::Refused(throttled_response(failures, scope));
+            }
+            Err(error) => {
+                ::metrics::counter!("im_login_throttle_unavailable_total").increment(1);
+                debug!(%error, "login failure counts unavailable; not throttling");
+            }
         }
-    };
-    let scope = match counts.as_slice() {
-        [user, _] if *user >= state.config.login_max_failures_per_user => "user",
-        [_, peer] if *peer >= state.config.login_max_failures_per_ip => "ip",
-        _ => return None,
-    };
+    }
+    Admission::Admitted { taken }
+}
+
+fn throttled_response(failures: &FailureCounters, scope: &'static str) -> Response {
     ::metrics::counter!("im_login_throttled_total", "scope" => scope).increment(1);
     let mut response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -145,7 +168,7 @@ async fn throttled(
             .headers_mut()
             .insert(axum::http::header::RETRY_AFTER, value);
     }
-    Some(response)
+    response
 }
 
 pub async fn login(
@@ -168,13 +191,20 @@ pub async fn login(
     );
     let user_key = format!("login:user:{}", credentials.username);
     let peer_key = format!("login:ip:{}", peer.ip());
-    if let Some(refused) = throttled(&state, &failures, &user_key, &peer_key).await {
-        return refused;
-    }
+    let taken = match admit(&state, &failures, &user_key, &peer_key).await {
+        Admission::Refused(response) => return response,
+        Admission::Admitted { taken } => taken,
+    };
     let stored = match queries::user_credentials(&state.pool, &credentials.username).await {
         Ok(stored) => stored,
         Err(error) => {
             warn!(%error, "login lookup failed");
+            // Not the client's failure: give the attempt back.
+            for key in &taken {
+                if let Err(error) = failures.release(key).await {
+                    debug!(%error, "could not give back a login attempt");
+                }
+            }
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -191,14 +221,20 @@ pub async fn login(
         None => None,
     };
     let Some(user) = verified else {
+        // The attempt stays counted under the keys it took: that is the failure's record.
         ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
-        if let Err(error) = failures.record(&[&user_key, &peer_key]).await {
-            debug!(%error, "could not count a failed login");
-        }
         return invalid_credentials();
     };
-    if let Err(error) = failures.clear(&user_key).await {
-        debug!(%error, "could not clear the login failures");
+    // A success clears its username's failures and gives back the attempt it took under the address.
+    for key in taken {
+        let cleared = if key == user_key {
+            failures.clear(&key).await
+        } else {
+            failures.release(&key).await
+        };
+        if let Err(error) = cleared {
+            debug!(%error, "could not clear the login failures");
+        }
     }
     ::metrics::counter!("im_logins_total", "result" => "ok").increment(1);
     let (token, expires_at) = state.auth.issue(user);
@@ -263,7 +299,7 @@ async fn announce(
     token: Option<u128>,
     not_before_ms: Option<u64>,
 ) {
-    crate::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
+    crate::identity::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
     state
         .delivery
         .broadcast(BusMessage::TokensRevoked {

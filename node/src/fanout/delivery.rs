@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::Claims;
-use crate::members::MemberCache;
+use crate::fanout::members::MemberCache;
+use crate::identity::auth::Claims;
 use crate::metrics::{self, Metrics};
-use crate::store::writer::{AckSink, Committed};
+use crate::storage::writer::{AckSink, Committed};
 
 /// What a connection's writer task sends.
 pub enum Outbound {
@@ -78,6 +78,11 @@ impl OutboundRx {
             // A push between the check above and this wait leaves a permit, so the wakeup is not lost.
             self.0.ready.notified().await;
         }
+    }
+
+    /// Everything queued now, without waiting (what is still to be sent before a kick).
+    pub fn take_queued(&mut self) -> VecDeque<Outbound> {
+        std::mem::take(&mut *self.0.lock())
     }
 }
 
@@ -426,7 +431,7 @@ pub struct Delivery {
     pub node_id: String,
     pub metrics: Metrics,
     /// The offline push hook, when configured.
-    pub push: Option<crate::push::PushQueue>,
+    pub push: Option<crate::fanout::push::PushQueue>,
 }
 
 /// One frame for a set of recipients.
@@ -524,7 +529,7 @@ impl Delivery {
                 } else {
                     String::new()
                 };
-                push.offer(crate::push::PushEvent {
+                push.offer(crate::fanout::push::PushEvent {
                     user: *user,
                     conv: msg.conv,
                     id: msg.id,
@@ -631,7 +636,7 @@ impl Delivery {
             if !transition {
                 return;
             }
-            let Ok(friends) = crate::contacts::friends_of(&pool, user).await else {
+            let Ok(friends) = crate::chat::pair_cache::friends_of(&pool, user).await else {
                 return;
             };
             if friends.is_empty() {
@@ -644,6 +649,7 @@ impl Delivery {
                 request: None,
                 note: None,
                 online: Some(connected),
+                conv: None,
             });
             delivery.event_to_users(&friends, None, &frame).await;
         });
@@ -712,8 +718,8 @@ pub async fn run_router(
 pub async fn run_bus_consumer(
     mut inbox: mpsc::Receiver<BusMessage>,
     delivery: Delivery,
-    pairs: Arc<crate::contacts::PairCache>,
-    revocations: Arc<crate::revocation::Revocations>,
+    pairs: Arc<crate::chat::pair_cache::PairCache>,
+    revocations: Arc<crate::identity::revocation::Revocations>,
 ) {
     let sessions = &delivery.sessions;
     let metrics = &delivery.metrics;
@@ -751,9 +757,11 @@ pub async fn run_bus_consumer(
                 token,
                 not_before_ms,
             } => {
-                let token = token.as_deref().and_then(crate::auth::token_id_from_hex);
+                let token = token
+                    .as_deref()
+                    .and_then(crate::identity::auth::token_id_from_hex);
                 revocations.learn_revoked(user, token, not_before_ms);
-                crate::revocation::close_revoked(sessions, user, token, not_before_ms);
+                crate::identity::revocation::close_revoked(sessions, user, token, not_before_ms);
             }
             BusMessage::PairChanged { a, b } => pairs.invalidate(a, b),
         }

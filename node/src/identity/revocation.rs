@@ -20,8 +20,8 @@ use router::{RevocationStore, TokenStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::auth::{token_id_hex, Claims};
-use crate::delivery::LocalSessions;
+use crate::fanout::delivery::LocalSessions;
+use crate::identity::auth::{token_id_hex, Claims};
 
 /// Most cached entries of each kind before the cache is cleared (an entry is a few dozen bytes).
 const CACHE_CAP: usize = 200_000;
@@ -292,7 +292,7 @@ pub async fn run_recheck(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
     #[error("{0}")]
-    Invalid(#[from] crate::auth::TokenError),
+    Invalid(#[from] crate::identity::auth::TokenError),
     #[error("{0}")]
     Refused(#[from] Refusal),
 }
@@ -310,7 +310,7 @@ impl TokenRefusal {
 
 /// Verifies a token's signature and expiry, then whether it was revoked.
 pub async fn authenticate(
-    auth: &crate::auth::Authenticator,
+    auth: &crate::identity::auth::Authenticator,
     revocations: &Revocations,
     token: &str,
 ) -> Result<Claims, TokenRefusal> {

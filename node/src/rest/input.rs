@@ -14,8 +14,8 @@ use axum::Json;
 use common::ids::{is_valid_device_id, UserId};
 use serde::de::DeserializeOwned;
 
-use crate::http::json_error;
-use crate::media::ALLOWED_TYPES;
+use crate::error::json_error;
+use crate::storage::media::ALLOWED_TYPES;
 
 /// Why a piece of input was refused: the HTTP answer, JSON `{"error": code, "message": message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,10 +93,10 @@ pub fn media_hash(raw: &str) -> Result<&str, Rejected> {
     }
 }
 
-/// A group title: 1-64 characters, no control characters.
+/// A group title: 1-64 characters, no control or bidirectional-override characters.
 pub fn group_title(title: &str) -> Result<&str, Rejected> {
     let count = title.chars().count();
-    if (1..=64).contains(&count) && !title.chars().any(char::is_control) {
+    if (1..=64).contains(&count) && crate::chat::content::is_displayable_name(title) {
         Ok(title)
     } else {
         Err(Rejected::bad_request(

@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::info;
 
-use crate::http::json_error;
+use crate::error::json_error;
 
 /// The canonical web folder, or `None` (with a log line) when it does not exist.
 pub fn web_root(dir: &Path) -> Option<PathBuf> {

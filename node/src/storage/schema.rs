@@ -19,6 +19,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../migrations/0003_partitioned_messages.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/0004_group_invitations.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded; returns how many it applied.

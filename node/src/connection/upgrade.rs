@@ -21,15 +21,16 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use router::BusMessage;
 use tracing::{info_span, warn, Instrument};
 
-use crate::api::token_refused;
-use crate::delivery::{ConnectionLimits, LimitHit, Outbox};
-use crate::http::{json_error, PeerAddr};
-use crate::input;
+use crate::connection::session::{self, SessionContext};
+use crate::error::json_error;
+use crate::fanout::delivery::{ConnectionLimits, LimitHit, Outbox};
+use crate::identity::revocation::{authenticate, Refusal};
 use crate::metrics;
-use crate::revocation::{authenticate, Refusal};
+use crate::peer::PeerAddr;
+use crate::rest::input;
+use crate::rest::token_refused;
 use crate::state::NodeState;
-use crate::store::queries;
-use crate::ws::session::{self, SessionContext};
+use crate::storage::queries;
 
 pub async fn handle(
     State(state): State<Arc<NodeState>>,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use common::ids::{ConvId, UserId};
 use deadpool_postgres::Pool;
 
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// Most cached conversations before the cache is emptied (a crude but bounded policy).
 const CAPACITY: usize = 100_000;

@@ -16,11 +16,11 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use fastwebsockets::{Frame, OpCode, Payload};
 use tracing::debug;
 
-use crate::http::json_error;
+use crate::connection::frames::FrameReader;
+use crate::connection::inbound::{Assembler, Inbound};
+use crate::connection::session::close_for_error;
+use crate::error::json_error;
 use crate::state::NodeState;
-use crate::ws::frames::FrameReader;
-use crate::ws::inbound::{Assembler, Inbound};
-use crate::ws::session::close_for_error;
 
 pub async fn handle(
     State(state): State<Arc<NodeState>>,

@@ -4,7 +4,9 @@
 //! know about sockets or Redis: the writer hands committed messages to `delivery` through a channel.
 
 pub mod chat;
+pub mod media;
 pub mod queries;
+pub mod relations;
 pub mod schema;
 pub mod writer;
 

@@ -26,99 +26,97 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::{debug, debug_span, warn, Instrument};
 
+use crate::identity::accounts;
+use crate::peer::PeerAddr;
 use crate::state::NodeState;
-use crate::{accounts, api, store, ws};
-
-/// The client's address, put into each request's extensions by the accept loop.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// A JSON error answer.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": code, "message": message })),
-    )
-        .into_response()
-}
+use crate::{connection, rest, storage};
 
 pub fn routes(state: Arc<NodeState>) -> Router {
     let media_limit = state.config.max_media_bytes;
-    let web_root = crate::web::web_root(&state.config.web_dir);
+    let web_root = crate::server::web::web_root(&state.config.web_dir);
     let mut router = Router::new();
     if state.config.conformance_echo {
-        router = router.route("/v1/echo", get(ws::echo::handle));
+        router = router.route("/v1/echo", get(connection::echo::handle));
     }
     router
         .route(
             "/v1/users",
-            post(accounts::register).get(api::profiles::search),
+            post(accounts::register).get(rest::profiles::search),
         )
         .route(
             "/v1/users/me",
-            get(api::profiles::me).patch(api::profiles::update_me),
+            get(rest::profiles::me).patch(rest::profiles::update_me),
         )
-        .route("/v1/users/{id}", get(api::profiles::get_user))
-        .route("/v1/presence", get(api::profiles::presence))
+        .route("/v1/users/{id}", get(rest::profiles::get_user))
+        .route("/v1/presence", get(rest::profiles::presence))
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/auth/logout", post(accounts::logout))
         .route("/v1/auth/logout-all", post(accounts::logout_all))
-        .route("/v1/friends", get(api::friends::list))
-        .route("/v1/friends/{user}", delete(api::friends::remove))
+        .route("/v1/friends", get(rest::friends::list))
+        .route("/v1/friends/{user}", delete(rest::friends::remove))
         .route(
             "/v1/friends/requests",
-            post(api::friends::request).get(api::friends::list_requests),
+            post(rest::friends::request).get(rest::friends::list_requests),
         )
         .route(
             "/v1/friends/requests/{id}/{action}",
-            post(api::friends::answer),
+            post(rest::friends::answer),
         )
-        .route("/v1/blocks", get(api::friends::list_blocks))
+        .route("/v1/blocks", get(rest::friends::list_blocks))
         .route(
             "/v1/blocks/{user}",
-            put(api::friends::block).delete(api::friends::unblock),
+            put(rest::friends::block).delete(rest::friends::unblock),
         )
         .route(
             "/v1/groups",
-            post(api::groups::create).get(api::groups::list_mine),
+            post(rest::groups::create).get(rest::groups::list_mine),
         )
-        .route("/v1/groups/{id}", patch(api::groups::rename))
+        .route("/v1/groups/{id}", patch(rest::groups::rename))
         .route(
             "/v1/groups/{id}/members",
-            get(api::groups::members).post(api::groups::add_members),
+            get(rest::groups::members).post(rest::groups::add_members),
         )
         .route(
             "/v1/groups/{id}/members/{user}",
-            delete(api::groups::remove_member),
+            delete(rest::groups::remove_member),
         )
-        .route("/v1/groups/{id}/leave", post(api::groups::leave))
-        .route("/v1/groups/{id}/owner", post(api::groups::transfer))
+        .route("/v1/groups/{id}/leave", post(rest::groups::leave))
+        .route("/v1/groups/{id}/owner", post(rest::groups::transfer))
         .route(
             "/v1/groups/{id}/admins/{user}",
-            put(api::groups::appoint_admin).delete(api::groups::dismiss_admin),
+            put(rest::groups::appoint_admin).delete(rest::groups::dismiss_admin),
         )
-        .route("/v1/conversations", get(api::conversations::list))
+        .route("/v1/invitations", get(rest::invitations::list))
+        .route(
+            "/v1/invitations/{id}/accept",
+            post(rest::invitations::accept),
+        )
+        .route(
+            "/v1/invitations/{id}/decline",
+            post(rest::invitations::decline),
+        )
+        .route("/v1/conversations", get(rest::conversations::list))
         .route(
             "/v1/conversations/{id}/messages",
-            get(api::conversations::history),
+            get(rest::conversations::history),
         )
         .route(
             "/v1/conversations/{id}/reads",
-            get(api::conversations::reads),
+            get(rest::conversations::reads),
         )
         .route(
             "/v1/media",
-            post(api::media::upload).layer(DefaultBodyLimit::max(media_limit)),
+            post(rest::media::upload).layer(DefaultBodyLimit::max(media_limit)),
         )
-        .route("/v1/media/{hash}", get(api::media::get))
-        .route("/v1/media/{hash}/thumb", get(api::media::get_thumb))
-        .route("/v1/media/{hash}/info", get(api::media::info))
-        .route("/v1/ws", get(ws::upgrade::handle))
+        .route("/v1/media/{hash}", get(rest::media::get))
+        .route("/v1/media/{hash}/thumb", get(rest::media::get_thumb))
+        .route("/v1/media/{hash}/info", get(rest::media::info))
+        .route("/v1/ws", get(connection::upgrade::handle))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(move |method, uri| crate::web::fallback(web_root.clone(), method, uri))
-        .layer(axum::middleware::from_fn(crate::web::cors))
+        .fallback(move |method, uri| crate::server::web::fallback(web_root.clone(), method, uri))
+        .layer(axum::middleware::from_fn(crate::server::web::cors))
         .with_state(state)
 }
 
@@ -249,7 +247,7 @@ async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
         Ok(Ok(_))
     );
     let postgres = matches!(
-        tokio::time::timeout(limit, store::queries::ping(&state.pool)).await,
+        tokio::time::timeout(limit, storage::queries::ping(&state.pool)).await,
         Ok(Ok(()))
     );
     let lease = state.lease_ok.load(Ordering::Acquire);

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
-use crate::input::{ApiPath, ApiQuery};
+use crate::chat::content::is_displayable_name;
+use crate::rest::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
 
 const PROFILE_COLUMNS: &str = "id, username, display_name, avatar";
@@ -77,15 +78,21 @@ pub async fn update_me(
     if update
         .display_name
         .as_ref()
-        .is_some_and(|n| n.chars().count() > 64)
+        .is_some_and(|n| n.chars().count() > 64 || !is_displayable_name(n))
     {
         return bad_request(
             "bad_display_name",
-            "display names are at most 64 characters",
+            "display_name: at most 64 characters, no control or bidirectional-override characters",
         );
     }
     if let Some(avatar) = update.avatar.as_deref().filter(|a| !a.is_empty()) {
-        match crate::store::chat::accessible_media(&state.pool, avatar, user).await {
+        if crate::rest::input::media_hash(avatar).is_err() {
+            return bad_request(
+                "bad_avatar",
+                "avatar must be the SHA-256 (hex) of an image you uploaded",
+            );
+        }
+        match crate::storage::chat::accessible_media(&state.pool, avatar, user).await {
             Ok(Some((_, mime))) if mime.starts_with("image/") => {}
             Ok(_) => return bad_request("bad_avatar", "avatar must be an image you uploaded"),
             Err(error) => return unavailable(error),
@@ -155,11 +162,12 @@ pub async fn presence(
     AuthUser(user): AuthUser,
     ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> Response {
-    let asked = crate::input::user_list(&query.users, 500);
-    let friends: HashSet<UserId> = match crate::contacts::friends_of(&state.pool, user).await {
-        Ok(friends) => friends.into_iter().collect(),
-        Err(error) => return unavailable(error),
-    };
+    let asked = crate::rest::input::user_list(&query.users, 500);
+    let friends: HashSet<UserId> =
+        match crate::chat::pair_cache::friends_of(&state.pool, user).await {
+            Ok(friends) => friends.into_iter().collect(),
+            Err(error) => return unavailable(error),
+        };
     let visible: Vec<UserId> = asked
         .into_iter()
         .filter(|u| *u == user || friends.contains(u))
@@ -179,7 +187,7 @@ pub async fn presence(
         }
         Err(error) => {
             tracing::warn!(%error, "presence lookup failed");
-            crate::http::json_error(
+            crate::error::json_error(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "presence unavailable",

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::collections::HashMap;
 
 use common::frame::{
     kinds, Attrs, ErrorFrame, ReadRequest, ReadState, RecallRequest, Send, SyncRequest, Synced,
@@ -28,15 +27,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::contacts::{PairPolicy, Route};
-use crate::delivery::{Outbound, OutboundRx, Outbox};
+use crate::chat::content;
+use crate::chat::rate_limit::Verdict;
+use crate::chat::typing::TypingThrottle;
+use crate::connection::frames::FrameReader;
+use crate::connection::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
+use crate::fanout::delivery::{Outbound, OutboundRx, Outbox};
 use crate::metrics;
-use crate::ratelimit::Verdict;
 use crate::state::NodeState;
-use crate::store::queries::{self, SyncPage};
-use crate::store::writer::{Submission, Target};
-use crate::ws::frames::FrameReader;
-use crate::ws::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
+use crate::storage::queries::{self, SyncPage};
+use crate::storage::writer::{Submission, Target};
 
 type Io = TokioIo<Upgraded>;
 
@@ -179,7 +179,7 @@ pub async fn run(state: Arc<NodeState>, socket: UpgradeFut, context: SessionCont
         user,
         device: device.clone(),
         outbox: outbox.clone(),
-        typing: HashMap::new(),
+        typing: TypingThrottle::default(),
     };
     let idle = Duration::from_secs(u64::from(state.config.idle_timeout_secs));
     let max_message = state.config.max_message_bytes;
@@ -329,7 +329,20 @@ async fn write_loop(
         }
     };
     if let Some(instruction) = instruction {
+        // Frames queued before a kick (say, the `rate_limited` errors that led to it) go out first; a slow consumer's
+        // queue is what could not be sent, so it is dropped.
+        let queued = if outbox.kicked() == Some(KickReason::SlowConsumer) {
+            Default::default()
+        } else {
+            outbound.take_queued()
+        };
         let closing = async {
+            for item in queued {
+                match item {
+                    Outbound::Frame(bytes) => write_binary(&mut writer, &bytes, &state).await?,
+                    Outbound::Pong(_) => {}
+                }
+            }
             if let Some(kick) = &instruction.kick {
                 if let Ok(bytes) = common::encode(kick, usize::MAX) {
                     write_binary(&mut writer, &bytes, &state).await?;
@@ -367,27 +380,37 @@ async fn write_binary(
         .await
 }
 
+/// At most this many bytes of a cid are echoed in an answer (a valid cid is never longer).
+const MAX_ECHOED_CID_BYTES: usize = 64;
+
+/// The cid as an answer carries it: whole if valid, else its first 64 bytes (cut at a character boundary), so a
+/// client matching answers by cid still finds the one to an invalid cid.
+fn echoed_cid(cid: &str) -> String {
+    if cid.len() <= MAX_ECHOED_CID_BYTES {
+        return cid.to_string();
+    }
+    let mut end = MAX_ECHOED_CID_BYTES;
+    while !cid.is_char_boundary(end) {
+        end -= 1;
+    }
+    cid[..end].to_string()
+}
+
+fn invalid_cid(cid: &str) -> ErrorFrame {
+    ErrorFrame::new(
+        ErrorCode::InvalidRequest,
+        "cid must be 1-64 characters of [A-Za-z0-9_.-]",
+    )
+    .for_cid(echoed_cid(cid))
+}
+
 /// The reader's per-connection state.
 struct Connection {
     state: Arc<NodeState>,
     user: UserId,
     device: Arc<str>,
     outbox: Arc<Outbox>,
-    /// When this connection last relayed `typing` per conversation.
-    typing: HashMap<common::ids::ConvId, Instant>,
-}
-
-const MAX_EMOJI_BYTES: usize = 64;
-const MAX_CAPTION_BYTES: usize = 1024;
-const MAX_FILE_NAME_BYTES: usize = 255;
-const MAX_CUSTOM_TYPE_BYTES: usize = 64;
-const MAX_MEMO_BYTES: usize = 256;
-
-fn is_sha256_hex(value: &str) -> bool {
-    value.len() == 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    typing: TypingThrottle,
 }
 
 impl Connection {
@@ -418,25 +441,28 @@ impl Connection {
             return;
         }
         if !is_valid_cid(&send.cid) {
-            self.outbox.error(ErrorFrame::new(
-                ErrorCode::InvalidRequest,
-                "cid must be 1-64 characters of [A-Za-z0-9_.-]",
-            ));
+            self.outbox.error(invalid_cid(&send.cid));
             return;
         }
-        let cid = send.cid.clone();
-        let fail = |code: ErrorCode, msg: String| ErrorFrame::new(code, msg).for_cid(cid.clone());
-        let attrs = match self.check_content(&send).await {
-            Ok(attrs) => attrs,
-            Err((code, msg)) => {
-                self.outbox.error(fail(code, msg));
-                return;
-            }
-        };
-        let (target, members) = match self.resolve_target(send.to, send.conv).await {
+        let state = &self.state;
+        let attrs =
+            match content::check_send(&state.pool, state.config.max_body_bytes, self.user, &send)
+                .await
+            {
+                Ok(attrs) => attrs,
+                Err(refusal) => {
+                    self.outbox.error(refusal.frame().for_cid(send.cid));
+                    return;
+                }
+            };
+        let (target, members) = match state
+            .policy
+            .send_target(self.user, send.to, send.conv)
+            .await
+        {
             Ok(target) => target,
-            Err((code, msg)) => {
-                self.outbox.error(fail(code, msg));
+            Err(refusal) => {
+                self.outbox.error(refusal.frame().for_cid(send.cid));
                 return;
             }
         };
@@ -479,10 +505,7 @@ impl Connection {
             ErrorCode::RateLimited,
             "send rate exceeded; slow down and retry with the same cid",
         );
-        // Only a well-formed cid is echoed (a malformed one gets no answer of its own either).
-        if is_valid_cid(cid) {
-            refusal = refusal.for_cid(cid.to_string());
-        }
+        refusal = refusal.for_cid(echoed_cid(cid));
         self.outbox.error(refusal);
         false
     }
@@ -499,183 +522,6 @@ impl Connection {
         }
     }
 
-    /// The target and its members for a `send`: `to` names a user (1:1, subject to friendship and blocks),
-    /// `conv` a conversation the sender belongs to. A 1:1 pair the node has not routed yet goes to the writer
-    /// unresolved: it checks the pair and creates its conversation inside the batch that stores the message.
-    async fn resolve_target(
-        &self,
-        to: Option<UserId>,
-        conv: Option<common::ids::ConvId>,
-    ) -> Result<(Target, Arc<[UserId]>), (ErrorCode, String)> {
-        let unavailable = |error: crate::store::StoreError| {
-            warn!(%error, "could not resolve the conversation");
-            (
-                ErrorCode::StoreUnavailable,
-                "message store unavailable; retry".to_string(),
-            )
-        };
-        match (to, conv) {
-            (Some(to), None) => {
-                let members: Arc<[UserId]> = if to == self.user {
-                    Arc::from([self.user])
-                } else {
-                    Arc::from([self.user, to])
-                };
-                match self.state.pairs.route(self.user, to) {
-                    Route::Conversation(conv) => Ok((Target::Conv(conv), members)),
-                    Route::Unknown => Ok((Target::Direct(to), members)),
-                    Route::Refused(PairPolicy::Blocked) => Err((
-                        ErrorCode::Blocked,
-                        "messages between you are blocked".into(),
-                    )),
-                    Route::Refused(_) => Err((
-                        ErrorCode::NotFriends,
-                        "you are not friends with this user".into(),
-                    )),
-                }
-            }
-            (None, Some(conv)) => match self
-                .state
-                .delivery
-                .members
-                .get(conv)
-                .await
-                .map_err(unavailable)?
-            {
-                Some(members) if members.contains(self.user) => {
-                    Ok((Target::Conv(conv), members.users.clone()))
-                }
-                _ => Err((
-                    ErrorCode::NotMember,
-                    format!("not a member of conversation {conv}"),
-                )),
-            },
-            _ => Err((
-                ErrorCode::InvalidRequest,
-                "exactly one of `to` and `conv` is required".into(),
-            )),
-        }
-    }
-
-    /// Checks a message's kind, body and attributes against the kind's rules; returns the attributes to store.
-    async fn check_content(&self, send: &Send) -> Result<Option<Attrs>, (ErrorCode, String)> {
-        let max_body = self.state.config.max_body_bytes;
-        let too_long = |what: &str, len: usize, max: usize| {
-            (
-                ErrorCode::LimitExceeded,
-                format!("{what} of {len} bytes exceeds the limit of {max}"),
-            )
-        };
-        let attrs = send.attrs.clone().unwrap_or_default();
-        match send.kind.as_str() {
-            kinds::TEXT => {
-                if send.body.is_empty() {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        "a text message needs a body".into(),
-                    ));
-                }
-                if send.body.len() > max_body {
-                    return Err(too_long("body", send.body.len(), max_body));
-                }
-                Ok(None)
-            }
-            kinds::EMOJI => {
-                if send.body.is_empty() || send.body.len() > MAX_EMOJI_BYTES {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!("an emoji code is 1-{MAX_EMOJI_BYTES} bytes"),
-                    ));
-                }
-                Ok(None)
-            }
-            kinds::IMAGE | kinds::FILE => {
-                if send.body.len() > MAX_CAPTION_BYTES {
-                    return Err(too_long("caption", send.body.len(), MAX_CAPTION_BYTES));
-                }
-                let Some(hash) = attrs.media.filter(|h| is_sha256_hex(h)) else {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        "attrs.media must be the SHA-256 (hex) of an upload".into(),
-                    ));
-                };
-                let name = attrs.name.filter(|n| !n.is_empty());
-                if name.as_ref().is_some_and(|n| n.len() > MAX_FILE_NAME_BYTES) {
-                    return Err((
-                        ErrorCode::LimitExceeded,
-                        format!("file names are at most {MAX_FILE_NAME_BYTES} bytes"),
-                    ));
-                }
-                let found =
-                    crate::store::chat::accessible_media(&self.state.pool, &hash, self.user)
-                        .await
-                        .map_err(|error| {
-                            warn!(%error, "media lookup failed");
-                            (
-                                ErrorCode::StoreUnavailable,
-                                "message store unavailable; retry".to_string(),
-                            )
-                        })?;
-                let Some((size, mime)) = found else {
-                    return Err((
-                        ErrorCode::UnknownMedia,
-                        "no such upload (upload it first)".into(),
-                    ));
-                };
-                if send.kind == kinds::IMAGE && !mime.starts_with("image/") {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!("an image message needs an image, not {mime}"),
-                    ));
-                }
-                Ok(Some(Attrs {
-                    media: Some(hash),
-                    name,
-                    size: Some(size),
-                    mime: Some(mime),
-                    ..Attrs::default()
-                }))
-            }
-            kinds::CUSTOM => {
-                if send.body.len() > max_body {
-                    return Err(too_long("body", send.body.len(), max_body));
-                }
-                let Some(custom_type) = attrs
-                    .custom_type
-                    .filter(|t| !t.is_empty() && t.len() <= MAX_CUSTOM_TYPE_BYTES)
-                else {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!("attrs.custom_type must be 1-{MAX_CUSTOM_TYPE_BYTES} bytes"),
-                    ));
-                };
-                if attrs
-                    .memo
-                    .as_ref()
-                    .is_some_and(|m| m.len() > MAX_MEMO_BYTES)
-                {
-                    return Err((
-                        ErrorCode::LimitExceeded,
-                        format!("attrs.memo is at most {MAX_MEMO_BYTES} bytes"),
-                    ));
-                }
-                Ok(Some(Attrs {
-                    custom_type: Some(custom_type),
-                    memo: attrs.memo,
-                    amount: attrs.amount,
-                    ..Attrs::default()
-                }))
-            }
-            other => Err((
-                ErrorCode::InvalidRequest,
-                format!(
-                    "unknown kind {other:?}; clients may send {}",
-                    kinds::CLIENT_KINDS.join(", ")
-                ),
-            )),
-        }
-    }
-
     async fn on_read(&mut self, request: ReadRequest) {
         if request.seq < 0 {
             self.outbox.error(ErrorFrame::new(
@@ -684,7 +530,7 @@ impl Connection {
             ));
             return;
         }
-        let marked = match crate::store::chat::mark_read(
+        let marked = match crate::storage::chat::mark_read(
             &self.state.pool,
             self.user,
             request.conv,
@@ -715,13 +561,12 @@ impl Connection {
             user: self.user,
             seq: read_seq,
         });
-        // My devices keep unread badges in step; in 1:1 the peer gets a read receipt. Group receipts are asked for.
-        let mut users = vec![self.user];
-        if conv_kind == crate::store::queries::KIND_DIRECT {
-            if let Ok(Some(members)) = self.state.delivery.members.get(request.conv).await {
-                users.extend(members.users.iter().copied().filter(|u| *u != self.user));
-            }
-        }
+        // My devices keep unread badges in step; in 1:1 the peer gets a read receipt while the pair is allowed.
+        let users = self
+            .state
+            .policy
+            .read_audience(self.user, request.conv, conv_kind)
+            .await;
         self.state
             .delivery
             .event_to_users(&users, Some((self.user, &self.device)), &frame)
@@ -729,30 +574,22 @@ impl Connection {
     }
 
     async fn on_typing(&mut self, request: TypingRequest) {
-        // At most one relayed typing frame per conversation per second from one connection.
-        let now = Instant::now();
-        if self
-            .typing
-            .get(&request.conv)
-            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1))
-        {
+        if !self.typing.admit(request.conv, Instant::now()) {
             return;
         }
-        if self.typing.len() > 64 {
-            self.typing.clear();
-        }
-        self.typing.insert(request.conv, now);
-        let members = match self.state.delivery.members.get(request.conv).await {
-            Ok(Some(members)) if members.contains(self.user) => members,
-            Ok(_) => {
-                self.outbox.error(ErrorFrame::new(
-                    ErrorCode::NotMember,
-                    "not a member of this conversation",
-                ));
+        let members = match self
+            .state
+            .policy
+            .typing_audience(self.user, request.conv)
+            .await
+        {
+            Ok(members) => members,
+            Err(refusal) if refusal.code.retryable() => {
+                debug!(code = refusal.code.as_str(), "typing dropped");
                 return;
             }
-            Err(error) => {
-                debug!(%error, "typing dropped: members unavailable");
+            Err(refusal) => {
+                self.outbox.error(refusal.frame());
                 return;
             }
         };
@@ -765,7 +602,7 @@ impl Connection {
             .delivery
             .event_to_conv(
                 request.conv,
-                &members.users,
+                &members,
                 Some((self.user, &self.device)),
                 &frame,
             )
@@ -778,15 +615,12 @@ impl Connection {
             return;
         }
         if !is_valid_cid(&request.cid) {
-            self.outbox.error(ErrorFrame::new(
-                ErrorCode::InvalidRequest,
-                "cid must be 1-64 characters of [A-Za-z0-9_.-]",
-            ));
+            self.outbox.error(invalid_cid(&request.cid));
             return;
         }
         let fail =
             |code: ErrorCode, msg: &str| ErrorFrame::new(code, msg).for_cid(request.cid.clone());
-        let target = match crate::store::chat::recall_target(
+        let target = match crate::storage::chat::recall_target(
             &self.state.pool,
             request.conv,
             request.seq,
@@ -817,7 +651,8 @@ impl Connection {
             .unwrap_or(0);
         let own_in_time = target.sender == self.user
             && now_ms - target.created_ms <= self.state.config.recall_window_secs * 1000;
-        let group_admin = target.conv_kind == crate::store::queries::KIND_GROUP && target.role >= 1;
+        let group_admin =
+            target.conv_kind == crate::storage::queries::KIND_GROUP && target.role >= 1;
         if target.kind == kinds::SYSTEM || target.kind == kinds::RECALL || target.recalled {
             self.outbox.error(fail(
                 ErrorCode::Forbidden,
