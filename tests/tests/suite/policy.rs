@@ -653,7 +653,7 @@ async fn invitation_seen(
     let notified = if invitee.id == cell.b.id {
         let from = cell.a.id;
         arrives(&mut cell.bc, expected == "invited", |f| {
-            matches!(f, ServerFrame::Notice(n) if n.kind == "group_invitation" && n.user == from)
+            matches!(f, ServerFrame::Notice(n) if n.kind == "group_invitation" && n.user == from && n.conv == Some(group))
         })
         .await?
     } else {
@@ -921,7 +921,9 @@ async fn run_cell(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_matrix_holds_on_every_path_at_once_across_nodes() {
-    let options = ClusterOptions::default().arg("require-friendship", "true");
+    let options = ClusterOptions::default()
+        .arg("require-friendship", "true")
+        .arg("group-consent", "true");
     let cluster = Arc::new(Cluster::start_with(2, options).await.unwrap());
     let sql = Arc::new(cluster.sql().await.unwrap());
     let permits = Arc::new(tokio::sync::Semaphore::new(12));
@@ -978,6 +980,9 @@ async fn policy_matrix_holds_on_every_path_at_once_across_nodes() {
         grid.push('\n');
     }
     failures.sort();
+    if std::env::var("IM_POLICY_TIMES").is_ok() {
+        eprintln!("{grid}");
+    }
     assert!(
         failures.is_empty(),
         "{} of the policy matrix's cells differ:\n{}\n\nobserved (! = differs):\n{grid}",

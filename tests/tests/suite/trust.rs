@@ -26,7 +26,9 @@ use tests::{Cluster, ClusterOptions, TestClient, TestUser};
 const QUIET: Duration = Duration::from_millis(500);
 
 fn friendship_required() -> ClusterOptions {
-    ClusterOptions::default().arg("require-friendship", "true")
+    ClusterOptions::default()
+        .arg("require-friendship", "true")
+        .arg("group-consent", "true")
 }
 
 fn message(
@@ -588,7 +590,7 @@ async fn groups_need_consent_and_blockers_never_see_the_invitation() {
 
     // The stranger is told at once and sees the invitation; the blocker sees nothing at all.
     until(&mut sc, WAIT, |f| {
-        matches!(f, ServerFrame::Notice(n) if n.kind == "group_invitation" && n.user == owner.id)
+        matches!(f, ServerFrame::Notice(n) if n.kind == "group_invitation" && n.user == owner.id && n.conv == Some(group))
             .then_some(())
     })
     .await
@@ -801,6 +803,58 @@ async fn groups_need_consent_and_blockers_never_see_the_invitation() {
     )
     .await;
     assert_eq!(code, 404);
+
+    // An invitation from someone the invitee blocks afterwards disappears: not listed, not acceptable.
+    let second = cluster.user("g-second").await.unwrap();
+    let path = format!("/v1/groups/{group}/members");
+    let (code, body) = status(
+        &cluster,
+        0,
+        &owner,
+        "POST",
+        &path,
+        Some(json!({"users": [second.id]})),
+    )
+    .await;
+    assert_eq!(
+        (code, ids(&body["invited"])),
+        (200, BTreeSet::from([second.id])),
+        "{body}"
+    );
+    let (_, list) = status(&cluster, 1, &second, "GET", "/v1/invitations", None).await;
+    assert_eq!(invitations(&list), vec![group], "{list}");
+    let block = format!("/v1/blocks/{}", owner.id);
+    assert_eq!(
+        status(&cluster, 0, &second, "PUT", &block, None).await.0,
+        204
+    );
+    let (_, list) = status(&cluster, 1, &second, "GET", "/v1/invitations", None).await;
+    assert_eq!(
+        invitations(&list),
+        Vec::<i64>::new(),
+        "an invitation from a blocked user: {list}"
+    );
+    let accept = format!("/v1/invitations/{group}/accept");
+    assert_eq!(
+        status(&cluster, 1, &second, "POST", &accept, None).await.0,
+        404
+    );
+
+    // Users that do not exist are refused as such.
+    let (code, body) = status(
+        &cluster,
+        1,
+        &owner,
+        "POST",
+        "/v1/groups",
+        Some(json!({"title": "ghosts", "members": [i64::MAX - 7]})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("unknown_user")),
+        "{body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1054,6 +1108,145 @@ async fn friendship_changes_hold_on_the_other_node_for_the_very_next_send() {
     assert!(
         wrong.is_empty(),
         "{} sends after a change saw the old state:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// One group's run of `group_membership_changes_hold_on_the_other_node_for_the_very_next_request`; returns what
+/// went wrong.
+async fn removal_run(cluster: Arc<Cluster>, g: usize) -> Vec<String> {
+    let owner = cluster.user(&format!("rm{g}-owner")).await.unwrap();
+    let member = cluster.user(&format!("rm{g}-member")).await.unwrap();
+    let churn = cluster.user(&format!("rm{g}-churn")).await.unwrap();
+    cluster.befriend(&owner, &member).await.unwrap();
+    cluster.befriend(&owner, &churn).await.unwrap();
+    let (code, group) = status(
+        &cluster,
+        0,
+        &owner,
+        "POST",
+        "/v1/groups",
+        Some(json!({"title": "busy", "members": [member.id]})),
+    )
+    .await;
+    assert_eq!(code, 201, "{group}");
+    let conv = group["id"].as_i64().unwrap();
+    let leaves = g % 2 == 1;
+    let mut oc = cluster.connect(1, &owner, "phone").await.unwrap();
+    let mut mc = cluster.connect(1, &member, "phone").await.unwrap();
+    let changed = AtomicBool::new(false);
+    let history = format!("/v1/conversations/{conv}/messages");
+    let (reads, sends, ()) = tokio::join!(
+        // The member keeps reading the history through node 1.
+        async {
+            let mut reads = Vec::new();
+            let mut after = 0;
+            while after < 5 {
+                let was = changed.load(Ordering::SeqCst);
+                let (code, _) = status(&cluster, 1, &member, "GET", &history, None).await;
+                reads.push((was, code));
+                after += usize::from(was);
+            }
+            reads
+        },
+        // The owner keeps posting through node 1.
+        stream_until_after(&mut oc, &changed, 5, |n| text(
+            &format!("o{n}"),
+            None,
+            Some(conv)
+        )),
+        // A busy group: members come and go, then the member is removed (or leaves) through node 0.
+        async {
+            for _ in 0..2 {
+                let add = json!({"users": [churn.id]});
+                let path = format!("/v1/groups/{conv}/members");
+                assert_eq!(
+                    status(&cluster, 0, &owner, "POST", &path, Some(add))
+                        .await
+                        .0,
+                    200
+                );
+                let path = format!("/v1/groups/{conv}/members/{}", churn.id);
+                assert_eq!(
+                    status(&cluster, 0, &owner, "DELETE", &path, None).await.0,
+                    204
+                );
+            }
+            let code = if leaves {
+                status(
+                    &cluster,
+                    0,
+                    &member,
+                    "POST",
+                    &format!("/v1/groups/{conv}/leave"),
+                    None,
+                )
+                .await
+                .0
+            } else {
+                let path = format!("/v1/groups/{conv}/members/{}", member.id);
+                status(&cluster, 0, &owner, "DELETE", &path, None).await.0
+            };
+            assert_eq!(code, 204);
+            changed.store(true, Ordering::SeqCst);
+        }
+    );
+    let how = if leaves { "left" } else { "removed" };
+    let mut wrong = Vec::new();
+    for (index, (after, code)) in reads.iter().enumerate() {
+        if *after && *code != 404 {
+            wrong.push(format!(
+                "group {g}: history read #{index} after the member {how} answered {code}"
+            ));
+        }
+    }
+    let posted_after: Vec<String> = sends
+        .iter()
+        .filter(|t| t.after_change)
+        .map(|t| t.cid.clone())
+        .collect();
+    for t in sends.iter().filter(|t| t.after_change) {
+        if let Err(error) = &t.outcome {
+            wrong.push(format!(
+                "group {g}: the owner's {} after the member {how} was refused: {error:?}",
+                t.cid
+            ));
+        }
+    }
+    // Nothing sent after the change reaches whoever left the group.
+    loop {
+        let leaked = within(&mut mc, QUIET, |f| match f {
+            ServerFrame::Msg(m) if m.conv == conv => Some(m.cid.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+        match leaked {
+            Some(cid) if posted_after.contains(&cid) => wrong.push(format!(
+                "group {g}: the member who {how} received {cid}, sent after the change"
+            )),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    wrong
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_membership_changes_hold_on_the_other_node_for_the_very_next_request() {
+    let cluster = Arc::new(Cluster::start_with(2, friendship_required()).await.unwrap());
+    let mut runs = tokio::task::JoinSet::new();
+    for g in 0..6 {
+        runs.spawn(removal_run(cluster.clone(), g));
+    }
+    let mut wrong = Vec::new();
+    while let Some(result) = runs.join_next().await {
+        wrong.extend(result.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} requests after a membership change saw the old state:\n{}",
         wrong.len(),
         wrong.join("\n")
     );
