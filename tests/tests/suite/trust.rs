@@ -386,6 +386,28 @@ async fn a_nul_character_is_refused_by_field_and_fails_no_other_message() {
         )
         .await,
     ));
+    let (_, club) = status(
+        &cluster,
+        0,
+        &attacker,
+        "POST",
+        "/v1/groups",
+        Some(json!({"title": "club", "members": []})),
+    )
+    .await;
+    let rename = format!("/v1/groups/{}", club["id"]);
+    answers.push((
+        "title",
+        status(
+            &cluster,
+            0,
+            &attacker,
+            "PATCH",
+            &rename,
+            Some(json!({"title": "cl\u{0}ub"})),
+        )
+        .await,
+    ));
     answers.push((
         "note",
         status(
@@ -602,6 +624,7 @@ async fn groups_need_consent_and_blockers_never_see_the_invitation() {
         (invitation["from"].as_i64(), invitation["title"].as_str()),
         (Some(owner.id), Some("book club"))
     );
+    assert!(invitation["created_ms"].is_i64(), "{invitation}");
     let (code, list) = status(&cluster, 1, &blocker, "GET", "/v1/invitations", None).await;
     assert_eq!(
         (code, invitations(&list)),
@@ -837,6 +860,47 @@ async fn groups_need_consent_and_blockers_never_see_the_invitation() {
     let accept = format!("/v1/invitations/{group}/accept");
     assert_eq!(
         status(&cluster, 1, &second, "POST", &accept, None).await.0,
+        404
+    );
+
+    // Already-members are ignored; admins remove plain members, not the owner.
+    let members = format!("/v1/groups/{group}/members");
+    let (code, body) = status(
+        &cluster,
+        1,
+        &owner,
+        "POST",
+        &members,
+        Some(json!({"users": [friend.id]})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        ids(&body["added"]).is_empty() && ids(&body["invited"]).is_empty(),
+        "{body}"
+    );
+    let admins = format!("/v1/groups/{group}/admins/{}", friend.id);
+    assert_eq!(
+        status(&cluster, 0, &owner, "PUT", &admins, None).await.0,
+        200
+    );
+    let remove = |user: i64| format!("/v1/groups/{group}/members/{user}");
+    assert_eq!(
+        status(&cluster, 1, &friend, "DELETE", &remove(owner.id), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        status(&cluster, 1, &friend, "DELETE", &remove(stranger.id), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        status(&cluster, 1, &stranger, "DELETE", &remove(friend.id), None)
+            .await
+            .0,
         404
     );
 
