@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::fanout::delivery::LocalSessions;
+use crate::fanout::local::LocalSessions;
 use crate::state::NodeState;
 use crate::storage::writer::{self, WriterSettings};
 
@@ -86,18 +86,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             })
         }),
     };
-    let pairs = Arc::new(chat::pair_cache::PairCache::new());
+    let pairs = Arc::new(storage::pair_cache::PairCache::new());
     let revocations = Arc::new(identity::revocation::Revocations::new(
         router::RevocationStore::new(redis.clone()),
         Duration::from_secs(config.revocation_recheck_secs),
     ));
-    let bus_consumer = tokio::spawn(fanout::delivery::run_bus_consumer(
+    let bus_consumer = tokio::spawn(fanout::bus_inbox::run(
         bus_rx,
         delivery.clone(),
         pairs.clone(),
         revocations.clone(),
     ));
-    let recheck_task = tokio::spawn(identity::revocation::run_recheck(
+    let recheck_task = tokio::spawn(fanout::revoked::run_recheck(
         revocations.clone(),
         sessions.clone(),
         stop_background.clone(),
@@ -123,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         drain_writer.clone(),
     );
     let router_delivery = delivery.clone();
-    let router_task = tokio::spawn(fanout::delivery::run_router(
+    let router_task = tokio::spawn(fanout::committed::run(
         committed_rx,
         router_delivery,
         config.compress_threshold,

@@ -32,7 +32,7 @@ use crate::chat::rate_limit::Verdict;
 use crate::chat::typing::TypingThrottle;
 use crate::connection::frames::FrameReader;
 use crate::connection::inbound::{Assembler, Inbound, INVALID_PAYLOAD};
-use crate::fanout::delivery::{Outbound, OutboundRx, Outbox};
+use crate::connection::outbox::{Outbound, OutboundRx, Outbox};
 use crate::metrics;
 use crate::state::NodeState;
 use crate::storage::queries::{self, SyncPage};

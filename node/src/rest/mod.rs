@@ -3,6 +3,7 @@
 //! Every route needs `Authorization: Bearer <token>` (`AuthUser`). Every error is JSON
 //! `{"error": code, "message": text}`; the routes and their shapes are in `docs/openapi.yaml`.
 
+pub mod accounts;
 pub mod conversations;
 pub mod friends;
 pub mod groups;

@@ -10,8 +10,8 @@ use deadpool_postgres::{Pool, Transaction};
 
 use super::directs::{resolve_directs, Directs};
 use super::{Submission, Target};
-use crate::chat::pair_cache::pair;
 use crate::error::Refusal;
+use crate::storage::pair_cache::pair;
 use crate::storage::queries::KIND_DIRECT;
 use crate::storage::relations::{self, blocked_between};
 use crate::storage::StoreError;
