@@ -6,6 +6,7 @@
 //! publish it, release the lease, exit.
 
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod error;
