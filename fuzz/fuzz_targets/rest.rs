@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            let _ = input::json::<node::identity::accounts::Credentials>(rest);
+            let _ = input::json::<node::rest::accounts::Credentials>(rest);
             let _ = input::json::<groups::NewGroup>(rest);
             let _ = input::json::<groups::AddMembers>(rest);
             let _ = input::json::<groups::Rename>(rest);

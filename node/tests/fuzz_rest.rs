@@ -97,7 +97,7 @@ fn mutated(seed: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8
 /// Every JSON body a REST route parses, through the parser its extractor uses.
 fn parse_every_body(bytes: &[u8]) -> Result<(), TestCaseError> {
     let started = Instant::now();
-    let _ = input::json::<node::identity::accounts::Credentials>(bytes);
+    let _ = input::json::<node::rest::accounts::Credentials>(bytes);
     let _ = input::json::<groups::NewGroup>(bytes);
     let _ = input::json::<groups::AddMembers>(bytes);
     let _ = input::json::<groups::Rename>(bytes);

@@ -22,8 +22,8 @@ use deadpool_postgres::Pool;
 use tracing::warn;
 
 use super::Refusal;
-use crate::chat::pair_cache::PairCache;
 use crate::fanout::members::MemberCache;
+use crate::storage::pair_cache::PairCache;
 use crate::storage::queries::KIND_DIRECT;
 use crate::storage::relations::{self, PairPolicy};
 use crate::storage::writer::Target;

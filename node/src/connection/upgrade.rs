@@ -21,9 +21,10 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use router::BusMessage;
 use tracing::{info_span, warn, Instrument};
 
+use crate::connection::outbox::Outbox;
 use crate::connection::session::{self, SessionContext};
 use crate::error::json_error;
-use crate::fanout::delivery::{ConnectionLimits, LimitHit, Outbox};
+use crate::fanout::local::{ConnectionLimits, LimitHit};
 use crate::identity::revocation::{authenticate, Refusal};
 use crate::metrics;
 use crate::peer::PeerAddr;

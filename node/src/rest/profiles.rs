@@ -164,7 +164,7 @@ pub async fn presence(
 ) -> Response {
     let asked = crate::rest::input::user_list(&query.users, 500);
     let friends: HashSet<UserId> =
-        match crate::chat::pair_cache::friends_of(&state.pool, user).await {
+        match crate::storage::relations::friends_of(&state.pool, user).await {
             Ok(friends) => friends.into_iter().collect(),
             Err(error) => return unavailable(error),
         };

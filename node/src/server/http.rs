@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::{debug, debug_span, warn, Instrument};
 
-use crate::identity::accounts;
 use crate::peer::PeerAddr;
+use crate::rest::accounts;
 use crate::state::NodeState;
 use crate::{connection, rest, storage};
 

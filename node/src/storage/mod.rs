@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod media;
+pub mod pair_cache;
 pub mod queries;
 pub mod relations;
 pub mod schema;

@@ -316,3 +316,17 @@ pub async fn take_invitation<C: GenericClient>(
         None => Ok(None),
     }
 }
+
+/// The user's friends.
+pub async fn friends_of(pool: &Pool, user: UserId) -> Result<Vec<UserId>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT friend_id FROM friendships WHERE user_id = $1")
+        .await?;
+    client
+        .query(&statement, &[&user])
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get(0)?))
+        .collect()
+}

@@ -12,9 +12,9 @@ use tracing::{info, warn};
 
 use super::commit::{write, Outcome};
 use super::{Committed, Submission};
-use crate::chat::pair_cache::PairCache;
 use crate::error::Refusal;
 use crate::metrics::Metrics;
+use crate::storage::pair_cache::PairCache;
 use crate::storage::StoreError;
 
 /// How a failed transaction is treated.

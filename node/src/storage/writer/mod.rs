@@ -46,8 +46,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-use crate::chat::pair_cache::PairCache;
 use crate::metrics::Metrics;
+use crate::storage::pair_cache::PairCache;
 use batch::commit_batch;
 
 /// Where the outcome of one submission goes (the sender's connection).

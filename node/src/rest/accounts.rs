@@ -15,12 +15,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::ids::UserId;
-use router::{BusMessage, FailureCounters};
+use router::BusMessage;
 use serde::Deserialize;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{info_span, warn, Instrument};
 
 use crate::error::json_error;
 use crate::identity::auth::{token_id_hex, unix_now_ms};
+use crate::identity::login_throttle::{self, Admission, LoginLimits};
 use crate::peer::PeerAddr;
 use crate::rest::AuthToken;
 use crate::state::NodeState;
@@ -114,56 +115,13 @@ fn invalid_credentials() -> Response {
     )
 }
 
-/// What the throttle decided for one login attempt.
-enum Admission {
-    /// Refused (429): too many recent failures for the username or the client address, cluster-wide.
-    Refused(Response),
-    /// Admitted; the attempt is counted as a failure under these keys until it succeeds and gives them back.
-    Admitted { taken: Vec<String> },
-}
-
-/// Takes the attempt under the username's and the address's counters, each atomically (`FailureCounters::reserve`:
-/// concurrent guesses cannot all pass a check made before any was counted). If Redis cannot say, the login goes
-/// ahead: the Argon2 cost and its bounded pool still limit guessing.
-async fn admit(
-    state: &NodeState,
-    failures: &FailureCounters,
-    user_key: &str,
-    peer_key: &str,
-) -> Admission {
-    let limits = [
-        (user_key, state.config.login_max_failures_per_user, "user"),
-        (peer_key, state.config.login_max_failures_per_ip, "ip"),
-    ];
-    let mut taken = Vec::with_capacity(limits.len());
-    for (key, limit, scope) in limits {
-        match failures.reserve(key, limit).await {
-            Ok(true) => taken.push(key.to_string()),
-            Ok(false) => {
-                for key in &taken {
-                    if let Err(error) = failures.release(key).await {
-                        debug!(%error, "could not give back a login attempt");
-                    }
-                }
-                return Admission::Refused(throttled_response(failures, scope));
-            }
-            Err(error) => {
-                ::metrics::counter!("im_login_throttle_unavailable_total").increment(1);
-                debug!(%error, "login failure counts unavailable; not throttling");
-            }
-        }
-    }
-    Admission::Admitted { taken }
-}
-
-fn throttled_response(failures: &FailureCounters, scope: &'static str) -> Response {
-    ::metrics::counter!("im_login_throttled_total", "scope" => scope).increment(1);
+fn throttled_response(retry_after: Duration) -> Response {
     let mut response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_failures",
         "too many failed logins; try again later",
     );
-    if let Ok(value) = axum::http::HeaderValue::from_str(&failures.window().as_secs().to_string()) {
+    if let Ok(value) = axum::http::HeaderValue::from_str(&retry_after.as_secs().to_string()) {
         response
             .headers_mut()
             .insert(axum::http::header::RETRY_AFTER, value);
@@ -185,26 +143,27 @@ pub async fn login(
         ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
         return invalid_credentials();
     }
-    let failures = FailureCounters::new(
+    let limits = LoginLimits {
+        per_user: state.config.login_max_failures_per_user,
+        per_address: state.config.login_max_failures_per_ip,
+        window: Duration::from_secs(state.config.login_failure_window_secs),
+    };
+    let attempt = match login_throttle::admit(
         state.redis.clone(),
-        Duration::from_secs(state.config.login_failure_window_secs),
-    );
-    let user_key = format!("login:user:{}", credentials.username);
-    let peer_key = format!("login:ip:{}", peer.ip());
-    let taken = match admit(&state, &failures, &user_key, &peer_key).await {
-        Admission::Refused(response) => return response,
-        Admission::Admitted { taken } => taken,
+        limits,
+        &credentials.username,
+        peer.ip(),
+    )
+    .await
+    {
+        Admission::Refused { retry_after, .. } => return throttled_response(retry_after),
+        Admission::Admitted(attempt) => attempt,
     };
     let stored = match queries::user_credentials(&state.pool, &credentials.username).await {
         Ok(stored) => stored,
         Err(error) => {
             warn!(%error, "login lookup failed");
-            // Not the client's failure: give the attempt back.
-            for key in &taken {
-                if let Err(error) = failures.release(key).await {
-                    debug!(%error, "could not give back a login attempt");
-                }
-            }
+            attempt.abandoned().await;
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -221,21 +180,11 @@ pub async fn login(
         None => None,
     };
     let Some(user) = verified else {
-        // The attempt stays counted under the keys it took: that is the failure's record.
+        attempt.failed();
         ::metrics::counter!("im_logins_total", "result" => "refused").increment(1);
         return invalid_credentials();
     };
-    // A success clears its username's failures and gives back the attempt it took under the address.
-    for key in taken {
-        let cleared = if key == user_key {
-            failures.clear(&key).await
-        } else {
-            failures.release(&key).await
-        };
-        if let Err(error) = cleared {
-            debug!(%error, "could not clear the login failures");
-        }
-    }
+    attempt.succeeded().await;
     ::metrics::counter!("im_logins_total", "result" => "ok").increment(1);
     let (token, expires_at) = state.auth.issue(user);
     Json(serde_json::json!({ "user_id": user, "token": token, "expires_at": expires_at }))
@@ -299,7 +248,7 @@ async fn announce(
     token: Option<u128>,
     not_before_ms: Option<u64>,
 ) {
-    crate::identity::revocation::close_revoked(&state.sessions, user, token, not_before_ms);
+    crate::fanout::revoked::close_revoked(&state.sessions, user, token, not_before_ms);
     state
         .delivery
         .broadcast(BusMessage::TokensRevoked {

@@ -11,9 +11,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::ids::{ConvId, UserId};
-use deadpool_postgres::Pool;
-
-use crate::storage::StoreError;
 
 const TTL: Duration = Duration::from_secs(15);
 /// Most cached pairs before the cache is cleared (an entry is ~48 bytes).
@@ -82,18 +79,4 @@ impl PairCache {
     pub fn invalidate(&self, a: UserId, b: UserId) {
         self.lock().remove(&pair(a, b));
     }
-}
-
-/// The user's friends.
-pub async fn friends_of(pool: &Pool, user: UserId) -> Result<Vec<UserId>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached("SELECT friend_id FROM friendships WHERE user_id = $1")
-        .await?;
-    client
-        .query(&statement, &[&user])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
 }
