@@ -1,6 +1,10 @@
 //! Issue 12, "one chat policy on every path, one bad message never fails another's": one multi-process test per
-//! numbered finding (several for the small leaks of item 7), and the poison test. The contract they check is the
-//! issue's spec; the policy matrix (`policy.rs`) covers every relationship × action.
+//! numbered finding of the issue — several for item 6 (friendship, then group membership) and item 7 (each small
+//! leak) — and the poison test. The contract is the issue's spec; the policy matrix (`policy.rs`) covers every
+//! relationship × action once, these tests go deeper on each finding: races against the change, concurrency, every
+//! field a client can fill.
+//!
+//! "After the change" always means: the send or request was written after the change's REST call had returned.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -1024,7 +1028,7 @@ async fn the_typing_throttle_survives_unknown_conversation_ids() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 6. Friendship changes are read-your-writes across nodes.
+// 6. Friendship and group membership changes are read-your-writes across nodes.
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Both users of a pair keep sending to each other through node 1 while `change` runs through node 0; every send
