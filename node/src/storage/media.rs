@@ -1,4 +1,5 @@
-//! Media storage: content-addressed files behind a small trait, with thumbnails for images.
+//! Media bytes: content-addressed files behind a small trait, with thumbnails for images. What Postgres knows about
+//! a medium (size, type, who may use it) is `media_meta.rs`'s.
 //!
 //! A medium is stored once per SHA-256, under `<dir>/<first two hex digits>/<hash>`, its thumbnail beside it as
 //! `<hash>.thumb.png`. Writes go to a temporary name first and are renamed into place, so a crash never leaves a
