@@ -10,14 +10,7 @@ use deadpool_postgres::{GenericClient, Pool};
 
 use super::members::{lock_conversation, member_ids};
 use super::StoreError;
-
-/// Milliseconds since the Unix epoch, for an invitation's `created_ms`.
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 /// Records invitations to `conv` (a pending one is kept as it is; members are not invited). Returns the invitees
 /// that should be told: those who have not blocked the inviter.
