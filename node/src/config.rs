@@ -37,9 +37,28 @@ pub struct Config {
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
-    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes.
-    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Needed
+    /// unless `--token-keys` is set.
+    #[arg(
+        long,
+        env = "IM_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub token_secret: String,
+
+    /// Token keys with ids, `id:secret,id:secret` (each secret at least 32 bytes): the first signs new tokens,
+    /// every listed key verifies. Rotate by putting a new key first, waiting one token lifetime, then removing the
+    /// old one; nobody is logged out. Replaces `--token-secret` when set.
+    #[arg(
+        long,
+        env = "IM_TOKEN_KEYS",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub token_keys: String,
 
     /// How long a session token stays valid, in seconds.
     #[arg(long, env = "IM_TOKEN_TTL_SECS", default_value_t = 86_400)]
@@ -275,11 +294,23 @@ impl Config {
         self.problems().map_err(crate::error::Error::Config)
     }
 
+    /// The token keys: `--token-keys`, or `--token-secret` as the one key `default`.
+    pub fn token_key_list(&self) -> Result<Vec<crate::identity::auth::TokenKey>, String> {
+        use crate::identity::auth::{parse_token_keys, TokenKey, MIN_SECRET_BYTES};
+        if !self.token_keys.is_empty() {
+            return parse_token_keys(&self.token_keys);
+        }
+        if self.token_secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "--token-secret (or --token-keys) is required, at least {MIN_SECRET_BYTES} bytes"
+            ));
+        }
+        Ok(vec![TokenKey::new("default", &self.token_secret)])
+    }
+
     /// The first setting that is out of its rules, described for the operator.
     fn problems(&self) -> Result<(), String> {
-        if self.token_secret.len() < 32 {
-            return Err("--token-secret must be at least 32 bytes".into());
-        }
+        self.token_key_list()?;
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }

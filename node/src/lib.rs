@@ -135,8 +135,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.compress_threshold,
     ));
 
-    let auth = identity::auth::Authenticator::new(
-        &config.token_secret,
+    let auth = identity::auth::Authenticator::with_keys(
+        config.token_key_list().map_err(Error::Config)?,
         Duration::from_secs(config.token_ttl_secs),
         config.argon2_memory_kib,
         config.argon2_iterations,

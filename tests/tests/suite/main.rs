@@ -13,5 +13,6 @@ mod openapi;
 mod ops;
 mod protocol;
 mod redis_cluster;
+mod rotation;
 mod security;
 mod web;
