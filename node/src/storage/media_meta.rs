@@ -1,9 +1,9 @@
 //! What Postgres knows about media: each medium's size, type and thumbnail flag (`media`), who uploaded it
 //! (`media_uploads`), and who may use it.
 //!
-//! The bytes themselves are `media.rs`'s. A medium's row is written only after its bytes are stored, so a row
-//! always names bytes that exist (barring a lost disk); which conversation carried a medium (`conversation_media`)
-//! is recorded by the writer with the message.
+//! The bytes themselves are `media/`'s. A medium's row is written only after its bytes are stored, so a row always
+//! names stored bytes; which conversation carried a medium (`conversation_media`) is recorded by the writer with
+//! the message.
 
 use common::ids::UserId;
 use deadpool_postgres::{GenericClient, Pool};

@@ -3,15 +3,16 @@
 //! Postgres is the source of truth for every message; Redis only ever holds routing state. This module must not
 //! know about sockets or Redis: the writer hands committed messages to `fanout` through a channel, and callers
 //! tell other nodes about a change after storage has committed it. Every function returns a typed result or
-//! outcome (`StoreError` for infrastructure failures); a change that must be atomic is one function owning its
-//! transaction. Rows are read with `try_get` only, so a schema mismatch is an error, never a panic.
+//! outcome, with `StoreError` for a failure of Postgres (the media byte stores in `media/` answer `std::io::Error`,
+//! whichever backend holds the bytes); a change that must be atomic is one function owning its transaction. Rows
+//! are read with `try_get` only, so a schema mismatch is an error, never a panic.
 //!
 //! Files: `schema.rs` (migrations), `writer/` (the only code that inserts messages), `queries.rs` (accounts, the
 //! `hello` list, `sync`), `chat.rs` (read cursors, recall targets), `relations.rs` (the facts the chat policy
 //! decides on), `members.rs` (who is in a conversation), `conversations.rs` (REST list, history, read receipts),
 //! `groups.rs`, `invitations.rs`, `friends.rs` (requests, friendships, blocks), `profiles.rs`, `media_meta.rs`
-//! (what Postgres knows about media) and `media.rs` (the bytes, on disk), `pair_cache.rs` (allowed 1:1 pairs the
-//! writer found).
+//! (what Postgres knows about media) and `media/` (the bytes: chunks in Postgres or a local folder),
+//! `pair_cache.rs` (allowed 1:1 pairs the writer found).
 
 pub mod chat;
 pub mod conversations;
