@@ -37,9 +37,28 @@ pub struct Config {
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
-    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes.
-    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Needed
+    /// unless `--token-keys` is set.
+    #[arg(
+        long,
+        env = "IM_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub token_secret: String,
+
+    /// Token keys with ids, `id:secret,id:secret` (each secret at least 32 bytes): the first signs new tokens,
+    /// every listed key verifies. Rotate by putting a new key first, waiting one token lifetime, then removing the
+    /// old one; nobody is logged out. Replaces `--token-secret` when set.
+    #[arg(
+        long,
+        env = "IM_TOKEN_KEYS",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub token_keys: String,
 
     /// How long a session token stays valid, in seconds.
     #[arg(long, env = "IM_TOKEN_TTL_SECS", default_value_t = 86_400)]
@@ -222,7 +241,16 @@ pub struct Config {
     #[arg(long, env = "IM_GROUP_MEMBER_CAP", default_value_t = 2000)]
     pub group_member_cap: i64,
 
-    /// Folder where uploaded media are stored (content-addressed by SHA-256).
+    /// Where media bytes are stored: `postgres` (chunks in the database every node uses, so any node serves any
+    /// medium) or `local` (the folder `--media-dir`, right only for one node or a folder all nodes share).
+    #[arg(long, env = "IM_MEDIA_STORE", value_enum, default_value_t = MediaStoreKind::Postgres)]
+    pub media_store: MediaStoreKind,
+
+    /// Size of one stored chunk of a medium in the `postgres` media store, in bytes.
+    #[arg(long, env = "IM_MEDIA_CHUNK_BYTES", default_value_t = 256 * 1024)]
+    pub media_chunk_bytes: usize,
+
+    /// Folder of the `local` media store (content-addressed by SHA-256); unused by the `postgres` store.
     #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
     pub media_dir: std::path::PathBuf,
 
@@ -266,11 +294,23 @@ impl Config {
         self.problems().map_err(crate::error::Error::Config)
     }
 
+    /// The token keys: `--token-keys`, or `--token-secret` as the one key `default`.
+    pub fn token_key_list(&self) -> Result<Vec<crate::identity::auth::TokenKey>, String> {
+        use crate::identity::auth::{parse_token_keys, TokenKey, MIN_SECRET_BYTES};
+        if !self.token_keys.is_empty() {
+            return parse_token_keys(&self.token_keys);
+        }
+        if self.token_secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "--token-secret (or --token-keys) is required, at least {MIN_SECRET_BYTES} bytes"
+            ));
+        }
+        Ok(vec![TokenKey::new("default", &self.token_secret)])
+    }
+
     /// The first setting that is out of its rules, described for the operator.
     fn problems(&self) -> Result<(), String> {
-        if self.token_secret.len() < 32 {
-            return Err("--token-secret must be at least 32 bytes".into());
-        }
+        self.token_key_list()?;
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
@@ -384,6 +424,13 @@ impl Config {
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
     }
+}
+
+/// Where media bytes live (`--media-store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MediaStoreKind {
+    Postgres,
+    Local,
 }
 
 #[cfg(test)]

@@ -593,6 +593,14 @@ impl NodeProc {
         Ok(())
     }
 
+    /// Sets a node option for the next (re)start of this node.
+    pub fn set_arg(&mut self, key: &str, value: impl ToString) {
+        match self.args.iter_mut().find(|(k, _)| k == key) {
+            Some(existing) => existing.1 = value.to_string(),
+            None => self.args.push((key.to_string(), value.to_string())),
+        }
+    }
+
     /// Sends a signal to the node process.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {

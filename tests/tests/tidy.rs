@@ -96,7 +96,10 @@ fn oversized_files(src: &Path) -> Vec<(PathBuf, usize)> {
     rust_files(src)
         .into_iter()
         .filter_map(|path| {
-            let lines = std::fs::read_to_string(&path).unwrap_or_default().lines().count();
+            let lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count();
             (lines > MAX_LINES).then_some((path, lines))
         })
         .collect()
@@ -125,7 +128,13 @@ fn room_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                 if let Some(group) = rest.strip_prefix('{') {
                     let group = group.split('}').next().unwrap_or_default();
                     for part in group.split(',') {
-                        named.insert(part.trim().split("::").next().unwrap_or_default().to_string());
+                        named.insert(
+                            part.trim()
+                                .split("::")
+                                .next()
+                                .unwrap_or_default()
+                                .to_string(),
+                        );
                     }
                 } else {
                     let name: String = rest
@@ -183,12 +192,23 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 /// The workspace crates and the workspace crates each depends on (normal and dev), from `cargo metadata`.
 fn crate_graph_from_metadata() -> BTreeMap<String, BTreeSet<String>> {
     let output = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(workspace())
         .output()
         .expect("cargo metadata runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("metadata is JSON");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("metadata is JSON");
     let packages = metadata["packages"].as_array().expect("packages");
     let names: BTreeSet<String> = packages
         .iter()
@@ -205,7 +225,10 @@ fn crate_graph_from_metadata() -> BTreeMap<String, BTreeSet<String>> {
                 .filter(|d| names.contains(*d))
                 .map(str::to_string)
                 .collect();
-            (package["name"].as_str().unwrap_or_default().to_string(), deps)
+            (
+                package["name"].as_str().unwrap_or_default().to_string(),
+                deps,
+            )
         })
         .collect()
 }
@@ -242,7 +265,10 @@ fn every_module_has_a_doc() {
     for krate in ["common", "router", "node", "benchmarks", "tests"] {
         missing.extend(missing_module_docs(&workspace().join(krate)));
     }
-    assert!(missing.is_empty(), "modules without a //! doc: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "modules without a //! doc: {missing:#?}"
+    );
 }
 
 #[test]
@@ -261,7 +287,11 @@ fn no_file_in_node_src_over_the_limit() {
 fn rooms_of_node_have_no_circles_and_are_all_on_the_code_map() {
     let graph = room_graph(&workspace().join("node/src"));
     assert!(graph.len() >= 5, "node/src rooms: {graph:?}");
-    assert_eq!(find_cycle(&graph), None, "rooms import each other: {graph:#?}");
+    assert_eq!(
+        find_cycle(&graph),
+        None,
+        "rooms import each other: {graph:#?}"
+    );
     let architecture = architecture();
     for room in graph.keys() {
         assert!(
@@ -273,7 +303,10 @@ fn rooms_of_node_have_no_circles_and_are_all_on_the_code_map() {
 
 #[test]
 fn crate_graph_is_the_documented_one() {
-    assert_eq!(crate_graph_from_metadata(), crate_graph_documented(&architecture()));
+    assert_eq!(
+        crate_graph_from_metadata(),
+        crate_graph_documented(&architecture())
+    );
 }
 
 /// A scratch copy of nothing: a small tree with the violations each check must find.
@@ -289,19 +322,41 @@ fn planted(name: &str) -> PathBuf {
 #[test]
 fn planted_violations_are_found() {
     let root = planted("violations");
-    std::fs::write(root.join("storage/ok.rs"), "//! Owns SQL.\nconst Q: &str = \"SELECT 1\";\n").unwrap();
-    std::fs::write(root.join("chat/bad.rs"), "const Q: &str = \"DELETE FROM users\";\n").unwrap();
+    std::fs::write(
+        root.join("storage/ok.rs"),
+        "//! Owns SQL.\nconst Q: &str = \"SELECT 1\";\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("chat/bad.rs"),
+        "const Q: &str = \"DELETE FROM users\";\n",
+    )
+    .unwrap();
     std::fs::write(
         root.join("fanout/long.rs"),
         format!("//! Long.\n{}", "const X: u8 = 0;\n".repeat(MAX_LINES + 1)),
     )
     .unwrap();
-    std::fs::write(root.join("chat/uses.rs"), "//! Uses fanout.\nuse crate::fanout::long;\n").unwrap();
-    std::fs::write(root.join("fanout/back.rs"), "//! And back.\nuse crate::{chat, storage};\n").unwrap();
+    std::fs::write(
+        root.join("chat/uses.rs"),
+        "//! Uses fanout.\nuse crate::fanout::long;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("fanout/back.rs"),
+        "//! And back.\nuse crate::{chat, storage};\n",
+    )
+    .unwrap();
 
     assert_eq!(missing_module_docs(&root), vec![root.join("chat/bad.rs")]);
-    assert_eq!(sql_outside_storage(&root), vec![(root.join("chat/bad.rs"), 1)]);
-    assert_eq!(oversized_files(&root), vec![(root.join("fanout/long.rs"), MAX_LINES + 2)]);
+    assert_eq!(
+        sql_outside_storage(&root),
+        vec![(root.join("chat/bad.rs"), 1)]
+    );
+    assert_eq!(
+        oversized_files(&root),
+        vec![(root.join("fanout/long.rs"), MAX_LINES + 2)]
+    );
     let cycle = find_cycle(&room_graph(&root)).expect("the planted circle is found");
     assert!(cycle.contains(&"chat".to_string()) && cycle.contains(&"fanout".to_string()));
     let documented = crate_graph_documented(
