@@ -7,6 +7,7 @@ mod failover;
 mod faults;
 mod handshake;
 mod http;
+mod logouts;
 mod media;
 mod messaging;
 mod openapi;
