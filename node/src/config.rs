@@ -12,6 +12,10 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "node", version, about)]
 pub struct Config {
+    /// Without a subcommand the node serves clients.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for HTTP, WebSocket and metrics.
     #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
@@ -22,23 +26,54 @@ pub struct Config {
     pub node_name: String,
 
     /// Redis URL (redis://[user:pass@]host:port/db).
-    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "IM_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Postgres connection string (key=value or postgres:// URL).
     #[arg(
         long,
         env = "IM_POSTGRES_URL",
+        hide_env_values = true,
         default_value = "host=127.0.0.1 port=5432 user=im dbname=im"
     )]
     pub postgres_url: String,
+
+    /// Whether a starting node applies pending migrations. With `false` (migrations run by `node migrate`, e.g. a
+    /// Kubernetes Job) the node waits up to a minute for the schema it needs and then exits with a message.
+    #[arg(long, env = "IM_RUN_MIGRATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_migrations: bool,
+
+    /// Longest a migration waits for a table lock, in seconds; then it fails (and is retried) instead of queueing
+    /// every query of the running nodes behind it.
+    #[arg(long, env = "IM_MIGRATION_LOCK_TIMEOUT_SECS", default_value_t = 10)]
+    pub migration_lock_timeout_secs: u64,
+
+    /// Longest one migration statement may run, in seconds.
+    #[arg(
+        long,
+        env = "IM_MIGRATION_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub migration_statement_timeout_secs: u64,
 
     /// Size of the Postgres connection pool (the writer uses one connection; sync, accounts and hello the rest).
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
-    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes.
-    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Required
+    /// to serve; `node migrate` does not need it.
+    #[arg(
+        long,
+        env = "IM_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub token_secret: String,
 
     /// How long a session token stays valid, in seconds.
@@ -232,7 +267,12 @@ pub struct Config {
 
     /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
     /// when empty.
-    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "IM_PUSH_WEBHOOK_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub push_webhook_url: String,
 
     /// Most events in one webhook call.
@@ -256,9 +296,41 @@ pub struct Config {
     pub log: String,
 }
 
+/// What the binary does besides serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (under `--migration-lock-timeout-secs` and
+    /// `--migration-statement-timeout-secs`) and exit: 0 when the schema is current. Reads the same `IM_*`
+    /// settings as the node; only `IM_POSTGRES_URL` matters.
+    Migrate,
+}
+
 impl Config {
+    /// Checks the settings `node migrate` uses.
+    pub fn validate_migrate(&self) -> Result<(), String> {
+        if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
+            return Err(
+                "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The timeouts every migration transaction runs under.
+    pub fn migration_timeouts(&self) -> crate::store::schema::MigrationTimeouts {
+        crate::store::schema::MigrationTimeouts {
+            lock: Duration::from_secs(self.migration_lock_timeout_secs),
+            statement: Duration::from_secs(self.migration_statement_timeout_secs),
+        }
+    }
+
     /// Checks relations between settings; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_migrate()?;
+        if self.token_secret.is_empty() {
+            return Err("--token-secret (IM_TOKEN_SECRET) is required to serve".into());
+        }
         if self.token_secret.len() < 32 {
             return Err("--token-secret must be at least 32 bytes".into());
         }
@@ -387,6 +459,16 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         let short = Config::parse_from(["node", "--token-secret", "short"]);
         assert!(short.validate().is_err());
+    }
+
+    #[test]
+    fn migrate_needs_no_token_secret_and_serving_does() {
+        let config = Config::parse_from(["node", "migrate"]);
+        assert_eq!(config.command, Some(Command::Migrate));
+        assert_eq!(config.validate_migrate(), Ok(()));
+        assert!(config.validate().is_err());
+        let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
+        assert!(stuck.validate_migrate().is_err());
     }
 
     #[test]

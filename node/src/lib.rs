@@ -55,10 +55,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
 
+    // The connection-limit alert compares im_connections_open with this.
+    ::metrics::gauge!("im_connections_max").set(config.max_connections as f64);
+
     let pool = store::pool(&config.postgres_url, config.postgres_pool)
         .context("postgres configuration")?;
-    let applied = migrate_with_retry(&pool).await?;
-    info!(applied, "migrations applied");
+    if config.run_migrations {
+        let applied = migrate_with_retry(&pool, config.migration_timeouts()).await?;
+        info!(applied, "migrations applied");
+    } else {
+        wait_for_schema(&pool).await?;
+    }
 
     let settings = RedisSettings {
         url: config.redis_url.clone(),
@@ -219,11 +226,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// Postgres may still be starting (local cluster, container start order): retry for a while.
-async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> anyhow::Result<usize> {
+/// `node migrate`: applies pending migrations and returns how many it applied.
+pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
+    config.validate_migrate().map_err(anyhow::Error::msg)?;
+    let pool = store::pool(&config.postgres_url, 1).context("postgres configuration")?;
+    migrate_with_retry(&pool, config.migration_timeouts()).await
+}
+
+/// Postgres may still be starting (local cluster, container start order), or a lock timeout may have cut a
+/// migration short: retry for a while.
+async fn migrate_with_retry(
+    pool: &deadpool_postgres::Pool,
+    timeouts: store::schema::MigrationTimeouts,
+) -> anyhow::Result<usize> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match store::schema::migrate(pool).await {
+        match store::schema::migrate(pool, timeouts).await {
             Ok(applied) => return Ok(applied),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 warn!(%error, "postgres not ready; retrying");
@@ -231,6 +249,24 @@ async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> anyhow::Result<us
             }
             Err(error) => return Err(error).context("applying migrations"),
         }
+    }
+}
+
+/// With `--run-migrations false` someone else (`node migrate`) applies migrations: wait up to a minute for the
+/// schema this build needs, so a node started alongside its migration job comes up once the job is done.
+async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let problem = match store::schema::pending(pool).await {
+            Ok(pending) if pending.is_empty() => return Ok(()),
+            Ok(pending) => format!("migrations {pending:?} not applied yet (run `node migrate`)"),
+            Err(error) => format!("postgres not ready: {error}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("the schema is not current after 60 s: {problem}");
+        }
+        warn!(%problem, "waiting for the schema");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
