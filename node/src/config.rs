@@ -244,6 +244,10 @@ pub struct Config {
     /// Whether 1:1 messages require the two users to be friends.
     #[arg(long, env = "IM_REQUIRE_FRIENDSHIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_friendship: bool,
+    /// Whether adding someone to a group needs their consent: friends (no block either way) are added directly,
+    /// anyone else is invited and joins only by accepting. Without it anyone not blocked either way is added.
+    #[arg(long, env = "IM_GROUP_CONSENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_consent: bool,
 
     /// How long after sending a user may recall a message, in seconds (group admins may recall any message).
     #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = 120)]
@@ -318,8 +322,8 @@ impl Config {
     }
 
     /// The timeouts every migration transaction runs under.
-    pub fn migration_timeouts(&self) -> crate::store::schema::MigrationTimeouts {
-        crate::store::schema::MigrationTimeouts {
+    pub fn migration_timeouts(&self) -> crate::storage::schema::MigrationTimeouts {
+        crate::storage::schema::MigrationTimeouts {
             lock: Duration::from_secs(self.migration_lock_timeout_secs),
             statement: Duration::from_secs(self.migration_statement_timeout_secs),
         }
@@ -435,8 +439,8 @@ impl Config {
         }
     }
 
-    pub fn send_limits(&self) -> crate::ratelimit::SendLimits {
-        crate::ratelimit::SendLimits {
+    pub fn send_limits(&self) -> crate::chat::rate_limit::SendLimits {
+        crate::chat::rate_limit::SendLimits {
             rate: self.send_rate,
             burst: self.send_burst,
             strikes: self.send_strikes,

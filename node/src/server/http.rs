@@ -1,0 +1,277 @@
+//! The HTTP side: the accept loop (hyper, with upgrades, a header timeout and size cap, optionally TLS) and the
+//! routes.
+//!
+//! Routes: `POST /v1/users`, `POST /v1/sessions`, `POST /v1/auth/logout[-all]` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`, and the web app (`web.rs`) on other GET paths. Every error answer is JSON
+//! `{"error": code, "message": text}`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, put};
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::{counter, histogram};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+use tracing::{debug, debug_span, warn, Instrument};
+
+use crate::peer::PeerAddr;
+use crate::rest::accounts;
+use crate::state::NodeState;
+use crate::{connection, rest, storage};
+
+pub fn routes(state: Arc<NodeState>) -> Router {
+    let media_limit = state.config.max_media_bytes;
+    let web_root = crate::server::web::web_root(&state.config.web_dir);
+    let mut router = Router::new();
+    if state.config.conformance_echo {
+        router = router.route("/v1/echo", get(connection::echo::handle));
+    }
+    router
+        .route(
+            "/v1/users",
+            post(accounts::register).get(rest::profiles::search),
+        )
+        .route(
+            "/v1/users/me",
+            get(rest::profiles::me).patch(rest::profiles::update_me),
+        )
+        .route("/v1/users/{id}", get(rest::profiles::get_user))
+        .route("/v1/presence", get(rest::profiles::presence))
+        .route("/v1/sessions", post(accounts::login))
+        .route("/v1/auth/logout", post(accounts::logout))
+        .route("/v1/auth/logout-all", post(accounts::logout_all))
+        .route("/v1/friends", get(rest::friends::list))
+        .route("/v1/friends/{user}", delete(rest::friends::remove))
+        .route(
+            "/v1/friends/requests",
+            post(rest::friends::request).get(rest::friends::list_requests),
+        )
+        .route(
+            "/v1/friends/requests/{id}/{action}",
+            post(rest::friends::answer),
+        )
+        .route("/v1/blocks", get(rest::friends::list_blocks))
+        .route(
+            "/v1/blocks/{user}",
+            put(rest::friends::block).delete(rest::friends::unblock),
+        )
+        .route(
+            "/v1/groups",
+            post(rest::groups::create).get(rest::groups::list_mine),
+        )
+        .route("/v1/groups/{id}", patch(rest::groups::rename))
+        .route(
+            "/v1/groups/{id}/members",
+            get(rest::groups::members).post(rest::groups::add_members),
+        )
+        .route(
+            "/v1/groups/{id}/members/{user}",
+            delete(rest::groups::remove_member),
+        )
+        .route("/v1/groups/{id}/leave", post(rest::groups::leave))
+        .route("/v1/groups/{id}/owner", post(rest::groups::transfer))
+        .route(
+            "/v1/groups/{id}/admins/{user}",
+            put(rest::groups::appoint_admin).delete(rest::groups::dismiss_admin),
+        )
+        .route("/v1/invitations", get(rest::invitations::list))
+        .route(
+            "/v1/invitations/{id}/accept",
+            post(rest::invitations::accept),
+        )
+        .route(
+            "/v1/invitations/{id}/decline",
+            post(rest::invitations::decline),
+        )
+        .route("/v1/conversations", get(rest::conversations::list))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(rest::conversations::history),
+        )
+        .route(
+            "/v1/conversations/{id}/reads",
+            get(rest::conversations::reads),
+        )
+        .route(
+            "/v1/media",
+            post(rest::media::upload).layer(DefaultBodyLimit::max(media_limit)),
+        )
+        .route("/v1/media/{hash}", get(rest::media::get))
+        .route("/v1/media/{hash}/thumb", get(rest::media::get_thumb))
+        .route("/v1/media/{hash}/info", get(rest::media::info))
+        .route("/v1/ws", get(connection::upgrade::handle))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(move |method, uri| crate::server::web::fallback(web_root.clone(), method, uri))
+        .layer(axum::middleware::from_fn(crate::server::web::cors))
+        .with_state(state)
+}
+
+/// Accepts connections until `stop` fires. Each connection runs in the state's tracker; with `tls`, it first
+/// completes a TLS handshake within the handshake timeout.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<NodeState>,
+    stop: CancellationToken,
+) {
+    let app = routes(state.clone());
+    let limits = HeadLimits {
+        timeout: Duration::from_secs(state.config.handshake_timeout_secs),
+        max_bytes: state.config.max_header_bytes,
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
+        state.connections.spawn(async move {
+            match tls {
+                None => serve_connection(stream, peer, app, limits, stop).await,
+                Some(acceptor) => {
+                    let started = std::time::Instant::now();
+                    let handshake = acceptor
+                        .accept(stream)
+                        .instrument(debug_span!("tls_handshake", %peer));
+                    match tokio::time::timeout(limits.timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            counter!("im_tls_handshakes_total", "result" => "ok").increment(1);
+                            histogram!("im_tls_handshake_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            serve_connection(stream, peer, app, limits, stop).await;
+                        }
+                        Ok(Err(error)) => {
+                            // Plain HTTP on the TLS port lands here too.
+                            counter!("im_tls_handshakes_total", "result" => "failed").increment(1);
+                            debug!(%error, %peer, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            counter!("im_tls_handshakes_total", "result" => "timeout").increment(1);
+                            debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What bounds a request head: its time and its size.
+#[derive(Clone, Copy)]
+struct HeadLimits {
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends or the node stops.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    limits: HeadLimits,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        let mut app = app.clone();
+        async move { app.call(request).await }
+    });
+    // A head over `max_bytes` gets hyper's bare 431 and the connection is closed; a head not complete within
+    // `timeout` (slowloris) gets the connection closed without an answer.
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.timeout)
+        .max_header_size(limits.max_bytes)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                let kind = if error.is_timeout() {
+                    "header_timeout"
+                } else if error.is_parse_too_large() {
+                    "header_too_large"
+                } else if error.is_parse() {
+                    "bad_request"
+                } else {
+                    "other"
+                };
+                counter!("im_http_connection_errors_total", "kind" => kind).increment(1);
+                debug!(%error, %peer, kind, "http connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when Redis and Postgres answer, the lease is held and the node is not draining.
+async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
+    let limit = Duration::from_secs(1);
+    let redis = matches!(
+        tokio::time::timeout(limit, router::ping(&state.redis)).await,
+        Ok(Ok(_))
+    );
+    let postgres = matches!(
+        tokio::time::timeout(limit, storage::queries::ping(&state.pool)).await,
+        Ok(Ok(()))
+    );
+    let lease = state.lease_ok.load(Ordering::Acquire);
+    let draining = state.is_draining();
+    let body = serde_json::json!({ "redis": redis, "postgres": postgres, "lease": lease, "draining": draining });
+    let status = if redis && postgres && lease && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
+    state
+        .metrics
+        .writer_queue_depth
+        .set(state.writer.queued() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.prometheus.render(),
+    )
+        .into_response()
+}
