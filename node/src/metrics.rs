@@ -149,6 +149,7 @@ fn register_rare_events() {
         counter!("im_login_throttled_total", "scope" => scope).increment(0);
     }
     counter!("im_login_throttle_unavailable_total").increment(0);
+    counter!("im_ws_writer_aborted_total").increment(0);
     for result in ["ok", "failed", "timeout"] {
         counter!("im_tls_handshakes_total", "result" => result).increment(0);
     }

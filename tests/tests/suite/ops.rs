@@ -14,7 +14,7 @@ use common::ids::ConvId;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 use tests::client::{ConvLog, TestClient, WAIT};
-use tests::{Cluster, TestUser};
+use tests::{Cluster, ClusterOptions, TestUser};
 
 use crate::http::metrics_text;
 
@@ -26,14 +26,29 @@ pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
-/// A YAML file with its merge keys (`<<: *anchor`, used by compose.yaml) applied.
+/// A YAML file with its merge keys (`<<: *anchor`, used by compose.yaml) applied, also those inside merged
+/// mappings (compose's `x-node` merges `x-image`), which one `apply_merge` pass leaves in place.
 pub(crate) fn yaml(path: &str) -> Yaml {
+    fn has_merge_key(value: &Yaml) -> bool {
+        match value {
+            Yaml::Mapping(map) => map
+                .iter()
+                .any(|(key, inner)| key.as_str() == Some("<<") || has_merge_key(inner)),
+            Yaml::Sequence(items) => items.iter().any(has_merge_key),
+            _ => false,
+        }
+    }
     let mut value: Yaml =
         serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"));
-    value
-        .apply_merge()
-        .unwrap_or_else(|e| panic!("{path}: bad merge key: {e}"));
-    value
+    for _ in 0..8 {
+        value
+            .apply_merge()
+            .unwrap_or_else(|e| panic!("{path}: bad merge key: {e}"));
+        if !has_merge_key(&value) {
+            return value;
+        }
+    }
+    panic!("{path}: merge keys nested too deep");
 }
 
 /// Every YAML document of a multi-document file.
@@ -299,9 +314,16 @@ async fn every_metric_the_dashboards_rules_and_autoscaler_use_is_exported() {
     );
     let recorded = recorded_names();
 
-    let cluster = Cluster::start(2).await.unwrap();
+    // Revocation re-checks every second, so their counter and histogram appear within the test.
+    let cluster = Cluster::start_with(
+        2,
+        ClusterOptions::default().arg("revocation-recheck-secs", 1),
+    )
+    .await
+    .unwrap();
     // A little of every kind of traffic: registrations and logins, a message across nodes (publish and bus
-    // receive), a large one (zstd both ways), a sync, a bad frame (error frame) and a closed connection.
+    // receive), a large one (zstd both ways), a sync, a bad frame (error frame), media (an image upload with its
+    // thumbnail, its download from the other node, a refused type, a malformed hash) and a closed connection.
     let a = cluster.user("opsa").await.unwrap();
     let b = cluster.user("opsb").await.unwrap();
     let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
@@ -313,8 +335,57 @@ async fn every_metric_the_dashboards_rules_and_autoscaler_use_is_exported() {
     cb.sync_after(ack.conv, 0).await.unwrap();
     ca.connection().send_raw(&[0x00, 0xc1]).await.unwrap();
     ca.wait_error(None, WAIT).await.unwrap();
+    let mut picture = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(64, 48)
+        .write_to(&mut picture, image::ImageFormat::Png)
+        .unwrap();
+    let media = |index: usize,
+                 method: &'static str,
+                 path: String,
+                 mime: &'static str,
+                 body: Vec<u8>| {
+        let (addr, token) = (cluster.addr(index), a.token.clone());
+        async move {
+            let (status, body) =
+                benchmarks::client::http_raw(addr, method, &path, Some(&token), mime, body.into())
+                    .await
+                    .unwrap();
+            (status.as_u16(), body)
+        }
+    };
+    let (status, uploaded) = media(
+        0,
+        "POST",
+        "/v1/media".into(),
+        "image/png",
+        picture.into_inner(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let uploaded: Json = serde_json::from_slice(&uploaded).unwrap();
+    let hash = uploaded["hash"].as_str().unwrap();
+    let (status, _) = media(
+        1,
+        "GET",
+        format!("/v1/media/{hash}"),
+        "image/png",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = media(
+        0,
+        "POST",
+        "/v1/media".into(),
+        "application/x-msdownload",
+        b"MZ".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    let (status, _) = media(0, "GET", "/v1/media/ABC".into(), "image/png", Vec::new()).await;
+    assert_eq!(status, 400);
     drop(ca);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let mut exposition = Exposition::default();
     for index in 0..2 {
