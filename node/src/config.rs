@@ -12,6 +12,10 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "node", version, about)]
 pub struct Config {
+    /// Without a subcommand the node serves clients.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for HTTP, WebSocket and metrics.
     #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
@@ -22,23 +26,47 @@ pub struct Config {
     pub node_name: String,
 
     /// Redis URL (redis://[user:pass@]host:port/db).
-    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "IM_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Postgres connection string (key=value or postgres:// URL).
     #[arg(
         long,
         env = "IM_POSTGRES_URL",
+        hide_env_values = true,
         default_value = "host=127.0.0.1 port=5432 user=im dbname=im"
     )]
     pub postgres_url: String,
+
+    /// Whether a starting node applies pending migrations. With `false` (migrations run by `node migrate`, e.g. a
+    /// Kubernetes Job) the node waits up to a minute for the schema it needs and then exits with a message.
+    #[arg(long, env = "IM_RUN_MIGRATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_migrations: bool,
+
+    /// Longest a migration waits for a table lock, in seconds; then it fails (and is retried) instead of queueing
+    /// every query of the running nodes behind it.
+    #[arg(long, env = "IM_MIGRATION_LOCK_TIMEOUT_SECS", default_value_t = 10)]
+    pub migration_lock_timeout_secs: u64,
+
+    /// Longest one migration statement may run, in seconds.
+    #[arg(
+        long,
+        env = "IM_MIGRATION_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub migration_statement_timeout_secs: u64,
 
     /// Size of the Postgres connection pool (the writer uses one connection; sync, accounts and hello the rest).
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
     /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Needed
-    /// unless `--token-keys` is set.
+    /// to serve unless `--token-keys` is set; `node migrate` does not need it.
     #[arg(
         long,
         env = "IM_TOKEN_SECRET",
@@ -264,7 +292,12 @@ pub struct Config {
 
     /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
     /// when empty.
-    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "IM_PUSH_WEBHOOK_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub push_webhook_url: String,
 
     /// Most events in one webhook call.
@@ -288,7 +321,35 @@ pub struct Config {
     pub log: String,
 }
 
+/// What the binary does besides serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (under `--migration-lock-timeout-secs` and
+    /// `--migration-statement-timeout-secs`) and exit: 0 when the schema is current. Reads the same `IM_*`
+    /// settings as the node; only `IM_POSTGRES_URL` matters.
+    Migrate,
+}
+
 impl Config {
+    /// Checks the settings `node migrate` uses.
+    pub fn validate_migrate(&self) -> Result<(), String> {
+        if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
+            return Err(
+                "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The timeouts every migration transaction runs under.
+    pub fn migration_timeouts(&self) -> crate::storage::schema::MigrationTimeouts {
+        crate::storage::schema::MigrationTimeouts {
+            lock: Duration::from_secs(self.migration_lock_timeout_secs),
+            statement: Duration::from_secs(self.migration_statement_timeout_secs),
+        }
+    }
+
     /// Checks relations between settings; the error names the flag.
     pub fn validate(&self) -> Result<(), crate::error::Error> {
         self.problems().map_err(crate::error::Error::Config)
@@ -310,6 +371,7 @@ impl Config {
 
     /// The first setting that is out of its rules, described for the operator.
     fn problems(&self) -> Result<(), String> {
+        self.validate_migrate()?;
         self.token_key_list()?;
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
@@ -443,6 +505,16 @@ mod tests {
         assert!(config.validate().is_ok());
         let short = Config::parse_from(["node", "--token-secret", "short"]);
         assert!(short.validate().is_err());
+    }
+
+    #[test]
+    fn migrate_needs_no_token_secret_and_serving_does() {
+        let config = Config::parse_from(["node", "migrate"]);
+        assert_eq!(config.command, Some(Command::Migrate));
+        assert_eq!(config.validate_migrate(), Ok(()));
+        assert!(config.validate().is_err());
+        let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
+        assert!(stuck.validate_migrate().is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod abuse;
 mod chat;
 mod conformance;
+mod deployment;
 mod failover;
 mod faults;
 mod handshake;
