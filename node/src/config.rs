@@ -8,13 +8,21 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::observe::logging::LogFormat;
+use crate::proxy::TrustedProxies;
+
 /// A node of the clustered IM server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "node", version, about)]
 pub struct Config {
-    /// Address to listen on for HTTP, WebSocket and metrics.
+    /// Address to listen on for clients: REST and WebSocket.
     #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener, which serves only `/metrics`, `/healthz` and `/readyz` (plain HTTP). Reach it
+    /// from probes and Prometheus inside the cluster; never publish it.
+    #[arg(long, env = "IM_ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
+    pub admin_listen: SocketAddr,
 
     /// A human-readable name for this node, used in logs and the `hello` frame. The cluster identity is this name
     /// plus a random suffix, so a restarted node never inherits its predecessor's registrations.
@@ -138,6 +146,18 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Proxies whose word on the client's address is believed, comma-separated IP addresses or CIDR networks (e.g.
+    /// `10.0.0.0/8,192.0.2.7`): their `X-Forwarded-For` (walked from the right, up to the first untrusted hop),
+    /// their PROXY v2 header (with `--proxy-protocol`) and their `X-Request-Id`. Empty: every peer is a client.
+    #[arg(long, env = "IM_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Expect a PROXY protocol v2 header at the start of every connection from a `--trusted-proxies` peer (HAProxy
+    /// `send-proxy-v2`); such a connection without a valid header is closed. Other peers are served as direct
+    /// clients.
+    #[arg(long, env = "IM_PROXY_PROTOCOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub proxy_protocol: bool,
+
     /// Sends (and recalls) per second one user may make on this node, sustained; the user's devices on the node
     /// share it. Over it: `error{rate_limited}`, nothing stored.
     #[arg(long, env = "IM_SEND_RATE", default_value_t = 50.0)]
@@ -251,9 +271,15 @@ pub struct Config {
     #[arg(long, env = "IM_WEB_DIR", default_value = "web/dist")]
     pub web_dir: std::path::PathBuf,
 
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`; `access=warn` silences the
+    /// access log.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log format: `json` (one object per line), `text`, or `auto`: json when standard output is not a terminal.
+    /// Colour codes only on a terminal.
+    #[arg(long, env = "IM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -329,6 +355,14 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.admin_listen == self.listen {
+            return Err("--admin-listen must differ from --listen".into());
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(
+                "--proxy-protocol needs --trusted-proxies (the peers that send the header)".into(),
+            );
         }
         Ok(())
     }
@@ -407,5 +441,47 @@ mod tests {
         ]);
         assert!(listed.origin_allowed(Some("https://APP.example"), None));
         assert!(!listed.origin_allowed(Some("https://chat.example.evil"), None));
+    }
+
+    #[test]
+    fn proxy_settings_are_parsed_and_checked() {
+        let secret = "s".repeat(32);
+        let behind = Config::parse_from([
+            "node",
+            "--token-secret",
+            &secret,
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7",
+            "--proxy-protocol",
+            "true",
+        ]);
+        assert_eq!(behind.validate(), Ok(()));
+        assert!(behind
+            .trusted_proxies
+            .contains("192.0.2.7".parse().unwrap()));
+        let no_proxies = Config::parse_from([
+            "node",
+            "--token-secret",
+            &secret,
+            "--proxy-protocol",
+            "true",
+        ]);
+        assert!(no_proxies.validate().is_err());
+        assert!(Config::try_parse_from([
+            "node",
+            "--token-secret",
+            &secret,
+            "--trusted-proxies",
+            "10.0.0.0/40"
+        ])
+        .is_err());
+        let same_port = Config::parse_from([
+            "node",
+            "--token-secret",
+            &secret,
+            "--admin-listen",
+            "127.0.0.1:7001",
+        ]);
+        assert!(same_port.validate().is_err());
     }
 }

@@ -18,6 +18,8 @@ pub mod input;
 pub mod media;
 pub mod members;
 pub mod metrics;
+pub mod observe;
+pub mod proxy;
 pub mod push;
 pub mod ratelimit;
 pub mod revocation;
@@ -51,6 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let prometheus = metrics::install()
         .map_err(anyhow::Error::msg)
         .context("installing the metrics recorder")?;
+    observe::catalogue::describe_all();
     let metrics = metrics::Metrics::new(&config.node_name);
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
@@ -152,6 +155,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
     let state = Arc::new(NodeState::new(
         config,
         node_id.clone(),
@@ -181,7 +187,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             prometheus.run_upkeep();
         }
     });
-    info!(listen = %state.config.listen, tls = tls.is_some(), "ready");
+    // The admin listener outlives the client one: `/readyz` answers "draining" and metrics stay scrapeable
+    // until the drain is over.
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(observe::admin::serve(
+        admin_listener,
+        state.clone(),
+        stop_admin.clone(),
+    ));
+    info!(
+        listen = %state.config.listen,
+        admin = %state.config.admin_listen,
+        tls = tls.is_some(),
+        "ready"
+    );
 
     http::serve(listener, tls, state.clone(), shutdown.clone()).await;
 
@@ -215,6 +234,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = tokio::time::timeout(Duration::from_secs(1), subscriber).await;
     bus_consumer.abort();
     upkeep.abort();
+    stop_admin.cancel();
+    let _ = admin_task.await;
     info!("stopped");
     Ok(())
 }

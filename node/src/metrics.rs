@@ -140,6 +140,9 @@ fn register_rare_events() {
     for kind in ["header_timeout", "header_too_large", "bad_request", "other"] {
         counter!("im_http_connection_errors_total", "kind" => kind).increment(0);
     }
+    for kind in ["closed", "invalid", "timeout"] {
+        counter!("im_proxy_protocol_errors_total", "kind" => kind).increment(0);
+    }
 }
 
 /// Counts a connection closed, labelled by why.

@@ -318,7 +318,7 @@ async fn every_metric_the_dashboards_rules_and_autoscaler_use_is_exported() {
 
     let mut exposition = Exposition::default();
     for index in 0..2 {
-        exposition.add(&metrics_text(cluster.addr(index)).await);
+        exposition.add(&metrics_text(cluster.admin_addr(index)).await);
     }
 
     let mut problems = Vec::new();
@@ -545,8 +545,10 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
         .iter()
         .map(|t| t.as_str().expect("target").to_string())
         .collect();
+    // Prometheus scrapes the admin port (9464); the client port (7001) serves no metrics.
+    let scraped: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:9464")).collect();
+    assert_eq!(targets, scraped);
     let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:7001")).collect();
-    assert_eq!(targets, expected);
     for path in RULE_FILES {
         let text = read(path);
         for (position, _) in text.match_indices("job=\"") {
@@ -571,6 +573,7 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
         .collect();
     assert_eq!(servers, expected);
     assert!(haproxy.contains("option httpchk GET /readyz"));
+    assert!(haproxy.contains("check port 9464"));
     assert!(haproxy.contains("timeout tunnel"));
 
     // Grafana loads the dashboards from where compose mounts them, and the home dashboard exists.
