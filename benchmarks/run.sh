@@ -152,7 +152,7 @@ start_nodes() {
       --redis-url "$REDIS_URL" \
       --postgres-url "host=127.0.0.1 port=$PG_PORT user=im dbname=im" \
       --send-rate 1000000 --send-burst 1000000 \
-      --argon2-memory-kib 64 --argon2-iterations 1 --require-friendship false \
+      --argon2-memory-kib 64 --argon2-iterations 1 --require-friendship false --group-consent false \
       --group-member-cap 10000 \
       >>"$work/node$((i + 1)).log" 2>&1 &
     node_pids+=($!)

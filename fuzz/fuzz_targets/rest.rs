@@ -1,4 +1,4 @@
-//! libFuzzer target: the node's REST and upgrade input parsers (`node::input`), token verification through the
+//! libFuzzer target: the node's REST and upgrade input parsers (`node::rest::input`), token verification through the
 //! `Authenticator`'s public API, and upload thumbnails, on arbitrary bytes. The first byte picks the parser, the rest
 //! is its input. Nothing may panic, and what a parser accepts must keep its rule. The stable twin is
 //! `node/tests/fuzz_rest.rs`.
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use axum::http::Uri;
 use libfuzzer_sys::fuzz_target;
-use node::api::{conversations, friends, groups, profiles};
-use node::auth::Authenticator;
-use node::input;
+use node::rest::{conversations, friends, groups, profiles};
+use node::identity::auth::Authenticator;
+use node::rest::input;
 
 fn authenticator() -> &'static Authenticator {
     static AUTH: OnceLock<Authenticator> = OnceLock::new();
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(format!("Bearer {token}").as_bytes(), rest);
             }
             if let Ok(mime) = input::upload_media_type(Some(rest)) {
-                assert!(node::media::ALLOWED_TYPES.contains(&mime));
+                assert!(node::storage::media::ALLOWED_TYPES.contains(&mime));
             }
             if let Ok(hash) = input::media_hash(&text) {
                 assert_eq!(hash.len(), 64);
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            let _ = input::json::<node::accounts::Credentials>(rest);
+            let _ = input::json::<node::rest::accounts::Credentials>(rest);
             let _ = input::json::<groups::NewGroup>(rest);
             let _ = input::json::<groups::AddMembers>(rest);
             let _ = input::json::<groups::Rename>(rest);
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            if let Some(thumb) = node::media::thumbnail(rest) {
+            if let Some(thumb) = node::storage::media::thumbnail(rest) {
                 assert!(!thumb.is_empty());
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::observe::logging::LogFormat;
-use crate::proxy::TrustedProxies;
+use crate::server::proxy::TrustedProxies;
 
 /// A node of the clustered IM server.
 #[derive(Debug, Clone, Parser)]
@@ -229,6 +229,10 @@ pub struct Config {
     /// Whether 1:1 messages require the two users to be friends.
     #[arg(long, env = "IM_REQUIRE_FRIENDSHIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_friendship: bool,
+    /// Whether adding someone to a group needs their consent: friends (no block either way) are added directly,
+    /// anyone else is invited and joins only by accepting. Without it anyone not blocked either way is added.
+    #[arg(long, env = "IM_GROUP_CONSENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_consent: bool,
 
     /// How long after sending a user may recall a message, in seconds (group admins may recall any message).
     #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = 120)]
@@ -397,8 +401,8 @@ impl Config {
         }
     }
 
-    pub fn send_limits(&self) -> crate::ratelimit::SendLimits {
-        crate::ratelimit::SendLimits {
+    pub fn send_limits(&self) -> crate::chat::rate_limit::SendLimits {
+        crate::chat::rate_limit::SendLimits {
             rate: self.send_rate,
             burst: self.send_burst,
             strikes: self.send_strikes,

@@ -4,6 +4,9 @@
 //! logged as an error. Infrastructure failures (`StoreError`, `RouterError`) become a retryable refusal at the edge
 //! and a WARN line; an internal error is a bug.
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use common::frame::ErrorFrame;
 use common::ErrorCode;
 
@@ -37,4 +40,13 @@ impl Refusal {
     pub fn frame(self) -> ErrorFrame {
         ErrorFrame::new(self.code, self.message)
     }
+}
+
+/// A JSON error answer: `{"error": code, "message": message}` with its status. Every REST refusal goes through here.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": code, "message": message })),
+    )
+        .into_response()
 }

@@ -5,30 +5,20 @@
 //! stop accepting, kick every connection (`draining`), let the writer commit what is queued, let the router
 //! publish it, release the lease, exit.
 
-pub mod accounts;
-pub mod api;
-pub mod auth;
 pub mod chat;
 pub mod config;
-pub mod contacts;
-pub mod delivery;
+pub mod connection;
 pub mod error;
-pub mod http;
-pub mod input;
-pub mod media;
-pub mod members;
+pub mod fanout;
+pub mod identity;
 pub mod metrics;
 pub mod observe;
-pub mod proxy;
-pub mod push;
-pub mod ratelimit;
-pub mod revocation;
+pub mod peer;
+pub mod rest;
+pub mod server;
 pub mod shutdown;
 pub mod state;
-pub mod store;
-pub mod tls;
-pub mod web;
-pub mod ws;
+pub mod storage;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::delivery::LocalSessions;
+use crate::fanout::local::LocalSessions;
 use crate::state::NodeState;
-use crate::store::writer::{self, WriterSettings};
+use crate::storage::writer::{self, WriterSettings};
 
 /// Runs the node until `shutdown` fires, then drains. Returns an error only for start-up failures.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -58,7 +48,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
 
-    let pool = store::pool(&config.postgres_url, config.postgres_pool)
+    let pool = storage::pool(&config.postgres_url, config.postgres_pool)
         .context("postgres configuration")?;
     let applied = migrate_with_retry(&pool).await?;
     info!(applied, "migrations applied");
@@ -82,15 +72,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let subscriber = router::bus::subscribe(&settings, &node_id, bus_tx, stop_background.clone())
         .await
         .context("subscribing to the node channel")?;
-    let delivery = delivery::Delivery {
+    let delivery = fanout::delivery::Delivery {
         sessions: sessions.clone(),
         locations: locations.clone(),
         bus: bus.clone(),
-        members: Arc::new(members::MemberCache::new(pool.clone())),
+        members: Arc::new(fanout::members::MemberCache::new(pool.clone())),
         node_id: node_id.clone(),
         metrics: metrics.clone(),
         push: (!config.push_webhook_url.is_empty()).then(|| {
-            push::spawn(push::PushSettings {
+            fanout::push::spawn(fanout::push::PushSettings {
                 url: config.push_webhook_url.clone(),
                 batch: config.push_batch,
                 timeout: Duration::from_millis(config.push_timeout_ms),
@@ -98,23 +88,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             })
         }),
     };
-    let pairs = Arc::new(contacts::PairCache::new());
-    let revocations = Arc::new(revocation::Revocations::new(
+    let pairs = Arc::new(storage::pair_cache::PairCache::new());
+    let revocations = Arc::new(identity::revocation::Revocations::new(
         router::RevocationStore::new(redis.clone()),
         Duration::from_secs(config.revocation_recheck_secs),
     ));
-    let bus_consumer = tokio::spawn(delivery::run_bus_consumer(
+    let bus_consumer = tokio::spawn(fanout::bus_inbox::run(
         bus_rx,
         delivery.clone(),
         pairs.clone(),
         revocations.clone(),
     ));
-    let recheck_task = tokio::spawn(revocation::run_recheck(
+    let recheck_task = tokio::spawn(fanout::revoked::run_recheck(
         revocations.clone(),
         sessions.clone(),
         stop_background.clone(),
     ));
-    let media = media::LocalMediaStore::new(config.media_dir.clone())
+    let media = storage::media::LocalMediaStore::new(config.media_dir.clone())
         .await
         .context("preparing the media folder")?;
 
@@ -135,13 +125,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         drain_writer.clone(),
     );
     let router_delivery = delivery.clone();
-    let router_task = tokio::spawn(delivery::run_router(
+    let router_task = tokio::spawn(fanout::committed::run(
         committed_rx,
         router_delivery,
         config.compress_threshold,
     ));
 
-    let auth = auth::Authenticator::new(
+    let auth = identity::auth::Authenticator::new(
         &config.token_secret,
         Duration::from_secs(config.token_ttl_secs),
         config.argon2_memory_kib,
@@ -149,7 +139,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .map_err(anyhow::Error::msg)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(anyhow::Error::msg)?),
+        (Some(cert), Some(key)) => {
+            Some(server::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?)
+        }
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -202,7 +194,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "ready"
     );
 
-    http::serve(listener, tls, state.clone(), shutdown.clone()).await;
+    server::http::serve(listener, tls, state.clone(), shutdown.clone()).await;
 
     // Drain: decide (token fired), tell (kick), wait (bounded by the grace period).
     let grace = Duration::from_secs(state.config.drain_grace_secs);
@@ -244,7 +236,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> anyhow::Result<usize> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match store::schema::migrate(pool).await {
+        match storage::schema::migrate(pool).await {
             Ok(applied) => return Ok(applied),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 warn!(%error, "postgres not ready; retrying");

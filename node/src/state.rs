@@ -11,16 +11,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use router::{Bus, LocationRegistry};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
 use crate::chat::policy::Policy;
+use crate::chat::rate_limit::SendLimiter;
 use crate::config::Config;
-use crate::contacts::PairCache;
-use crate::delivery::{Delivery, LocalSessions};
-use crate::media::LocalMediaStore;
+use crate::fanout::delivery::Delivery;
+use crate::fanout::local::LocalSessions;
+use crate::identity::auth::Authenticator;
+use crate::identity::revocation::Revocations;
 use crate::metrics::Metrics;
-use crate::ratelimit::SendLimiter;
-use crate::revocation::Revocations;
-use crate::store::writer::WriterHandle;
+use crate::storage::media::LocalMediaStore;
+use crate::storage::pair_cache::PairCache;
+use crate::storage::writer::WriterHandle;
 
 pub struct NodeState {
     pub config: Config,

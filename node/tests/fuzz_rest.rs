@@ -1,6 +1,6 @@
 //! A randomized fuzzer for the node's REST and upgrade input parsers on stable Rust, driven by proptest.
 //!
-//! Everything a client controls before a handler touches the database goes through `node::input` (headers, query
+//! Everything a client controls before a handler touches the database goes through `node::rest::input` (headers, query
 //! strings, path values, JSON bodies), `Authenticator::verify` (the token) or `media::thumbnail` (uploaded image
 //! bytes). Inputs are built from pieces that reach deep into each parser — real tokens and JSON bodies mutated
 //! byte by byte, query strings of the routes' own keys with hostile values, deep nesting, huge numbers, stray
@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::http::Uri;
-use node::api::{conversations, friends, groups, profiles};
-use node::auth::Authenticator;
-use node::input;
+use node::identity::auth::Authenticator;
+use node::rest::input;
+use node::rest::{conversations, friends, groups, profiles};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -97,7 +97,7 @@ fn mutated(seed: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8
 /// Every JSON body a REST route parses, through the parser its extractor uses.
 fn parse_every_body(bytes: &[u8]) -> Result<(), TestCaseError> {
     let started = Instant::now();
-    let _ = input::json::<node::accounts::Credentials>(bytes);
+    let _ = input::json::<node::rest::accounts::Credentials>(bytes);
     let _ = input::json::<groups::NewGroup>(bytes);
     let _ = input::json::<groups::AddMembers>(bytes);
     let _ = input::json::<groups::Rename>(bytes);
@@ -218,7 +218,7 @@ proptest! {
             prop_assert_eq!(rebuilt.as_bytes(), &raw[..]);
         }
         if let Ok(mime) = input::upload_media_type(Some(&raw)) {
-            prop_assert!(node::media::ALLOWED_TYPES.contains(&mime));
+            prop_assert!(node::storage::media::ALLOWED_TYPES.contains(&mime));
         }
         let text = String::from_utf8_lossy(&raw);
         if let Ok(hash) = input::media_hash(&text) {
@@ -284,9 +284,9 @@ proptest! {
     #[test]
     fn mutated_images_never_panic(bytes in mutated(Just(tiny_image()))) {
         let started = Instant::now();
-        if let Some(thumb) = node::media::thumbnail(&bytes) {
+        if let Some(thumb) = node::storage::media::thumbnail(&bytes) {
             let decoded = image::load_from_memory(&thumb).unwrap();
-            prop_assert!(decoded.width() <= node::media::THUMB_EDGE && decoded.height() <= node::media::THUMB_EDGE);
+            prop_assert!(decoded.width() <= node::storage::media::THUMB_EDGE && decoded.height() <= node::storage::media::THUMB_EDGE);
         }
         prop_assert!(started.elapsed() < Duration::from_secs(5), "thumbnail took {:?}", started.elapsed());
     }

@@ -782,8 +782,10 @@ impl Cluster {
                 ("send-rate".to_string(), "2000".to_string()),
                 ("lease-ttl-ms".to_string(), "3000".to_string()),
                 ("log".to_string(), "info".to_string()),
-                // Most tests exercise messaging, not friendship; the friends tests turn it back on.
+                // Most tests exercise messaging, not friendship or group consent; the policy tests
+                // (`policy.rs`, `trust.rs`, the friends tests) turn both back on, as a default server has them.
                 ("require-friendship".to_string(), "false".to_string()),
+                ("group-consent".to_string(), "false".to_string()),
                 (
                     "media-dir".to_string(),
                     cluster.dir.join("media").display().to_string(),

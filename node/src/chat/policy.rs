@@ -22,12 +22,12 @@ use deadpool_postgres::Pool;
 use tracing::warn;
 
 use super::Refusal;
-use crate::contacts::PairCache;
-use crate::members::MemberCache;
-use crate::store::queries::KIND_DIRECT;
-use crate::store::relations::{self, PairPolicy};
-use crate::store::writer::Target;
-use crate::store::StoreError;
+use crate::fanout::members::MemberCache;
+use crate::storage::pair_cache::PairCache;
+use crate::storage::queries::KIND_DIRECT;
+use crate::storage::relations::{self, PairPolicy};
+use crate::storage::writer::Target;
+use crate::storage::StoreError;
 
 pub struct Policy {
     pool: Pool,
@@ -109,7 +109,7 @@ impl Policy {
         &self,
         user: UserId,
         conv: ConvId,
-    ) -> Result<Arc<crate::members::Members>, Refusal> {
+    ) -> Result<Arc<crate::fanout::members::Members>, Refusal> {
         let cached = self.members.get(conv).await.map_err(unavailable)?;
         if let Some(members) = cached.filter(|m| m.contains(user)) {
             return Ok(members);

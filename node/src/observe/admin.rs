@@ -26,7 +26,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::state::NodeState;
-use crate::store;
+use crate::storage;
 
 /// Time for a scraper or probe to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +104,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         Ok(Ok(_))
     );
     let postgres = matches!(
-        tokio::time::timeout(limit, store::queries::ping(&state.pool)).await,
+        tokio::time::timeout(limit, storage::queries::ping(&state.pool)).await,
         Ok(Ok(()))
     );
     let lease = state.lease_ok.load(Ordering::Acquire);
