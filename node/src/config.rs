@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::observe::logging::LogFormat;
-use crate::server::proxy::TrustedProxies;
+use crate::peer::TrustedProxies;
 
 /// A node of the clustered IM server.
 #[derive(Debug, Clone, Parser)]
@@ -288,7 +288,12 @@ pub struct Config {
 
 impl Config {
     /// Checks relations between settings; the error names the flag.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        self.problems().map_err(crate::error::Error::Config)
+    }
+
+    /// The first setting that is out of its rules, described for the operator.
+    fn problems(&self) -> Result<(), String> {
         if self.token_secret.len() < 32 {
             return Err("--token-secret must be at least 32 bytes".into());
         }
@@ -422,7 +427,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_secret_is_checked() {
         let config = Config::parse_from(["node", "--token-secret", &"s".repeat(32)]);
-        assert_eq!(config.validate(), Ok(()));
+        assert!(config.validate().is_ok());
         let short = Config::parse_from(["node", "--token-secret", "short"]);
         assert!(short.validate().is_err());
     }
@@ -448,44 +453,19 @@ mod tests {
     }
 
     #[test]
-    fn proxy_settings_are_parsed_and_checked() {
-        let secret = "s".repeat(32);
-        let behind = Config::parse_from([
-            "node",
-            "--token-secret",
-            &secret,
-            "--trusted-proxies",
-            "10.0.0.0/8, 192.0.2.7",
-            "--proxy-protocol",
-            "true",
-        ]);
-        assert_eq!(behind.validate(), Ok(()));
-        assert!(behind
-            .trusted_proxies
-            .contains("192.0.2.7".parse().unwrap()));
-        let no_proxies = Config::parse_from([
-            "node",
-            "--token-secret",
-            &secret,
-            "--proxy-protocol",
-            "true",
-        ]);
-        assert!(no_proxies.validate().is_err());
-        assert!(Config::try_parse_from([
-            "node",
-            "--token-secret",
-            &secret,
-            "--trusted-proxies",
-            "10.0.0.0/40"
-        ])
-        .is_err());
-        let same_port = Config::parse_from([
-            "node",
-            "--token-secret",
-            &secret,
-            "--admin-listen",
-            "127.0.0.1:7001",
-        ]);
-        assert!(same_port.validate().is_err());
+    fn proxy_and_admin_settings_are_checked() {
+        let with = |extra: &str| {
+            let args = format!("node --token-secret {} {extra}", "s".repeat(32));
+            Config::try_parse_from(args.split_whitespace())
+        };
+        let behind = with("--trusted-proxies 10.0.0.0/8,192.0.2.7 --proxy-protocol true").unwrap();
+        assert!(behind.validate().is_ok());
+        assert!(behind.trusted_proxies.contains([192, 0, 2, 7].into()));
+        assert!(with("--proxy-protocol true").unwrap().validate().is_err());
+        assert!(with("--trusted-proxies 10.0.0.0/40").is_err());
+        assert!(with("--admin-listen 127.0.0.1:7001")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! publish it, release the lease, exit.
 
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -24,7 +25,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use common::KickReason;
 use router::lease::LeaseState;
 use router::{Bus, LocationRegistry, NodeLease, RedisSettings};
@@ -33,23 +33,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::error::{During, Error};
 use crate::fanout::local::LocalSessions;
 use crate::state::NodeState;
 use crate::storage::writer::{self, WriterSettings};
 
 /// Runs the node until `shutdown` fires, then drains. Returns an error only for start-up failures.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let prometheus = metrics::install()
-        .map_err(anyhow::Error::msg)
-        .context("installing the metrics recorder")?;
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    config.validate()?;
+    let prometheus = metrics::install().during("installing the metrics recorder")?;
     observe::catalogue::describe_all();
     let metrics = metrics::Metrics::new(&config.node_name);
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
 
     let pool = storage::pool(&config.postgres_url, config.postgres_pool)
-        .context("postgres configuration")?;
+        .during("postgres configuration")?;
     let applied = migrate_with_retry(&pool).await?;
     info!(applied, "migrations applied");
 
@@ -60,9 +59,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let redis = router::connect(&settings)
         .await
-        .context("connecting to redis")?;
+        .during("connecting to redis")?;
     let lease = NodeLease::new(redis.clone(), node_id.clone(), config.lease_ttl());
-    lease.refresh().await.context("taking the node lease")?;
+    lease.refresh().await.during("taking the node lease")?;
     let locations = LocationRegistry::new(redis.clone(), Duration::from_millis(500));
     let bus = Bus::new(redis.clone());
     let sessions = Arc::new(LocalSessions::default());
@@ -71,7 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (bus_tx, bus_rx) = mpsc::channel(config.pubsub_buffer);
     let subscriber = router::bus::subscribe(&settings, &node_id, bus_tx, stop_background.clone())
         .await
-        .context("subscribing to the node channel")?;
+        .during("subscribing to the node channel")?;
     let delivery = fanout::delivery::Delivery {
         sessions: sessions.clone(),
         locations: locations.clone(),
@@ -106,7 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let media = storage::media::LocalMediaStore::new(config.media_dir.clone())
         .await
-        .context("preparing the media folder")?;
+        .map_err(|error| Error::io("preparing the media folder", error))?;
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
@@ -136,20 +135,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Duration::from_secs(config.token_ttl_secs),
         config.argon2_memory_kib,
         config.argon2_iterations,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(server::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?)
-        }
+        (Some(cert), Some(key)) => Some(server::tls::acceptor(cert, key)?),
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
+        .map_err(|error| Error::io(format!("binding {}", config.listen), error))?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
-        .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
+        .map_err(|error| {
+            Error::io(
+                format!("binding the admin listener {}", config.admin_listen),
+                error,
+            )
+        })?;
     let state = Arc::new(NodeState::new(
         config,
         node_id.clone(),
@@ -233,7 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Postgres may still be starting (local cluster, container start order): retry for a while.
-async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> anyhow::Result<usize> {
+async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> Result<usize, Error> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match storage::schema::migrate(pool).await {
@@ -242,7 +243,7 @@ async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> anyhow::Result<us
                 warn!(%error, "postgres not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => return Err(error).context("applying migrations"),
+            Err(error) => return Err(error).during("applying migrations"),
         }
     }
 }

@@ -23,13 +23,14 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        node::shutdown::on_signals(shutdown.clone())?;
+        node::shutdown::on_signals(shutdown.clone())
+            .map_err(|error| node::error::Error::io("installing signal handlers", error))?;
         node::run(config, shutdown).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!(error = %error, "node stopped");
             std::process::ExitCode::FAILURE
         }
     }

@@ -7,16 +7,10 @@ use common::frame::kinds;
 use common::ids::UserId;
 use common::ErrorCode;
 
+use crate::clock::now_ms;
 use crate::error::Refusal;
 use crate::storage::chat::RecallTarget;
 use crate::storage::queries::KIND_GROUP;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Whether `user` may recall `target` now.
 pub fn may_recall(target: &RecallTarget, user: UserId, window_secs: i64) -> Result<(), Refusal> {

@@ -5,6 +5,7 @@
 //! with `sig = base64url(HMAC-SHA256(secret, "v1.<user>.<exp>"))`: any node verifies one without a database round
 //! trip, and the signature check is constant-time.
 
+use crate::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -67,9 +68,9 @@ impl Authenticator {
         token_ttl: Duration,
         memory_kib: u32,
         iterations: u32,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let params = Params::new(memory_kib, iterations, 1, None)
-            .map_err(|e| format!("argon2 parameters: {e}"))?;
+            .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
         let parallel = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -137,18 +138,22 @@ impl Authenticator {
     }
 
     /// Hashes a password (Argon2id, random salt) off the async threads.
-    pub async fn hash_password(&self, password: String) -> Result<String, String> {
-        let _permit = self.hashing.acquire().await.map_err(|e| e.to_string())?;
+    pub async fn hash_password(&self, password: String) -> Result<String, Error> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| e.to_string())
+                .map_err(|e| Error::Internal(format!("hashing a password: {e}")))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::Internal(e.to_string()))?
     }
 
     /// Checks a password against a stored hash (whose own parameters are used).

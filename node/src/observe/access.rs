@@ -1,6 +1,6 @@
 //! The client router's outermost layer, once per REST call (a WebSocket upgrade included):
 //!
-//! - the client address: `X-Forwarded-For` applied from trusted proxies (`server/proxy.rs`), written back into the
+//! - the client address: `X-Forwarded-For` applied from trusted proxies (`peer.rs`), written back into the
 //!   request's `PeerAddr` so handlers (the per-address login throttle) see the real client;
 //! - a request id: the one a trusted proxy sent in `X-Request-Id` (if well-formed), else a new random one; it is
 //!   returned in the `X-Request-Id` response header;
@@ -24,8 +24,7 @@ use axum::response::Response;
 use metrics::histogram;
 use tracing::{info, info_span, Instrument};
 
-use crate::peer::PeerAddr;
-use crate::server::proxy::ConnectionOrigin;
+use crate::peer::{ConnectionOrigin, PeerAddr};
 use crate::state::NodeState;
 
 /// The request id header, read from trusted proxies and always answered.

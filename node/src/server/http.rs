@@ -22,9 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::{debug, debug_span, warn, Instrument};
 
-use crate::peer::PeerAddr;
+use crate::peer::{ConnectionOrigin, PeerAddr};
 use crate::rest::accounts;
-use crate::server::proxy::ConnectionOrigin;
 use crate::state::NodeState;
 use crate::{connection, rest};
 
