@@ -242,7 +242,16 @@ pub struct Config {
     #[arg(long, env = "IM_GROUP_MEMBER_CAP", default_value_t = 2000)]
     pub group_member_cap: i64,
 
-    /// Folder where uploaded media are stored (content-addressed by SHA-256).
+    /// Where media bytes are stored: `postgres` (chunks in the database every node uses, so any node serves any
+    /// medium) or `local` (the folder `--media-dir`, right only for one node or a folder all nodes share).
+    #[arg(long, env = "IM_MEDIA_STORE", value_enum, default_value_t = MediaStoreKind::Postgres)]
+    pub media_store: MediaStoreKind,
+
+    /// Size of one stored chunk of a medium in the `postgres` media store, in bytes.
+    #[arg(long, env = "IM_MEDIA_CHUNK_BYTES", default_value_t = 256 * 1024)]
+    pub media_chunk_bytes: usize,
+
+    /// Folder of the `local` media store (content-addressed by SHA-256); unused by the `postgres` store.
     #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
     pub media_dir: std::path::PathBuf,
 
@@ -418,6 +427,13 @@ impl Config {
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
     }
+}
+
+/// Where media bytes live (`--media-store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MediaStoreKind {
+    Postgres,
+    Local,
 }
 
 #[cfg(test)]

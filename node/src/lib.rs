@@ -103,9 +103,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         sessions.clone(),
         stop_background.clone(),
     ));
-    let media = storage::media::LocalMediaStore::new(config.media_dir.clone())
-        .await
-        .map_err(|error| Error::io("preparing the media folder", error))?;
+    let media = match config.media_store {
+        config::MediaStoreKind::Postgres => storage::media::MediaBytes::Postgres(
+            storage::media::PostgresMedia::new(pool.clone(), config.media_chunk_bytes),
+        ),
+        config::MediaStoreKind::Local => storage::media::MediaBytes::Local(
+            storage::media::LocalMediaStore::new(config.media_dir.clone())
+                .await
+                .map_err(|error| Error::io("preparing the media folder", error))?,
+        ),
+    };
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();

@@ -18,7 +18,7 @@ use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::error::json_error;
 use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::storage::media::{sha256_hex, thumbnail, MediaStore};
+use crate::storage::media::{sha256_hex, thumbnail};
 use crate::storage::StoreError;
 
 pub async fn upload(
@@ -217,9 +217,17 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
         Err(error) => return unavailable(error),
     };
     let bytes = if thumb {
-        state.media.get_thumb(hash).await
+        state
+            .media
+            .get_thumb(hash)
+            .await
+            .map(axum::body::Body::from)
     } else {
-        state.media.get(hash).await
+        state
+            .media
+            .stream(hash)
+            .await
+            .map(axum::body::Body::from_stream)
     };
     match bytes {
         Ok(bytes) => {

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../migrations/0004_group_invitations.sql"),
     ),
+    (5, include_str!("../../migrations/0005_media_chunks.sql")),
 ];
 
 /// Applies every migration not yet recorded; returns how many it applied.

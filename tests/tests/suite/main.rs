@@ -7,6 +7,7 @@ mod failover;
 mod faults;
 mod handshake;
 mod http;
+mod media;
 mod messaging;
 mod observability;
 mod openapi;
