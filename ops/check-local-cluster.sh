@@ -44,12 +44,13 @@ IM_LOCAL_DIR="$dir" IM_LOCAL_REDIS_PORT=$base IM_LOCAL_PG_PORT=$((base + 1)) \
   IM_LOCAL_PROMETHEUS_PORT=$((base + 2)) IM_LOCAL_NODE_PORT=$((base + 3)) IM_LOCAL_ADMIN_PORT=$((base + 5)) \
   setsid bash ops/cluster.sh --debug --nodes 2 --prometheus >"$dir/cluster.out" 2>&1 &
 cluster_pid=$!
+# The last line cluster.sh prints once everything runs (the URLs come after "cluster ready").
 for _ in $(seq 1 1800); do
-  grep -q "cluster ready" "$dir/cluster.out" && break
+  grep -q "Ctrl-C stops everything" "$dir/cluster.out" && break
   kill -0 "$cluster_pid" 2>/dev/null || fail "cluster.sh exited before the cluster was ready"
   sleep 0.1
 done
-grep -q "cluster ready" "$dir/cluster.out" || fail "the cluster was not ready within 3 minutes"
+grep -q "Ctrl-C stops everything" "$dir/cluster.out" || fail "the cluster was not ready within 3 minutes"
 grep -q "prometheus  $prometheus_url" "$dir/cluster.out" || fail "cluster.sh did not print the Prometheus URL"
 
 # Prints "<up targets of job im-node> <rule groups loaded> <unhealthy rules> <evaluated recording series>".
@@ -88,9 +89,12 @@ for pid in $before; do
 done
 for i in 1 2; do
   curl -fs "http://127.0.0.1:$((base + 4 + i))/readyz" >/dev/null || fail "node$i not ready after the rolling restart"
-  # The client port serves no metrics; the admin port does.
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((base + 2 + i))/metrics")" = 404 ] ||
-    fail "node$i serves /metrics on its client port"
+  # The admin port serves the metrics; the client port does not (there /metrics is just a path of the web app).
+  curl -fs "http://127.0.0.1:$((base + 4 + i))/metrics" | grep -q '^# TYPE im_connections_open ' ||
+    fail "node$i serves no metrics on its admin port"
+  if curl -s "http://127.0.0.1:$((base + 2 + i))/metrics" | grep -q '^# TYPE '; then
+    fail "node$i serves metrics on its client port"
+  fi
 done
 # The node logs "stopped" only at the end of a complete drain (JSON lines: its log is a file).
 for i in 1 2; do
