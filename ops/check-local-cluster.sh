@@ -90,9 +90,13 @@ done
 for i in 1 2; do
   curl -fs "http://127.0.0.1:$((base + 4 + i))/readyz" >/dev/null || fail "node$i not ready after the rolling restart"
   # The admin port serves the metrics; the client port does not (there /metrics is just a path of the web app).
-  curl -fs "http://127.0.0.1:$((base + 4 + i))/metrics" | grep -q '^# TYPE im_connections_open ' ||
+  # Read the whole answer first: `grep -q` stops at its first match, and under pipefail the curl it cut off
+  # (SIGPIPE on a large exposition) would fail the check.
+  admin_metrics="$(curl -fs "http://127.0.0.1:$((base + 4 + i))/metrics" || true)"
+  grep -q '^# TYPE im_connections_open ' <<<"$admin_metrics" ||
     fail "node$i serves no metrics on its admin port"
-  if curl -s "http://127.0.0.1:$((base + 2 + i))/metrics" | grep -q '^# TYPE '; then
+  client_metrics="$(curl -s "http://127.0.0.1:$((base + 2 + i))/metrics" || true)"
+  if grep -q '^# TYPE ' <<<"$client_metrics"; then
     fail "node$i serves metrics on its client port"
   fi
 done

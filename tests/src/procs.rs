@@ -1001,6 +1001,19 @@ impl Cluster {
         Ok((status.as_u16(), value))
     }
 
+    /// `GET /v1/users/me` with `token` on node `index`: the status (200 for a token the node accepts, 401 if not).
+    pub async fn me_status(&self, index: usize, token: &str) -> anyhow::Result<u16> {
+        let (status, _) = benchmarks::client::http_json_auth(
+            self.addr(index),
+            "GET",
+            "/v1/users/me",
+            Some(token),
+            None,
+        )
+        .await?;
+        Ok(status.as_u16())
+    }
+
     /// Makes two users friends through the API (request by `a`, accept by `b`).
     pub async fn befriend(&self, a: &TestUser, b: &TestUser) -> anyhow::Result<()> {
         let (status, body) = self

@@ -104,18 +104,8 @@ async fn closed(client: &mut TestClient, limit: Duration) -> (Option<KickReason>
     }
 }
 
-/// `GET /v1/users/me` with `token` on node `index`: the status.
 async fn me_status(cluster: &Cluster, index: usize, token: &str) -> u16 {
-    let (status, _) = benchmarks::client::http_json_auth(
-        cluster.addr(index),
-        "GET",
-        "/v1/users/me",
-        Some(token),
-        None,
-    )
-    .await
-    .unwrap();
-    status.as_u16()
+    cluster.me_status(index, token).await.unwrap()
 }
 
 /// The status of a WebSocket handshake with `token` on node `index` (101 as 101).

@@ -28,16 +28,7 @@ fn shipped_redis_settings() -> Vec<String> {
 }
 
 async fn status_of(cluster: &Cluster, node: usize, token: &str) -> u16 {
-    let (status, _) = benchmarks::client::http_json_auth(
-        cluster.addr(node),
-        "GET",
-        "/v1/users/me",
-        Some(token),
-        None,
-    )
-    .await
-    .unwrap();
-    status.as_u16()
+    cluster.me_status(node, token).await.unwrap()
 }
 
 /// Waits until node `node` answers `token` with `expected` (the node reconnects to Redis after its restart).

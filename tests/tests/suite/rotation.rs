@@ -6,16 +6,7 @@ use std::time::Duration;
 use tests::{Cluster, ClusterOptions};
 
 async fn status_of(cluster: &Cluster, node: usize, token: &str) -> u16 {
-    let (status, _) = benchmarks::client::http_json_auth(
-        cluster.addr(node),
-        "GET",
-        "/v1/users/me",
-        Some(token),
-        None,
-    )
-    .await
-    .unwrap();
-    status.as_u16()
+    cluster.me_status(node, token).await.unwrap()
 }
 
 /// Restarts every node with `keys` (each drains first).
