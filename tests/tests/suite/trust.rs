@@ -1422,10 +1422,11 @@ async fn while_node_1_hears_nothing(
 }
 
 /// Pub/sub may lose an announcement (here node 1's Redis link is down while the change is made). A node that
-/// missed it must still answer from the truth: a member added meanwhile is not refused from a stale member list,
-/// and a member removed meanwhile can no longer read the history or receive the group's messages.
+/// missed it must still answer from the truth: a member added meanwhile is not refused from a stale member list, a
+/// member removed meanwhile can no longer read the history or receive the group's messages, and a block (or
+/// unblock) holds for sends by `to` and by `conv` and for typing.
 #[tokio::test]
-async fn a_node_that_missed_a_membership_announcement_still_answers_from_the_database() {
+async fn a_node_that_missed_an_announcement_still_answers_from_the_database() {
     let options = friendship_required().single_redis().proxied_redis(1);
     let cluster = Cluster::start_with(2, options).await.unwrap();
     let owner = cluster.user("missed-owner").await.unwrap();
@@ -1434,6 +1435,10 @@ async fn a_node_that_missed_a_membership_announcement_still_answers_from_the_dat
     let mut prober = cluster.connect(0, &owner, "desk").await.unwrap();
     let mut poster = cluster.connect(1, &owner, "phone").await.unwrap();
     let mut mc = cluster.connect(1, &member, "phone").await.unwrap();
+    // Probes from node 0 to node 1 tell when node 1 hears the bus again.
+    let listener = cluster.user("missed-listener").await.unwrap();
+    cluster.befriend(&owner, &listener).await.unwrap();
+    let mut ear = cluster.connect(1, &listener, "phone").await.unwrap();
     let (code, group) = status(
         &cluster,
         0,
@@ -1454,7 +1459,7 @@ async fn a_node_that_missed_a_membership_announcement_still_answers_from_the_dat
     );
 
     let members = format!("/v1/groups/{conv}/members");
-    while_node_1_hears_nothing(&cluster, &mut prober, &mut mc, member.id, async {
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
         let add = json!({"users": [member.id]});
         let (code, body) = status(&cluster, 0, &owner, "POST", &members, Some(add)).await;
         assert!(
@@ -1472,7 +1477,7 @@ async fn a_node_that_missed_a_membership_announcement_still_answers_from_the_dat
     // member" in Postgres), so what follows starts from a node that knows the member.
     acked(&mut mc, &text("member-posts", None, Some(conv))).await;
 
-    while_node_1_hears_nothing(&cluster, &mut prober, &mut mc, member.id, async {
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
         let path = format!("/v1/groups/{conv}/members/{}", member.id);
         assert_eq!(
             status(&cluster, 0, &owner, "DELETE", &path, None).await.0,
@@ -1496,6 +1501,53 @@ async fn a_node_that_missed_a_membership_announcement_still_answers_from_the_dat
             "a member removed while node 1 was not listening received the group's next message"
                 .into(),
         );
+    }
+
+    // The same for a 1:1 relationship: a block and an unblock node 1 did not hear of.
+    let dm = acked(&mut poster, &text("dm-before", Some(member.id), None))
+        .await
+        .conv;
+    let block = format!("/v1/blocks/{}", owner.id);
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
+        assert_eq!(
+            status(&cluster, 0, &member, "PUT", &block, None).await.0,
+            204
+        );
+    })
+    .await;
+    for (cid, to, conv) in [
+        ("dm-to", Some(member.id), None),
+        ("dm-conv", None, Some(dm)),
+    ] {
+        let outcome = send(&mut poster, &text(cid, to, conv)).await;
+        if !matches!(&outcome, Err(e) if e.code == ErrorCode::Blocked) {
+            wrong.push(format!(
+                "{cid} after a block node 1 did not hear of: {outcome:?}"
+            ));
+        }
+    }
+    poster
+        .send(&ClientFrame::Typing(TypingRequest { conv: dm }))
+        .await
+        .unwrap();
+    let typing = bare_error(&mut poster, WAIT).await.unwrap();
+    if typing.code != ErrorCode::Blocked {
+        wrong.push(format!(
+            "typing after a block node 1 did not hear of: {typing:?}"
+        ));
+    }
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
+        assert_eq!(
+            status(&cluster, 0, &member, "DELETE", &block, None).await.0,
+            204
+        );
+    })
+    .await;
+    let outcome = send(&mut poster, &text("dm-unblocked", Some(member.id), None)).await;
+    if outcome.is_err() {
+        wrong.push(format!(
+            "a send after an unblock node 1 did not hear of: {outcome:?}"
+        ));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
