@@ -1965,3 +1965,99 @@ async fn an_invalid_cid_is_echoed_so_the_client_can_match_the_refusal() {
         "a recall's invalid cid too: {error:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The protocol's example session (`docs/protocol.md` §9) works on a default server.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_protocol_example_session_works_on_a_default_server() {
+    // The server's own defaults for what the harness turns off: friendship for 1:1 messages, consent for groups.
+    let cluster = Cluster::start_with(2, friendship_required()).await.unwrap();
+    let addr = cluster.addr(0);
+    let alice = format!("alice-{:08x}", rand::random::<u32>());
+    let bob = format!("bob-{:08x}", rand::random::<u32>());
+    let alice_id = benchmarks::client::register(addr, &alice, "correct horse")
+        .await
+        .unwrap();
+    let bob_id = benchmarks::client::register(addr, &bob, "correct horse")
+        .await
+        .unwrap();
+    let alice = TestUser {
+        id: alice_id,
+        token: benchmarks::client::login(addr, &alice, "correct horse")
+            .await
+            .unwrap(),
+        name: alice,
+    };
+    let bob = TestUser {
+        id: bob_id,
+        token: benchmarks::client::login(cluster.addr(1), &bob, "correct horse")
+            .await
+            .unwrap(),
+        name: bob,
+    };
+    let (code, request) = status(
+        &cluster,
+        0,
+        &alice,
+        "POST",
+        "/v1/friends/requests",
+        Some(json!({"user": bob.id, "note": "it's alice"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{request}");
+    let accept = format!("/v1/friends/requests/{}/accept", request["id"]);
+    let (code, accepted) = status(&cluster, 1, &bob, "POST", &accept, None).await;
+    assert_eq!(
+        (code, accepted["status"].as_str()),
+        (200, Some("accepted")),
+        "{accepted}"
+    );
+
+    let mut phone = cluster.connect(0, &alice, "phone-1").await.unwrap();
+    let mut bobs = cluster.connect(1, &bob, "phone").await.unwrap();
+    let ack = acked(&mut phone, &text("c-0001", Some(bob.id), None)).await;
+    acked(
+        &mut bobs,
+        &message("x9", Some(alice.id), None, kinds::TEXT, "yes!", None),
+    )
+    .await;
+    let pushed = until(&mut phone, WAIT, |f| match f {
+        ServerFrame::Msg(m) if m.cid == "x9" => Some(m.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (pushed.conv, pushed.seq, pushed.from),
+        (ack.conv, ack.seq + 1, bob.id)
+    );
+    // A second device of alice's starts from its hello and syncs the conversation.
+    let laptop = cluster.connect(1, &alice, "laptop").await.unwrap();
+    let state = laptop
+        .hello
+        .convs
+        .iter()
+        .find(|c| c.conv == ack.conv)
+        .expect("the conversation is in hello");
+    assert_eq!((state.last_seq, state.peer), (ack.seq + 1, Some(bob.id)));
+    let mut laptop = laptop;
+    laptop
+        .send(&ClientFrame::Sync(SyncRequest {
+            rid: 1,
+            conv: ack.conv,
+            after_seq: 0,
+            limit: 100,
+        }))
+        .await
+        .unwrap();
+    let synced = until(&mut laptop, WAIT, |f| match f {
+        ServerFrame::Synced(s) if s.rid == 1 => Some(s.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    let cids: Vec<&str> = synced.msgs.iter().map(|m| m.cid.as_str()).collect();
+    assert_eq!((cids, synced.more), (vec!["c-0001", "x9"], false));
+}
