@@ -8,13 +8,25 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::observe::logging::LogFormat;
+use crate::peer::TrustedProxies;
+
 /// A node of the clustered IM server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "node", version, about)]
 pub struct Config {
-    /// Address to listen on for HTTP, WebSocket and metrics.
+    /// Without a subcommand the node serves clients.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address to listen on for clients: REST and WebSocket.
     #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener, which serves only `/metrics`, `/healthz` and `/readyz` (plain HTTP). Reach it
+    /// from probes and Prometheus inside the cluster; never publish it.
+    #[arg(long, env = "IM_ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
+    pub admin_listen: SocketAddr,
 
     /// A human-readable name for this node, used in logs and the `hello` frame. The cluster identity is this name
     /// plus a random suffix, so a restarted node never inherits its predecessor's registrations.
@@ -22,23 +34,47 @@ pub struct Config {
     pub node_name: String,
 
     /// Redis URL (redis://[user:pass@]host:port/db).
-    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "IM_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Postgres connection string (key=value or postgres:// URL).
     #[arg(
         long,
         env = "IM_POSTGRES_URL",
+        hide_env_values = true,
         default_value = "host=127.0.0.1 port=5432 user=im dbname=im"
     )]
     pub postgres_url: String,
+
+    /// Whether a starting node applies pending migrations. With `false` (migrations run by `node migrate`, e.g. a
+    /// Kubernetes Job) the node waits up to a minute for the schema it needs and then exits with a message.
+    #[arg(long, env = "IM_RUN_MIGRATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_migrations: bool,
+
+    /// Longest a migration waits for a table lock, in seconds; then it fails (and is retried) instead of queueing
+    /// every query of the running nodes behind it.
+    #[arg(long, env = "IM_MIGRATION_LOCK_TIMEOUT_SECS", default_value_t = 10)]
+    pub migration_lock_timeout_secs: u64,
+
+    /// Longest one migration statement may run, in seconds.
+    #[arg(
+        long,
+        env = "IM_MIGRATION_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub migration_statement_timeout_secs: u64,
 
     /// Size of the Postgres connection pool (the writer uses one connection; sync, accounts and hello the rest).
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
     /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Needed
-    /// unless `--token-keys` is set.
+    /// to serve unless `--token-keys` is set; `node migrate` does not need it.
     #[arg(
         long,
         env = "IM_TOKEN_SECRET",
@@ -157,6 +193,18 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Proxies whose word on the client's address is believed, comma-separated IP addresses or CIDR networks (e.g.
+    /// `10.0.0.0/8,192.0.2.7`): their `X-Forwarded-For` (walked from the right, up to the first untrusted hop),
+    /// their PROXY v2 header (with `--proxy-protocol`) and their `X-Request-Id`. Empty: every peer is a client.
+    #[arg(long, env = "IM_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Expect a PROXY protocol v2 header at the start of every connection from a `--trusted-proxies` peer (HAProxy
+    /// `send-proxy-v2`); such a connection without a valid header is closed. Other peers are served as direct
+    /// clients.
+    #[arg(long, env = "IM_PROXY_PROTOCOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub proxy_protocol: bool,
+
     /// Sends (and recalls) per second one user may make on this node, sustained; the user's devices on the node
     /// share it. Over it: `error{rate_limited}`, nothing stored.
     #[arg(long, env = "IM_SEND_RATE", default_value_t = 50.0)]
@@ -264,7 +312,12 @@ pub struct Config {
 
     /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
     /// when empty.
-    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "IM_PUSH_WEBHOOK_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub push_webhook_url: String,
 
     /// Most events in one webhook call.
@@ -283,12 +336,46 @@ pub struct Config {
     #[arg(long, env = "IM_WEB_DIR", default_value = "web/dist")]
     pub web_dir: std::path::PathBuf,
 
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`; `access=warn` silences the
+    /// access log.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log format: `json` (one object per line), `text`, or `auto`: json when standard output is not a terminal.
+    /// Colour codes only on a terminal.
+    #[arg(long, env = "IM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+/// What the binary does besides serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (under `--migration-lock-timeout-secs` and
+    /// `--migration-statement-timeout-secs`) and exit: 0 when the schema is current. Reads the same `IM_*`
+    /// settings as the node; only `IM_POSTGRES_URL` matters.
+    Migrate,
 }
 
 impl Config {
+    /// Checks the settings `node migrate` uses.
+    pub fn validate_migrate(&self) -> Result<(), String> {
+        if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
+            return Err(
+                "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The timeouts every migration transaction runs under.
+    pub fn migration_timeouts(&self) -> crate::storage::schema::MigrationTimeouts {
+        crate::storage::schema::MigrationTimeouts {
+            lock: Duration::from_secs(self.migration_lock_timeout_secs),
+            statement: Duration::from_secs(self.migration_statement_timeout_secs),
+        }
+    }
+
     /// Checks relations between settings; the error names the flag.
     pub fn validate(&self) -> Result<(), crate::error::Error> {
         self.problems().map_err(crate::error::Error::Config)
@@ -310,6 +397,7 @@ impl Config {
 
     /// The first setting that is out of its rules, described for the operator.
     fn problems(&self) -> Result<(), String> {
+        self.validate_migrate()?;
         self.token_key_list()?;
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
@@ -379,6 +467,14 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());
         }
+        if self.admin_listen == self.listen {
+            return Err("--admin-listen must differ from --listen".into());
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(
+                "--proxy-protocol needs --trusted-proxies (the peers that send the header)".into(),
+            );
+        }
         Ok(())
     }
 
@@ -446,6 +542,16 @@ mod tests {
     }
 
     #[test]
+    fn migrate_needs_no_token_secret_and_serving_does() {
+        let config = Config::parse_from(["node", "migrate"]);
+        assert_eq!(config.command, Some(Command::Migrate));
+        assert_eq!(config.validate_migrate(), Ok(()));
+        assert!(config.validate().is_err());
+        let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
+        assert!(stuck.validate_migrate().is_err());
+    }
+
+    #[test]
     fn origins_are_checked_only_when_sent() {
         let secret = "s".repeat(32);
         let closed = Config::parse_from(["node", "--token-secret", &secret]);
@@ -463,5 +569,22 @@ mod tests {
         ]);
         assert!(listed.origin_allowed(Some("https://APP.example"), None));
         assert!(!listed.origin_allowed(Some("https://chat.example.evil"), None));
+    }
+
+    #[test]
+    fn proxy_and_admin_settings_are_checked() {
+        let with = |extra: &str| {
+            let args = format!("node --token-secret {} {extra}", "s".repeat(32));
+            Config::try_parse_from(args.split_whitespace())
+        };
+        let behind = with("--trusted-proxies 10.0.0.0/8,192.0.2.7 --proxy-protocol true").unwrap();
+        assert!(behind.validate().is_ok());
+        assert!(behind.trusted_proxies.contains([192, 0, 2, 7].into()));
+        assert!(with("--proxy-protocol true").unwrap().validate().is_err());
+        assert!(with("--trusted-proxies 10.0.0.0/40").is_err());
+        assert!(with("--admin-listen 127.0.0.1:7001")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 }

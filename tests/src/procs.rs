@@ -45,7 +45,7 @@ fn postgres_ids() -> Option<(u32, u32)> {
 }
 
 /// Makes `command` run as `ids` (if any) and die with the thread that spawned it.
-fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
+pub(crate) fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
     // SAFETY: only async-signal-safe libc calls run between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -342,31 +342,48 @@ fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Persistence settings (`--appendonly …`) and the folder they write to; none by default.
+    persistence: Option<(Vec<String>, PathBuf)>,
 }
 
 impl Redis {
     pub fn start() -> anyhow::Result<Redis> {
         let port = free_port();
-        let mut redis = Redis { port, child: None };
+        let mut redis = Redis {
+            port,
+            child: None,
+            persistence: None,
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    /// A Redis run with these persistence settings (say, the shipped ones) in its own folder, which a restart keeps.
+    pub fn start_persistent(settings: Vec<String>) -> anyhow::Result<Redis> {
+        let port = free_port();
+        let dir = scratch_dir(&format!("redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = Redis {
+            port,
+            child: None,
+            persistence: Some((settings, dir)),
+        };
         redis.spawn()?;
         Ok(redis)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.persistence {
+            None => {
+                command.args(["--save", "", "--appendonly", "no"]);
+            }
+            Some((settings, dir)) => {
+                command.args(settings).arg("--dir").arg(dir);
+            }
+        }
+        command.stdout(Stdio::null()).stderr(Stdio::null());
         harden(&mut command, None);
         self.child = Some(
             command
@@ -376,9 +393,21 @@ impl Redis {
         wait_for_port(self.port, Duration::from_secs(10))
     }
 
-    /// Kills Redis (all data lost: it runs without persistence) and starts it again on the same port.
+    /// Kills Redis (all data lost unless it runs with persistence) and starts it again on the same port.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
+        self.spawn()
+    }
+
+    /// Asks Redis to shut down as an orchestrator's stop does (SIGTERM: it writes what it must) and starts it again.
+    pub fn restart_gracefully(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
         self.spawn()
     }
 
@@ -562,7 +591,10 @@ fn node_binary() -> anyhow::Result<PathBuf> {
 
 /// One node process.
 pub struct NodeProc {
+    /// The client listener: REST and WebSocket.
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
     pub name: String,
     child: Option<Child>,
     pub log: PathBuf,
@@ -583,6 +615,7 @@ impl NodeProc {
             }
         }
         command.arg("--listen").arg(self.addr.to_string());
+        command.arg("--admin-listen").arg(self.admin.to_string());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -673,11 +706,20 @@ pub struct ClusterOptions {
     pub single_redis: bool,
     /// Use a 3-master Redis Cluster even when `IM_TEST_REDIS` does not ask for one.
     pub redis_cluster: bool,
+    /// Run the single Redis with these persistence settings (implies `single_redis`).
+    pub redis_persistence: Option<Vec<String>>,
 }
 
 impl ClusterOptions {
     pub fn private_postgres(mut self) -> Self {
         self.private_postgres = true;
+        self
+    }
+
+    /// The single Redis, with persistence settings (a restart keeps its data).
+    pub fn redis_persistence(mut self, settings: Vec<String>) -> Self {
+        self.single_redis = true;
+        self.redis_persistence = Some(settings);
         self
     }
 
@@ -740,7 +782,10 @@ impl Cluster {
                 shared.new_database().await?
             }
         };
-        let redis = Redis::start()?;
+        let redis = match &options.redis_persistence {
+            Some(settings) => Redis::start_persistent(settings.clone())?,
+            None => Redis::start()?,
+        };
         let dir = scratch_dir("cluster");
         let secret = format!("test-secret-{:032x}", rand::random::<u128>());
         let redis_cluster =
@@ -804,6 +849,7 @@ impl Cluster {
             }
             let node = NodeProc {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 name: format!("n{index}"),
                 child: None,
                 log: cluster.dir.join(format!("node{index}.log")),
@@ -825,24 +871,15 @@ impl Cluster {
         self.wait_ready(index, Duration::from_secs(30)).await
     }
 
+    /// Waits until node `index` answers `/readyz` with 200 on its admin listener (plain HTTP, also when the client
+    /// listener speaks TLS).
     pub async fn wait_ready(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        // A node started with TLS answers only HTTPS: probe it with a client trusting its certificate.
-        let tls = match self.nodes[index].args.iter().find(|(k, _)| k == "tls-cert") {
-            Some((_, cert)) => Some(crate::tls::client_config(Path::new(cert))?),
-            None => None,
-        };
         loop {
-            let ready = match &tls {
-                None => benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None)
+            let ready =
+                benchmarks::client::http_json(self.admin_addr(index), "GET", "/readyz", None)
                     .await
-                    .is_ok_and(|(status, _)| status.is_success()),
-                Some(config) => {
-                    crate::tls::https_json(self.addr(index), config, "GET", "/readyz", None, None)
-                        .await
-                        .is_ok_and(|(status, _)| status == 200)
-                }
-            };
+                    .is_ok_and(|(status, _)| status.is_success());
             if ready {
                 return Ok(());
             }
@@ -862,8 +899,14 @@ impl Cluster {
         }
     }
 
+    /// Node `index`'s client listener (REST and WebSocket).
     pub fn addr(&self, index: usize) -> SocketAddr {
         self.nodes[index].addr
+    }
+
+    /// Node `index`'s admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_addr(&self, index: usize) -> SocketAddr {
+        self.nodes[index].admin
     }
 
     /// Registers and logs in a new user (unique name per test process).
