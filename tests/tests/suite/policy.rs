@@ -1,5 +1,6 @@
 //! The policy matrix (issue 12): who may do what, for each relationship between an actor A and a peer B (or a group
-//! G), and each action on a conversation, on two nodes with the default friendship rule.
+//! G), and each action on a conversation, on two nodes with the server's defaults (friendship for 1:1 messages,
+//! consent for groups).
 //!
 //! Every cell starts from fresh users and brings them into its row's state. Just before the row's last change,
 //! node 1 is shown the old state (A sends, reads history there), so a cache that outlived the change would show.
@@ -8,7 +9,8 @@
 //! Where something is refused, the test also checks that B did not receive it and that nothing was stored.
 //!
 //! `MATRIX` is the one table of expected outcomes; `docs/security.md` ("Who may do what") shows it rendered, and
-//! `policy_matrix_in_security_md_matches_the_test` keeps the two equal.
+//! `policy_matrix_in_security_md_matches_the_test` keeps the two equal. With `IM_POLICY_TIMES=1` (and
+//! `--nocapture`) the test prints each cell's time and the observed table.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1389,6 +1389,169 @@ async fn group_membership_changes_hold_on_the_other_node_for_the_very_next_reque
     );
 }
 
+/// Makes `change` through node 0 while node 1's link to Redis is down (so node 1 misses the change's announcement:
+/// pub/sub is at-most-once), then waits until node 1 hears the bus again (a 1:1 probe from `prober` on node 0
+/// reaches `listener` on node 1).
+async fn while_node_1_hears_nothing(
+    cluster: &Cluster,
+    prober: &mut TestClient,
+    listener: &mut TestClient,
+    listener_id: i64,
+    change: impl std::future::Future<Output = ()>,
+) {
+    cluster.redis_proxies[&1].cut();
+    change.await;
+    cluster.redis_proxies[&1].restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        let cid = format!("probe-{}-{n}", rand::random::<u32>());
+        acked(prober, &text(&cid, Some(listener_id), None)).await;
+        let heard = within(listener, Duration::from_millis(300), |f| {
+            matches!(f, ServerFrame::Msg(m) if m.cid.starts_with("probe-")).then_some(())
+        })
+        .await
+        .unwrap();
+        if heard.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never heard the bus again"
+        );
+    }
+}
+
+/// Pub/sub may lose an announcement (here node 1's Redis link is down while the change is made). A node that
+/// missed it must still answer from the truth: a member added meanwhile is not refused from a stale member list, a
+/// member removed meanwhile can no longer read the history or receive the group's messages, and a block (or
+/// unblock) holds for sends by `to` and by `conv` and for typing.
+#[tokio::test]
+async fn a_node_that_missed_an_announcement_still_answers_from_the_database() {
+    let options = friendship_required().single_redis().proxied_redis(1);
+    let cluster = Cluster::start_with(2, options).await.unwrap();
+    let owner = cluster.user("missed-owner").await.unwrap();
+    let member = cluster.user("missed-member").await.unwrap();
+    cluster.befriend(&owner, &member).await.unwrap();
+    let mut prober = cluster.connect(0, &owner, "desk").await.unwrap();
+    let mut poster = cluster.connect(1, &owner, "phone").await.unwrap();
+    let mut mc = cluster.connect(1, &member, "phone").await.unwrap();
+    // Probes from node 0 to node 1 tell when node 1 hears the bus again.
+    let listener = cluster.user("missed-listener").await.unwrap();
+    cluster.befriend(&owner, &listener).await.unwrap();
+    let mut ear = cluster.connect(1, &listener, "phone").await.unwrap();
+    let (code, group) = status(
+        &cluster,
+        0,
+        &owner,
+        "POST",
+        "/v1/groups",
+        Some(json!({"title": "quiet", "members": []})),
+    )
+    .await;
+    assert_eq!(code, 201, "{group}");
+    let conv = group["id"].as_i64().unwrap();
+    let history = format!("/v1/conversations/{conv}/messages");
+    // Node 1 knows the group without the member.
+    acked(&mut poster, &text("before", None, Some(conv))).await;
+    assert_eq!(
+        status(&cluster, 1, &member, "GET", &history, None).await.0,
+        404
+    );
+
+    let members = format!("/v1/groups/{conv}/members");
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
+        let add = json!({"users": [member.id]});
+        let (code, body) = status(&cluster, 0, &owner, "POST", &members, Some(add)).await;
+        assert!(
+            code == 200 && ids(&body["added"]).contains(&member.id),
+            "{body}"
+        );
+    })
+    .await;
+    let mut wrong = Vec::new();
+    let (code, body) = status(&cluster, 1, &member, "GET", &history, None).await;
+    if code != 200 {
+        wrong.push(format!("a member added while node 1 was not listening is refused the history by node 1: {code} {body}"));
+    }
+    // The member posting through node 1 makes node 1 load the list with the member (a send re-checks a "not a
+    // member" in Postgres), so what follows starts from a node that knows the member.
+    acked(&mut mc, &text("member-posts", None, Some(conv))).await;
+
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
+        let path = format!("/v1/groups/{conv}/members/{}", member.id);
+        assert_eq!(
+            status(&cluster, 0, &owner, "DELETE", &path, None).await.0,
+            204
+        );
+    })
+    .await;
+    let (code, _) = status(&cluster, 1, &member, "GET", &history, None).await;
+    if code != 404 {
+        wrong.push(format!("a member removed while node 1 was not listening still reads the history through node 1: {code}"));
+    }
+    acked(&mut poster, &text("after-removal", None, Some(conv))).await;
+    let leaked = within(&mut mc, QUIET, |f| match f {
+        ServerFrame::Msg(m) if m.cid == "after-removal" => Some(m.seq),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    if leaked.is_some() {
+        wrong.push(
+            "a member removed while node 1 was not listening received the group's next message"
+                .into(),
+        );
+    }
+
+    // The same for a 1:1 relationship: a block and an unblock node 1 did not hear of.
+    let dm = acked(&mut poster, &text("dm-before", Some(member.id), None))
+        .await
+        .conv;
+    let block = format!("/v1/blocks/{}", owner.id);
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
+        assert_eq!(
+            status(&cluster, 0, &member, "PUT", &block, None).await.0,
+            204
+        );
+    })
+    .await;
+    for (cid, to, conv) in [
+        ("dm-to", Some(member.id), None),
+        ("dm-conv", None, Some(dm)),
+    ] {
+        let outcome = send(&mut poster, &text(cid, to, conv)).await;
+        if !matches!(&outcome, Err(e) if e.code == ErrorCode::Blocked) {
+            wrong.push(format!(
+                "{cid} after a block node 1 did not hear of: {outcome:?}"
+            ));
+        }
+    }
+    poster
+        .send(&ClientFrame::Typing(TypingRequest { conv: dm }))
+        .await
+        .unwrap();
+    let typing = bare_error(&mut poster, WAIT).await.unwrap();
+    if typing.code != ErrorCode::Blocked {
+        wrong.push(format!(
+            "typing after a block node 1 did not hear of: {typing:?}"
+        ));
+    }
+    while_node_1_hears_nothing(&cluster, &mut prober, &mut ear, listener.id, async {
+        assert_eq!(
+            status(&cluster, 0, &member, "DELETE", &block, None).await.0,
+            204
+        );
+    })
+    .await;
+    let outcome = send(&mut poster, &text("dm-unblocked", Some(member.id), None)).await;
+    if outcome.is_err() {
+        wrong.push(format!(
+            "a send after an unblock node 1 did not hear of: {outcome:?}"
+        ));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 7. Small leaks.
 // ---------------------------------------------------------------------------------------------------------------
@@ -1801,4 +1964,100 @@ async fn an_invalid_cid_is_echoed_so_the_client_can_match_the_refusal() {
         Some("recall me"),
         "a recall's invalid cid too: {error:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The protocol's example session (`docs/protocol.md` §9) works on a default server.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_protocol_example_session_works_on_a_default_server() {
+    // The server's own defaults for what the harness turns off: friendship for 1:1 messages, consent for groups.
+    let cluster = Cluster::start_with(2, friendship_required()).await.unwrap();
+    let addr = cluster.addr(0);
+    let alice = format!("alice-{:08x}", rand::random::<u32>());
+    let bob = format!("bob-{:08x}", rand::random::<u32>());
+    let alice_id = benchmarks::client::register(addr, &alice, "correct horse")
+        .await
+        .unwrap();
+    let bob_id = benchmarks::client::register(addr, &bob, "correct horse")
+        .await
+        .unwrap();
+    let alice = TestUser {
+        id: alice_id,
+        token: benchmarks::client::login(addr, &alice, "correct horse")
+            .await
+            .unwrap(),
+        name: alice,
+    };
+    let bob = TestUser {
+        id: bob_id,
+        token: benchmarks::client::login(cluster.addr(1), &bob, "correct horse")
+            .await
+            .unwrap(),
+        name: bob,
+    };
+    let (code, request) = status(
+        &cluster,
+        0,
+        &alice,
+        "POST",
+        "/v1/friends/requests",
+        Some(json!({"user": bob.id, "note": "it's alice"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{request}");
+    let accept = format!("/v1/friends/requests/{}/accept", request["id"]);
+    let (code, accepted) = status(&cluster, 1, &bob, "POST", &accept, None).await;
+    assert_eq!(
+        (code, accepted["status"].as_str()),
+        (200, Some("accepted")),
+        "{accepted}"
+    );
+
+    let mut phone = cluster.connect(0, &alice, "phone-1").await.unwrap();
+    let mut bobs = cluster.connect(1, &bob, "phone").await.unwrap();
+    let ack = acked(&mut phone, &text("c-0001", Some(bob.id), None)).await;
+    acked(
+        &mut bobs,
+        &message("x9", Some(alice.id), None, kinds::TEXT, "yes!", None),
+    )
+    .await;
+    let pushed = until(&mut phone, WAIT, |f| match f {
+        ServerFrame::Msg(m) if m.cid == "x9" => Some(m.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (pushed.conv, pushed.seq, pushed.from),
+        (ack.conv, ack.seq + 1, bob.id)
+    );
+    // A second device of alice's starts from its hello and syncs the conversation.
+    let laptop = cluster.connect(1, &alice, "laptop").await.unwrap();
+    let state = laptop
+        .hello
+        .convs
+        .iter()
+        .find(|c| c.conv == ack.conv)
+        .expect("the conversation is in hello");
+    assert_eq!((state.last_seq, state.peer), (ack.seq + 1, Some(bob.id)));
+    let mut laptop = laptop;
+    laptop
+        .send(&ClientFrame::Sync(SyncRequest {
+            rid: 1,
+            conv: ack.conv,
+            after_seq: 0,
+            limit: 100,
+        }))
+        .await
+        .unwrap();
+    let synced = until(&mut laptop, WAIT, |f| match f {
+        ServerFrame::Synced(s) if s.rid == 1 => Some(s.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    let cids: Vec<&str> = synced.msgs.iter().map(|m| m.cid.as_str()).collect();
+    assert_eq!((cids, synced.more), (vec!["c-0001", "x9"], false));
 }
