@@ -1,5 +1,5 @@
 //! Scenario files: checked-in JSON under `benchmarks/scenarios/<suite>/`, one scenario per file, so every number
-//! in RESULTS.md names the exact file that produced it. The shapes follow `/work/shared/bench-workload.md`.
+//! in RESULTS.md names the exact file that produced it. The shapes follow `benchmarks/WORKLOAD.md`.
 
 use std::path::Path;
 

@@ -65,8 +65,8 @@ pub struct Config {
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
-    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Required
-    /// to serve; `node migrate` does not need it.
+    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Needed
+    /// to serve unless `--token-keys` is set; `node migrate` does not need it.
     #[arg(
         long,
         env = "IM_TOKEN_SECRET",
@@ -75,6 +75,18 @@ pub struct Config {
         hide_default_value = true
     )]
     pub token_secret: String,
+
+    /// Token keys with ids, `id:secret,id:secret` (each secret at least 32 bytes): the first signs new tokens,
+    /// every listed key verifies. Rotate by putting a new key first, waiting one token lifetime, then removing the
+    /// old one; nobody is logged out. Replaces `--token-secret` when set.
+    #[arg(
+        long,
+        env = "IM_TOKEN_KEYS",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub token_keys: String,
 
     /// How long a session token stays valid, in seconds.
     #[arg(long, env = "IM_TOKEN_TTL_SECS", default_value_t = 86_400)]
@@ -257,7 +269,16 @@ pub struct Config {
     #[arg(long, env = "IM_GROUP_MEMBER_CAP", default_value_t = 2000)]
     pub group_member_cap: i64,
 
-    /// Folder where uploaded media are stored (content-addressed by SHA-256).
+    /// Where media bytes are stored: `postgres` (chunks in the database every node uses, so any node serves any
+    /// medium) or `local` (the folder `--media-dir`, right only for one node or a folder all nodes share).
+    #[arg(long, env = "IM_MEDIA_STORE", value_enum, default_value_t = MediaStoreKind::Postgres)]
+    pub media_store: MediaStoreKind,
+
+    /// Size of one stored chunk of a medium in the `postgres` media store, in bytes.
+    #[arg(long, env = "IM_MEDIA_CHUNK_BYTES", default_value_t = 256 * 1024)]
+    pub media_chunk_bytes: usize,
+
+    /// Folder of the `local` media store (content-addressed by SHA-256); unused by the `postgres` store.
     #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
     pub media_dir: std::path::PathBuf,
 
@@ -310,8 +331,13 @@ pub enum Command {
 }
 
 impl Config {
-    /// Checks the settings `node migrate` uses.
-    pub fn validate_migrate(&self) -> Result<(), String> {
+    /// Checks the settings `node migrate` uses (it needs no token key).
+    pub fn validate_migrate(&self) -> Result<(), crate::error::Error> {
+        self.migration_problems()
+            .map_err(crate::error::Error::Config)
+    }
+
+    fn migration_problems(&self) -> Result<(), String> {
         if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
             return Err(
                 "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
@@ -330,14 +356,28 @@ impl Config {
     }
 
     /// Checks relations between settings; the error names the flag.
-    pub fn validate(&self) -> Result<(), String> {
-        self.validate_migrate()?;
-        if self.token_secret.is_empty() {
-            return Err("--token-secret (IM_TOKEN_SECRET) is required to serve".into());
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        self.problems().map_err(crate::error::Error::Config)
+    }
+
+    /// The token keys: `--token-keys`, or `--token-secret` as the one key `default`.
+    pub fn token_key_list(&self) -> Result<Vec<crate::identity::auth::TokenKey>, String> {
+        use crate::identity::auth::{parse_token_keys, TokenKey, MIN_SECRET_BYTES};
+        if !self.token_keys.is_empty() {
+            return parse_token_keys(&self.token_keys);
         }
-        if self.token_secret.len() < 32 {
-            return Err("--token-secret must be at least 32 bytes".into());
+        if self.token_secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "--token-secret (or --token-keys) is required, at least {MIN_SECRET_BYTES} bytes"
+            ));
         }
+        Ok(vec![TokenKey::new("default", &self.token_secret)])
+    }
+
+    /// The first setting that is out of its rules, described for the operator.
+    fn problems(&self) -> Result<(), String> {
+        self.migration_problems()?;
+        self.token_key_list()?;
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
@@ -453,6 +493,13 @@ impl Config {
     }
 }
 
+/// Where media bytes live (`--media-store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MediaStoreKind {
+    Postgres,
+    Local,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,7 +507,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_secret_is_checked() {
         let config = Config::parse_from(["node", "--token-secret", &"s".repeat(32)]);
-        assert_eq!(config.validate(), Ok(()));
+        assert!(config.validate().is_ok());
         let short = Config::parse_from(["node", "--token-secret", "short"]);
         assert!(short.validate().is_err());
     }
@@ -469,7 +516,7 @@ mod tests {
     fn migrate_needs_no_token_secret_and_serving_does() {
         let config = Config::parse_from(["node", "migrate"]);
         assert_eq!(config.command, Some(Command::Migrate));
-        assert_eq!(config.validate_migrate(), Ok(()));
+        assert!(config.validate_migrate().is_ok());
         assert!(config.validate().is_err());
         let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
         assert!(stuck.validate_migrate().is_err());

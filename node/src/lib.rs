@@ -6,6 +6,7 @@
 //! publish it, release the lease, exit.
 
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -23,7 +24,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use common::KickReason;
 use router::lease::LeaseState;
 use router::{Bus, LocationRegistry, NodeLease, RedisSettings};
@@ -32,16 +32,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::error::{During, Error};
 use crate::fanout::local::LocalSessions;
 use crate::state::NodeState;
 use crate::storage::writer::{self, WriterSettings};
 
 /// Runs the node until `shutdown` fires, then drains. Returns an error only for start-up failures.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let prometheus = metrics::install()
-        .map_err(anyhow::Error::msg)
-        .context("installing the metrics recorder")?;
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    config.validate()?;
+    let prometheus = metrics::install().during("installing the metrics recorder")?;
     let metrics = metrics::Metrics::new(&config.node_name);
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
@@ -50,7 +49,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ::metrics::gauge!("im_connections_max").set(config.max_connections as f64);
 
     let pool = storage::pool(&config.postgres_url, config.postgres_pool)
-        .context("postgres configuration")?;
+        .during("postgres configuration")?;
     if config.run_migrations {
         let applied = migrate_with_retry(&pool, config.migration_timeouts()).await?;
         info!(applied, "migrations applied");
@@ -65,9 +64,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let redis = router::connect(&settings)
         .await
-        .context("connecting to redis")?;
+        .during("connecting to redis")?;
     let lease = NodeLease::new(redis.clone(), node_id.clone(), config.lease_ttl());
-    lease.refresh().await.context("taking the node lease")?;
+    lease.refresh().await.during("taking the node lease")?;
     let locations = LocationRegistry::new(redis.clone(), Duration::from_millis(500));
     let bus = Bus::new(redis.clone());
     let sessions = Arc::new(LocalSessions::default());
@@ -76,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (bus_tx, bus_rx) = mpsc::channel(config.pubsub_buffer);
     let subscriber = router::bus::subscribe(&settings, &node_id, bus_tx, stop_background.clone())
         .await
-        .context("subscribing to the node channel")?;
+        .during("subscribing to the node channel")?;
     let delivery = fanout::delivery::Delivery {
         sessions: sessions.clone(),
         locations: locations.clone(),
@@ -109,9 +108,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sessions.clone(),
         stop_background.clone(),
     ));
-    let media = storage::media::LocalMediaStore::new(config.media_dir.clone())
-        .await
-        .context("preparing the media folder")?;
+    let media = match config.media_store {
+        config::MediaStoreKind::Postgres => storage::media::MediaBytes::Postgres(
+            storage::media::PostgresMedia::new(pool.clone(), config.media_chunk_bytes),
+        ),
+        config::MediaStoreKind::Local => storage::media::MediaBytes::Local(
+            storage::media::LocalMediaStore::new(config.media_dir.clone())
+                .await
+                .map_err(|error| Error::io("preparing the media folder", error))?,
+        ),
+    };
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
@@ -136,22 +142,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.compress_threshold,
     ));
 
-    let auth = identity::auth::Authenticator::new(
-        &config.token_secret,
+    let auth = identity::auth::Authenticator::with_keys(
+        config.token_key_list().map_err(Error::Config)?,
         Duration::from_secs(config.token_ttl_secs),
         config.argon2_memory_kib,
         config.argon2_iterations,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(server::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?)
-        }
+        (Some(cert), Some(key)) => Some(server::tls::acceptor(cert, key)?),
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
+        .map_err(|error| Error::io(format!("binding {}", config.listen), error))?;
     let state = Arc::new(NodeState::new(
         config,
         node_id.clone(),
@@ -220,9 +223,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// `node migrate`: applies pending migrations and returns how many it applied.
-pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
-    config.validate_migrate().map_err(anyhow::Error::msg)?;
-    let pool = storage::pool(&config.postgres_url, 1).context("postgres configuration")?;
+pub async fn migrate(config: &Config) -> Result<usize, Error> {
+    config.validate_migrate()?;
+    let pool = storage::pool(&config.postgres_url, 1).during("postgres configuration")?;
     migrate_with_retry(&pool, config.migration_timeouts()).await
 }
 
@@ -231,7 +234,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
 async fn migrate_with_retry(
     pool: &deadpool_postgres::Pool,
     timeouts: storage::schema::MigrationTimeouts,
-) -> anyhow::Result<usize> {
+) -> Result<usize, Error> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match storage::schema::migrate(pool, timeouts).await {
@@ -240,14 +243,14 @@ async fn migrate_with_retry(
                 warn!(%error, "postgres not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => return Err(error).context("applying migrations"),
+            Err(error) => return Err(error).during("applying migrations"),
         }
     }
 }
 
 /// With `--run-migrations false` someone else (`node migrate`) applies migrations: wait up to a minute for the
 /// schema this build needs, so a node started alongside its migration job comes up once the job is done.
-async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let problem = match storage::schema::pending(pool).await {
@@ -256,7 +259,9 @@ async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
             Err(error) => format!("postgres not ready: {error}"),
         };
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("the schema is not current after 60 s: {problem}");
+            return Err(Error::Config(format!(
+                "the schema is not current after 60 s: {problem}"
+            )));
         }
         warn!(%problem, "waiting for the schema");
         tokio::time::sleep(Duration::from_secs(1)).await;

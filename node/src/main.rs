@@ -38,13 +38,14 @@ fn main() -> std::process::ExitCode {
             return Ok(());
         }
         let shutdown = CancellationToken::new();
-        node::shutdown::on_signals(shutdown.clone())?;
+        node::shutdown::on_signals(shutdown.clone())
+            .map_err(|error| node::error::Error::io("installing signal handlers", error))?;
         node::run(config, shutdown).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!(error = %error, "node stopped");
             std::process::ExitCode::FAILURE
         }
     }

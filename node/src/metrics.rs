@@ -15,15 +15,15 @@ const ROWS_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global recorder. Called once per process; a second call (tests) returns an error.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<PrometheusHandle, crate::error::Error> {
     PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full("im_writer_batch_rows".into()), ROWS_BUCKETS)
         })
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))?
         .install_recorder()
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))
 }
 
 /// Handles for metrics touched per frame or per message.

@@ -19,7 +19,7 @@ use crate::fanout::local::LocalSessions;
 use crate::identity::auth::Authenticator;
 use crate::identity::revocation::Revocations;
 use crate::metrics::Metrics;
-use crate::storage::media::LocalMediaStore;
+use crate::storage::media::MediaBytes;
 use crate::storage::pair_cache::PairCache;
 use crate::storage::writer::WriterHandle;
 
@@ -39,7 +39,7 @@ pub struct NodeState {
     pub pairs: Arc<PairCache>,
     /// The chat policy: the one place that decides who may do what (`chat::policy`).
     pub policy: Policy,
-    pub media: LocalMediaStore,
+    pub media: MediaBytes,
     pub writer: WriterHandle,
     /// The per-user send rate limit (`ratelimit.rs`).
     pub send_limiter: SendLimiter,
@@ -70,7 +70,7 @@ impl NodeState {
         bus: Bus,
         delivery: Delivery,
         pairs: Arc<PairCache>,
-        media: LocalMediaStore,
+        media: MediaBytes,
         writer: WriterHandle,
         metrics: Metrics,
         prometheus: PrometheusHandle,

@@ -1,6 +1,6 @@
 //! The Redis side of the cluster.
 //!
-//! Three pieces, each over one Redis deployment:
+//! Five pieces, each over one Redis deployment:
 //! - `lease`: every node holds a lease (a member of a sorted set scored by its expiry, in Redis' own clock); a node
 //!   whose lease lapsed is dead to the others.
 //! - `locations`: the user → {device → node} registry, written on connect, removed on disconnect only while it

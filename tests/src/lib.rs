@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod observe;
 pub mod probe;
 pub mod procs;
 pub mod proxy;

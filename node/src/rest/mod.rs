@@ -22,7 +22,6 @@ use axum::response::Response;
 use common::frame::{Ack, Attrs, ErrorFrame};
 use common::ids::{ConvId, UserId};
 use tokio::sync::oneshot;
-use tracing::warn;
 
 use crate::error::json_error;
 use crate::identity::auth::Claims;
@@ -90,12 +89,7 @@ pub fn token_refused(refusal: TokenRefusal) -> Response {
 
 /// The answer to a store failure: logged, and 503 to the caller.
 pub fn unavailable(error: StoreError) -> Response {
-    warn!(%error, "store request failed");
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "store unavailable; retry",
-    )
+    axum::response::IntoResponse::into_response(crate::error::Error::from(error))
 }
 
 pub fn bad_request(code: &str, message: &str) -> Response {

@@ -5,6 +5,7 @@
 //! Only HTTP/1.1 is offered in ALPN: the WebSocket upgrade is an HTTP/1.1 mechanism and the node serves nothing
 //! else.
 
+use crate::error::Error;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,29 +16,33 @@ use tokio_rustls::TlsAcceptor;
 
 /// Reads the PEM certificate chain and private key and builds the acceptor. The error names the file and the
 /// problem, so a bad setting stops the node at start-up.
-pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, String> {
+pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, Error> {
     let cert_pem = std::fs::read(cert_path)
-        .map_err(|e| format!("reading --tls-cert {}: {e}", cert_path.display()))?;
+        .map_err(|e| Error::Config(format!("reading --tls-cert {}: {e}", cert_path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("parsing --tls-cert {}: {e}", cert_path.display()))?;
+        .map_err(|e| Error::Config(format!("parsing --tls-cert {}: {e}", cert_path.display())))?;
     if certs.is_empty() {
-        return Err(format!(
+        return Err(Error::Config(format!(
             "--tls-cert {} holds no CERTIFICATE",
             cert_path.display()
-        ));
+        )));
     }
     let key_pem = std::fs::read(key_path)
-        .map_err(|e| format!("reading --tls-key {}: {e}", key_path.display()))?;
+        .map_err(|e| Error::Config(format!("reading --tls-key {}: {e}", key_path.display())))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("parsing --tls-key {}: {e}", key_path.display()))?;
+        .map_err(|e| Error::Config(format!("parsing --tls-key {}: {e}", key_path.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS protocol versions: {e}"))?
+        .map_err(|e| Error::Config(format!("TLS protocol versions: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("--tls-cert and --tls-key do not make a usable pair: {e}"))?;
+        .map_err(|e| {
+            Error::Config(format!(
+                "--tls-cert and --tls-key do not make a usable pair: {e}"
+            ))
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

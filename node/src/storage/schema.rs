@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../migrations/0004_group_invitations.sql"),
     ),
+    (5, include_str!("../../migrations/0005_media_chunks.sql")),
 ];
 
 /// Limits of every migration transaction (`SET LOCAL`, so pooled connections keep their defaults afterwards).

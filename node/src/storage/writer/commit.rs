@@ -2,7 +2,6 @@
 //! step 2), so the whole batch costs a handful of round trips whatever its size.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::ids::{ConvId, MsgId, Seq, UserId};
 use common::ErrorCode;
@@ -10,6 +9,7 @@ use deadpool_postgres::{Pool, Transaction};
 
 use super::directs::{resolve_directs, Directs};
 use super::{Submission, Target};
+use crate::clock::now_ms;
 use crate::error::Refusal;
 use crate::storage::pair_cache::pair;
 use crate::storage::queries::KIND_DIRECT;
@@ -38,13 +38,6 @@ pub(super) struct Outcome {
     pub refused_pairs: Vec<(UserId, UserId)>,
     /// 1:1 conversations the batch created.
     pub created: usize,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn key_of(submission: &Submission) -> SendKey {

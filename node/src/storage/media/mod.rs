@@ -1,14 +1,16 @@
-//! Media storage: content-addressed files behind a small trait, with thumbnails for images.
-//!
-//! A medium is stored once per SHA-256, under `<dir>/<first two hex digits>/<hash>`, its thumbnail beside it as
-//! `<hash>.thumb.png`. Writes go to a temporary name first and are renamed into place, so a crash never leaves a
-//! partial file under a hash. An object store can replace `LocalMediaStore` by implementing `MediaStore`.
+//! Media bytes: stored once per SHA-256 wherever `--media-store` says (`postgres.rs`: chunks in Postgres, the
+//! default, so any node serves any medium; `local.rs`: a folder), read back as a stream of chunks; and thumbnails
+//! for images. What Postgres knows about a medium (size, type, who may use it) is `media_meta.rs`'s.
 
-use std::future::Future;
 use std::io::Cursor;
-use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
+
+mod local;
+mod postgres;
+
+pub use local::LocalMediaStore;
+pub use postgres::PostgresMedia;
 
 /// Longest edge of a thumbnail, in pixels.
 pub const THUMB_EDGE: u32 = 256;
@@ -30,60 +32,46 @@ pub const ALLOWED_TYPES: &[&str] = &[
     "video/mp4",
 ];
 
-pub trait MediaStore: Send + Sync {
-    fn put(&self, hash: &str, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
-    fn put_thumb(
-        &self,
-        hash: &str,
-        bytes: &[u8],
-    ) -> impl Future<Output = std::io::Result<()>> + Send;
-    fn get(&self, hash: &str) -> impl Future<Output = std::io::Result<Vec<u8>>> + Send;
-    fn get_thumb(&self, hash: &str) -> impl Future<Output = std::io::Result<Vec<u8>>> + Send;
-}
+/// A medium's bytes as a stream of chunks, for a response body that never holds the whole file.
+pub type ByteStream = futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
 
-/// Media in a local folder.
+/// Where media bytes live (`--media-store`): Postgres by default, so every node serves every medium; a local folder
+/// for a single node or a shared filesystem.
 #[derive(Clone)]
-pub struct LocalMediaStore {
-    dir: PathBuf,
+pub enum MediaBytes {
+    Postgres(PostgresMedia),
+    Local(LocalMediaStore),
 }
 
-impl LocalMediaStore {
-    pub async fn new(dir: PathBuf) -> std::io::Result<Self> {
-        tokio::fs::create_dir_all(&dir).await?;
-        Ok(LocalMediaStore { dir })
-    }
-
-    fn path(&self, hash: &str, suffix: &str) -> PathBuf {
-        let prefix = hash.get(..2).unwrap_or("xx");
-        self.dir.join(prefix).join(format!("{hash}{suffix}"))
-    }
-
-    async fn write(&self, hash: &str, suffix: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.path(hash, suffix);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
+impl MediaBytes {
+    /// Stores a medium's bytes under its hash; storing the same hash again is a no-op.
+    pub async fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            MediaBytes::Postgres(store) => store.put(hash, bytes).await,
+            MediaBytes::Local(store) => store.put(hash, bytes).await,
         }
-        let temporary = path.with_extension(format!("tmp{}", rand::random::<u32>()));
-        tokio::fs::write(&temporary, bytes).await?;
-        tokio::fs::rename(&temporary, &path).await
-    }
-}
-
-impl MediaStore for LocalMediaStore {
-    async fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.write(hash, "", bytes).await
     }
 
-    async fn put_thumb(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.write(hash, ".thumb.png", bytes).await
+    pub async fn put_thumb(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            MediaBytes::Postgres(store) => store.put_thumb(hash, bytes).await,
+            MediaBytes::Local(store) => store.put_thumb(hash, bytes).await,
+        }
     }
 
-    async fn get(&self, hash: &str) -> std::io::Result<Vec<u8>> {
-        tokio::fs::read(self.path(hash, "")).await
+    /// The medium's bytes as a stream; `NotFound` if none are stored.
+    pub async fn stream(&self, hash: &str) -> std::io::Result<ByteStream> {
+        match self {
+            MediaBytes::Postgres(store) => store.stream(hash).await,
+            MediaBytes::Local(store) => store.stream(hash).await,
+        }
     }
 
-    async fn get_thumb(&self, hash: &str) -> std::io::Result<Vec<u8>> {
-        tokio::fs::read(self.path(hash, ".thumb.png")).await
+    pub async fn get_thumb(&self, hash: &str) -> std::io::Result<Vec<u8>> {
+        match self {
+            MediaBytes::Postgres(store) => store.get_thumb(hash).await,
+            MediaBytes::Local(store) => store.get_thumb(hash).await,
+        }
     }
 }
 
