@@ -331,13 +331,8 @@ pub enum Command {
 }
 
 impl Config {
-    /// Checks the settings `node migrate` uses (it needs no token key).
-    pub fn validate_migrate(&self) -> Result<(), crate::error::Error> {
-        self.migration_problems()
-            .map_err(crate::error::Error::Config)
-    }
-
-    fn migration_problems(&self) -> Result<(), String> {
+    /// Checks the settings `node migrate` uses.
+    pub fn validate_migrate(&self) -> Result<(), String> {
         if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
             return Err(
                 "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
@@ -376,7 +371,7 @@ impl Config {
 
     /// The first setting that is out of its rules, described for the operator.
     fn problems(&self) -> Result<(), String> {
-        self.migration_problems()?;
+        self.validate_migrate()?;
         self.token_key_list()?;
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
@@ -516,7 +511,7 @@ mod tests {
     fn migrate_needs_no_token_secret_and_serving_does() {
         let config = Config::parse_from(["node", "migrate"]);
         assert_eq!(config.command, Some(Command::Migrate));
-        assert!(config.validate_migrate().is_ok());
+        assert_eq!(config.validate_migrate(), Ok(()));
         assert!(config.validate().is_err());
         let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
         assert!(stuck.validate_migrate().is_err());

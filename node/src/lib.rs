@@ -224,7 +224,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
 /// `node migrate`: applies pending migrations and returns how many it applied.
 pub async fn migrate(config: &Config) -> Result<usize, Error> {
-    config.validate_migrate()?;
+    config.validate_migrate().map_err(Error::Config)?;
     let pool = storage::pool(&config.postgres_url, 1).during("postgres configuration")?;
     migrate_with_retry(&pool, config.migration_timeouts()).await
 }
@@ -259,7 +259,7 @@ async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> Result<(), Error> {
             Err(error) => format!("postgres not ready: {error}"),
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Config(format!(
+            return Err(Error::Internal(format!(
                 "the schema is not current after 60 s: {problem}"
             )));
         }

@@ -7,7 +7,9 @@ use tokio_util::sync::CancellationToken;
 fn main() -> std::process::ExitCode {
     let config = node::config::Config::parse();
     let validated = match config.command {
-        Some(node::config::Command::Migrate) => config.validate_migrate(),
+        Some(node::config::Command::Migrate) => config
+            .validate_migrate()
+            .map_err(node::error::Error::Config),
         None => config.validate(),
     };
     if let Err(problem) = validated {
