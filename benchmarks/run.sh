@@ -16,8 +16,9 @@
 # idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
 # many nodes as needed, and imbench spreads the clients over several load processes.
 #
-# Ports (documented in benchmarks/RESULTS.md): ours Redis 16381, Postgres 15432, nodes 7101 and 7102, echo 7190;
-# the peer per the workload file: Redis 16380, servers 3101 and 3102.
+# Ports (documented in benchmarks/RESULTS.md): ours Redis 16381, Postgres 15432, nodes 7101 and 7102 with their
+# admin listeners (/metrics, /readyz) 100 above, 7201 and 7202; echo 7190; the peer per the workload file: Redis
+# 16380, servers 3101 and 3102.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -147,7 +148,7 @@ start_nodes() {
   for i in "${!NODE_PORTS[@]}"; do
     port="${NODE_PORTS[$i]}"
     IM_TOKEN_SECRET="$secret" IM_LOG=warn "$node_bin" \
-      --listen "127.0.0.1:$port" --node-name "bench$((i + 1))" \
+      --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 100))" --node-name "bench$((i + 1))" \
       --redis-url "$REDIS_URL" \
       --postgres-url "host=127.0.0.1 port=$PG_PORT user=im dbname=im" \
       --send-rate 1000000 --send-burst 1000000 \
@@ -158,10 +159,10 @@ start_nodes() {
   done
   for port in "${NODE_PORTS[@]}"; do
     for _ in $(seq 1 150); do
-      curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+      curl -fs "http://127.0.0.1:$((port + 100))/readyz" >/dev/null 2>&1 && break
       sleep 0.1
     done
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 || { say "node on $port not ready"; tail -n 20 "$work"/node*.log; exit 1; }
+    curl -fs "http://127.0.0.1:$((port + 100))/readyz" >/dev/null 2>&1 || { say "node on $port not ready"; tail -n 20 "$work"/node*.log; exit 1; }
   done
 }
 node_args() {

@@ -28,28 +28,29 @@ trap finish EXIT
 
 fail() { say "local cluster check: $*"; exit 1; }
 
-# Consecutive free ports: Redis, Postgres, Prometheus, node1, node2.
+# Consecutive free ports: Redis, Postgres, Prometheus, node1, node2, node1's admin port, node2's.
 base=""
 for _ in $(seq 1 50); do
   candidate=$((20000 + RANDOM % 20000))
   ok=yes
-  for offset in 0 1 2 3 4; do port_free $((candidate + offset)) || ok=no; done
+  for offset in 0 1 2 3 4 5 6; do port_free $((candidate + offset)) || ok=no; done
   [ "$ok" = yes ] && { base=$candidate; break; }
 done
 [ -n "$base" ] || fail "no free ports"
 prometheus_url="http://127.0.0.1:$((base + 2))"
 
-say "starting a local cluster with Prometheus in $dir (ports $base-$((base + 4)))"
+say "starting a local cluster with Prometheus in $dir (ports $base-$((base + 6)))"
 IM_LOCAL_DIR="$dir" IM_LOCAL_REDIS_PORT=$base IM_LOCAL_PG_PORT=$((base + 1)) \
-  IM_LOCAL_PROMETHEUS_PORT=$((base + 2)) IM_LOCAL_NODE_PORT=$((base + 3)) \
+  IM_LOCAL_PROMETHEUS_PORT=$((base + 2)) IM_LOCAL_NODE_PORT=$((base + 3)) IM_LOCAL_ADMIN_PORT=$((base + 5)) \
   setsid bash ops/cluster.sh --debug --nodes 2 --prometheus >"$dir/cluster.out" 2>&1 &
 cluster_pid=$!
+# The last line cluster.sh prints once everything runs (the URLs come after "cluster ready").
 for _ in $(seq 1 1800); do
-  grep -q "cluster ready" "$dir/cluster.out" && break
+  grep -q "Ctrl-C stops everything" "$dir/cluster.out" && break
   kill -0 "$cluster_pid" 2>/dev/null || fail "cluster.sh exited before the cluster was ready"
   sleep 0.1
 done
-grep -q "cluster ready" "$dir/cluster.out" || fail "the cluster was not ready within 3 minutes"
+grep -q "Ctrl-C stops everything" "$dir/cluster.out" || fail "the cluster was not ready within 3 minutes"
 grep -q "prometheus  $prometheus_url" "$dir/cluster.out" || fail "cluster.sh did not print the Prometheus URL"
 
 # Prints "<up targets of job im-node> <rule groups loaded> <unhealthy rules> <evaluated recording series>".
@@ -87,11 +88,17 @@ for pid in $before; do
   pid_running "$pid" && fail "node pid $pid was not replaced"
 done
 for i in 1 2; do
-  curl -fs "http://127.0.0.1:$((base + 2 + i))/readyz" >/dev/null || fail "node$i not ready after the rolling restart"
+  curl -fs "http://127.0.0.1:$((base + 4 + i))/readyz" >/dev/null || fail "node$i not ready after the rolling restart"
+  # The admin port serves the metrics; the client port does not (there /metrics is just a path of the web app).
+  curl -fs "http://127.0.0.1:$((base + 4 + i))/metrics" | grep -q '^# TYPE im_connections_open ' ||
+    fail "node$i serves no metrics on its admin port"
+  if curl -s "http://127.0.0.1:$((base + 2 + i))/metrics" | grep -q '^# TYPE '; then
+    fail "node$i serves metrics on its client port"
+  fi
 done
-# The node logs "stopped" only at the end of a complete drain.
+# The node logs "stopped" only at the end of a complete drain (JSON lines: its log is a file).
 for i in 1 2; do
-  grep -qE ' stopped$' "$dir/node$i.log" || fail "node$i did not finish its drain (see its log)"
+  grep -q '"message":"stopped"' "$dir/node$i.log" || fail "node$i did not finish its drain (see its log)"
 done
 
 say "stopping with SIGTERM"
@@ -101,7 +108,7 @@ kill -0 "$cluster_pid" 2>/dev/null && fail "cluster.sh still running 30 s after 
 wait "$cluster_pid" || fail "cluster.sh exited with an error after SIGTERM"
 cluster_pid=""
 for pid in $after; do pid_running "$pid" && fail "node pid $pid still running after the cluster stopped"; done
-for offset in 0 1 2 3 4; do
+for offset in 0 1 2 3 4 5 6; do
   port_free $((base + offset)) || fail "port $((base + offset)) still in use after the cluster stopped"
 done
 say "local cluster check passed"

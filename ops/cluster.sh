@@ -6,10 +6,11 @@
 #
 #   bash ops/cluster.sh [--nodes N] [--debug] [--prometheus]
 #
-# Ports: Redis 6390, Postgres 5440, nodes 7001, 7002, ... (HTTP, WebSocket at /v1/ws and /metrics on each),
-# Prometheus 9090; change them with IM_LOCAL_REDIS_PORT, IM_LOCAL_PG_PORT, IM_LOCAL_NODE_PORT (the first node's) and
-# IM_LOCAL_PROMETHEUS_PORT; the folder with IM_LOCAL_DIR. `bash ops/rolling-restart.sh` restarts the nodes one by
-# one while this runs.
+# Ports: Redis 6390, Postgres 5440, nodes 7001, 7002, ... (REST and WebSocket at /v1/ws), their admin ports 9464,
+# 9465, ... (/metrics, /healthz, /readyz), Prometheus 9090; change them with IM_LOCAL_REDIS_PORT, IM_LOCAL_PG_PORT,
+# IM_LOCAL_NODE_PORT and IM_LOCAL_ADMIN_PORT (the first node's) and IM_LOCAL_PROMETHEUS_PORT; the folder with
+# IM_LOCAL_DIR. The nodes log JSON to .local/nodeN.log (IM_LOG_FORMAT=text for plain lines).
+# `bash ops/rolling-restart.sh` restarts the nodes one by one while this runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -30,6 +31,7 @@ done
 REDIS_PORT=${IM_LOCAL_REDIS_PORT:-6390}
 PG_PORT=${IM_LOCAL_PG_PORT:-5440}
 FIRST_NODE_PORT=${IM_LOCAL_NODE_PORT:-7001}
+FIRST_ADMIN_PORT=${IM_LOCAL_ADMIN_PORT:-9464}
 PROMETHEUS_PORT=${IM_LOCAL_PROMETHEUS_PORT:-9090}
 
 ensure_system_deps
@@ -69,7 +71,7 @@ trap cleanup EXIT
 
 # Another cluster (or anything else) on our ports would answer our readiness checks: refuse to start instead.
 ports=("$REDIS_PORT" "$PG_PORT")
-for i in $(seq 1 "$nodes"); do ports+=($((FIRST_NODE_PORT + i - 1))); done
+for i in $(seq 1 "$nodes"); do ports+=($((FIRST_NODE_PORT + i - 1)) $((FIRST_ADMIN_PORT + i - 1))); done
 [ "$prometheus" = yes ] && ports+=("$PROMETHEUS_PORT")
 for port in "${ports[@]}"; do
   port_free "$port" || { say "port $port is in use; choose others with IM_LOCAL_*_PORT (see the header)"; exit 1; }
@@ -124,8 +126,8 @@ done
 export IM_ALLOWED_ORIGINS
 # What ops/rolling-restart.sh needs to start nodes exactly like this script does (the secret stays in its file).
 {
-  printf 'cluster_pid=%q\nnodes=%q\nprofile=%q\nnode_bin=%q\nroot=%q\nFIRST_NODE_PORT=%q\n' \
-    "$$" "$nodes" "$profile" "$node_bin" "$root" "$FIRST_NODE_PORT"
+  printf 'cluster_pid=%q\nnodes=%q\nprofile=%q\nnode_bin=%q\nroot=%q\nFIRST_NODE_PORT=%q\nFIRST_ADMIN_PORT=%q\n' \
+    "$$" "$nodes" "$profile" "$node_bin" "$root" "$FIRST_NODE_PORT" "$FIRST_ADMIN_PORT"
   printf 'export IM_REDIS_URL=%q IM_POSTGRES_URL=%q\n' "$IM_REDIS_URL" "$IM_POSTGRES_URL"
 } >"$root/cluster.env"
 
@@ -143,7 +145,7 @@ if [ "$prometheus" = yes ]; then
     echo "  - job_name: im-node"
     echo "    static_configs:"
     echo "      - targets:"
-    for i in $(seq 1 "$nodes"); do echo "          - 127.0.0.1:$((FIRST_NODE_PORT + i - 1))"; done
+    for i in $(seq 1 "$nodes"); do echo "          - 127.0.0.1:$((FIRST_ADMIN_PORT + i - 1))"; done
     echo "  - job_name: prometheus"
     echo "    static_configs: [{targets: [\"127.0.0.1:$PROMETHEUS_PORT\"]}]"
   } >"$prom_root/prometheus.yml"
@@ -164,7 +166,7 @@ fi
 say "cluster ready"
 for i in $(seq 1 "$nodes"); do
   port=$((FIRST_NODE_PORT + i - 1))
-  echo "  node$i  http://127.0.0.1:$port   ws://127.0.0.1:$port/v1/ws   http://127.0.0.1:$port/metrics"
+  echo "  node$i  http://127.0.0.1:$port   ws://127.0.0.1:$port/v1/ws   http://127.0.0.1:$((FIRST_ADMIN_PORT + i - 1))/metrics"
 done
 all_nodes=$(for i in $(seq 1 "$nodes"); do printf 'http://127.0.0.1:%s,' $((FIRST_NODE_PORT + i - 1)); done)
 echo "  web app http://127.0.0.1:$FIRST_NODE_PORT/?nodes=${all_nodes%,}"

@@ -93,8 +93,9 @@ ensure_ops_deps() {
 }
 
 # --- The local cluster's nodes (ops/cluster.sh starts them, ops/rolling-restart.sh replaces them). ---------------
-# Both read the settings cluster.sh saves in .local/cluster.env: root, node_bin, FIRST_NODE_PORT and the IM_*
-# variables every node shares.
+# Both read the settings cluster.sh saves in .local/cluster.env: root, node_bin, FIRST_NODE_PORT, FIRST_ADMIN_PORT
+# and the IM_* variables every node shares. Node i listens for clients on FIRST_NODE_PORT + i - 1 and serves
+# /metrics, /healthz and /readyz on its admin port FIRST_ADMIN_PORT + i - 1.
 
 # True while process $1 exists and is not a zombie (an exited child its parent has not reaped yet).
 pid_running() {
@@ -110,18 +111,19 @@ port_free() {
 
 # Starts local node $1 (1, 2, ...) in the background, appending to its log, and records its pid.
 start_local_node() {
-  local i="$1" port=$((FIRST_NODE_PORT + $1 - 1))
+  local i="$1" port=$((FIRST_NODE_PORT + $1 - 1)) admin=$((FIRST_ADMIN_PORT + $1 - 1))
   # setsid: a terminal's Ctrl-C reaches only the script, which then stops things in order.
-  IM_NODE_NAME="node$i" IM_LISTEN="127.0.0.1:$port" setsid "$node_bin" >>"$root/node$i.log" 2>&1 &
+  IM_NODE_NAME="node$i" IM_LISTEN="127.0.0.1:$port" IM_ADMIN_LISTEN="127.0.0.1:$admin" \
+    setsid "$node_bin" >>"$root/node$i.log" 2>&1 &
   echo $! >"$root/node$i.pid"
 }
 
-# Waits up to $2 seconds (default 30) for local node $1 to answer /readyz with 200.
+# Waits up to $2 seconds (default 30) for local node $1 to answer /readyz (on its admin port) with 200.
 wait_local_node_ready() {
-  local i="$1" limit="${2:-30}" port=$((FIRST_NODE_PORT + $1 - 1)) tries
+  local i="$1" limit="${2:-30}" admin=$((FIRST_ADMIN_PORT + $1 - 1)) tries
   for tries in $(seq 1 $((limit * 10))); do
     pid_running "$(cat "$root/node$i.pid")" || { say "node$i exited; see $root/node$i.log"; return 1; }
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   say "node$i did not become ready in ${limit}s; see $root/node$i.log"

@@ -49,9 +49,10 @@ for i in $(seq 1 "$nodes"); do
   done
   say "node$i: draining (SIGTERM)"
   stop_local_node "$i" "$drain_timeout" || { say "node$i did not drain; stopping the rollout"; exit 1; }
-  port=$((FIRST_NODE_PORT + i - 1))
-  for _ in $(seq 1 50); do port_free "$port" && break; sleep 0.1; done
-  port_free "$port" || { say "port $port is still in use after node$i exited; stopping the rollout"; exit 1; }
+  for port in $((FIRST_NODE_PORT + i - 1)) $((FIRST_ADMIN_PORT + i - 1)); do
+    for _ in $(seq 1 50); do port_free "$port" && break; sleep 0.1; done
+    port_free "$port" || { say "port $port is still in use after node$i exited; stopping the rollout"; exit 1; }
+  done
   say "node$i: starting"
   start_local_node "$i"
   wait_local_node_ready "$i" 30 || exit 1

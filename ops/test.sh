@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 source ops/lib.sh
 
 ensure_system_deps
+# promtool and haproxy: the suite checks a live node's /metrics with promtool and runs HAProxy in front of nodes.
+ensure_ops_deps
 ensure_kosoku
 say "checking formatting and lints"
 cargo fmt --all -- --check

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::observe::logging::LogFormat;
+use crate::peer::TrustedProxies;
+
 /// A node of the clustered IM server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "node", version, about)]
@@ -16,9 +19,14 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Address to listen on for HTTP, WebSocket and metrics.
+    /// Address to listen on for clients: REST and WebSocket.
     #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener, which serves only `/metrics`, `/healthz` and `/readyz` (plain HTTP). Reach it
+    /// from probes and Prometheus inside the cluster; never publish it.
+    #[arg(long, env = "IM_ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
+    pub admin_listen: SocketAddr,
 
     /// A human-readable name for this node, used in logs and the `hello` frame. The cluster identity is this name
     /// plus a random suffix, so a restarted node never inherits its predecessor's registrations.
@@ -185,6 +193,18 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Proxies whose word on the client's address is believed, comma-separated IP addresses or CIDR networks (e.g.
+    /// `10.0.0.0/8,192.0.2.7`): their `X-Forwarded-For` (walked from the right, up to the first untrusted hop),
+    /// their PROXY v2 header (with `--proxy-protocol`) and their `X-Request-Id`. Empty: every peer is a client.
+    #[arg(long, env = "IM_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Expect a PROXY protocol v2 header at the start of every connection from a `--trusted-proxies` peer (HAProxy
+    /// `send-proxy-v2`); such a connection without a valid header is closed. Other peers are served as direct
+    /// clients.
+    #[arg(long, env = "IM_PROXY_PROTOCOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub proxy_protocol: bool,
+
     /// Sends (and recalls) per second one user may make on this node, sustained; the user's devices on the node
     /// share it. Over it: `error{rate_limited}`, nothing stored.
     #[arg(long, env = "IM_SEND_RATE", default_value_t = 50.0)]
@@ -316,9 +336,15 @@ pub struct Config {
     #[arg(long, env = "IM_WEB_DIR", default_value = "web/dist")]
     pub web_dir: std::path::PathBuf,
 
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`.
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `node=debug,info`; `access=warn` silences the
+    /// access log.
     #[arg(long, env = "IM_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log format: `json` (one object per line), `text`, or `auto`: json when standard output is not a terminal.
+    /// Colour codes only on a terminal.
+    #[arg(long, env = "IM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
 }
 
 /// What the binary does besides serving.
@@ -441,6 +467,14 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());
         }
+        if self.admin_listen == self.listen {
+            return Err("--admin-listen must differ from --listen".into());
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(
+                "--proxy-protocol needs --trusted-proxies (the peers that send the header)".into(),
+            );
+        }
         Ok(())
     }
 
@@ -535,5 +569,22 @@ mod tests {
         ]);
         assert!(listed.origin_allowed(Some("https://APP.example"), None));
         assert!(!listed.origin_allowed(Some("https://chat.example.evil"), None));
+    }
+
+    #[test]
+    fn proxy_and_admin_settings_are_checked() {
+        let with = |extra: &str| {
+            let args = format!("node --token-secret {} {extra}", "s".repeat(32));
+            Config::try_parse_from(args.split_whitespace())
+        };
+        let behind = with("--trusted-proxies 10.0.0.0/8,192.0.2.7 --proxy-protocol true").unwrap();
+        assert!(behind.validate().is_ok());
+        assert!(behind.trusted_proxies.contains([192, 0, 2, 7].into()));
+        assert!(with("--proxy-protocol true").unwrap().validate().is_err());
+        assert!(with("--trusted-proxies 10.0.0.0/40").is_err());
+        assert!(with("--admin-listen 127.0.0.1:7001")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fanout;
 pub mod identity;
 pub mod metrics;
+pub mod observe;
 pub mod peer;
 pub mod rest;
 pub mod server;
@@ -41,6 +42,7 @@ use crate::storage::writer::{self, WriterSettings};
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     config.validate()?;
     let prometheus = metrics::install().during("installing the metrics recorder")?;
+    observe::catalogue::describe_all();
     let metrics = metrics::Metrics::new(&config.node_name);
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
@@ -155,6 +157,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| Error::io(format!("binding {}", config.listen), error))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|error| {
+            Error::io(
+                format!("binding the admin listener {}", config.admin_listen),
+                error,
+            )
+        })?;
     let state = Arc::new(NodeState::new(
         config,
         node_id.clone(),
@@ -184,7 +194,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             prometheus.run_upkeep();
         }
     });
-    info!(listen = %state.config.listen, tls = tls.is_some(), "ready");
+    // The admin listener outlives the client one: `/readyz` answers "draining" and metrics stay scrapeable
+    // until the drain is over.
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(observe::admin::serve(
+        admin_listener,
+        state.clone(),
+        stop_admin.clone(),
+    ));
+    info!(
+        listen = %state.config.listen,
+        admin = %state.config.admin_listen,
+        tls = tls.is_some(),
+        "ready"
+    );
 
     server::http::serve(listener, tls, state.clone(), shutdown.clone()).await;
 
@@ -218,6 +241,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let _ = tokio::time::timeout(Duration::from_secs(1), subscriber).await;
     bus_consumer.abort();
     upkeep.abort();
+    stop_admin.cancel();
+    let _ = admin_task.await;
     info!("stopped");
     Ok(())
 }

@@ -16,12 +16,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {problem}");
         return std::process::ExitCode::from(2);
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    node::observe::logging::install(config.log_format, &config.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

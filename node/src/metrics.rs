@@ -153,6 +153,9 @@ fn register_rare_events() {
     for result in ["ok", "failed", "timeout"] {
         counter!("im_tls_handshakes_total", "result" => result).increment(0);
     }
+    for kind in ["closed", "invalid", "timeout"] {
+        counter!("im_proxy_protocol_errors_total", "kind" => kind).increment(0);
+    }
 }
 
 /// Counts a connection closed, labelled by why.

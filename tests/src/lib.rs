@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod haproxy;
 pub mod observe;
 pub mod probe;
 pub mod procs;

@@ -45,7 +45,7 @@ fn postgres_ids() -> Option<(u32, u32)> {
 }
 
 /// Makes `command` run as `ids` (if any) and die with the thread that spawned it.
-fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
+pub(crate) fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
     // SAFETY: only async-signal-safe libc calls run between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -591,7 +591,10 @@ fn node_binary() -> anyhow::Result<PathBuf> {
 
 /// One node process.
 pub struct NodeProc {
+    /// The client listener: REST and WebSocket.
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
     pub name: String,
     child: Option<Child>,
     pub log: PathBuf,
@@ -612,6 +615,7 @@ impl NodeProc {
             }
         }
         command.arg("--listen").arg(self.addr.to_string());
+        command.arg("--admin-listen").arg(self.admin.to_string());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -845,6 +849,7 @@ impl Cluster {
             }
             let node = NodeProc {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 name: format!("n{index}"),
                 child: None,
                 log: cluster.dir.join(format!("node{index}.log")),
@@ -866,24 +871,15 @@ impl Cluster {
         self.wait_ready(index, Duration::from_secs(30)).await
     }
 
+    /// Waits until node `index` answers `/readyz` with 200 on its admin listener (plain HTTP, also when the client
+    /// listener speaks TLS).
     pub async fn wait_ready(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        // A node started with TLS answers only HTTPS: probe it with a client trusting its certificate.
-        let tls = match self.nodes[index].args.iter().find(|(k, _)| k == "tls-cert") {
-            Some((_, cert)) => Some(crate::tls::client_config(Path::new(cert))?),
-            None => None,
-        };
         loop {
-            let ready = match &tls {
-                None => benchmarks::client::http_json(self.addr(index), "GET", "/readyz", None)
+            let ready =
+                benchmarks::client::http_json(self.admin_addr(index), "GET", "/readyz", None)
                     .await
-                    .is_ok_and(|(status, _)| status.is_success()),
-                Some(config) => {
-                    crate::tls::https_json(self.addr(index), config, "GET", "/readyz", None, None)
-                        .await
-                        .is_ok_and(|(status, _)| status == 200)
-                }
-            };
+                    .is_ok_and(|(status, _)| status.is_success());
             if ready {
                 return Ok(());
             }
@@ -903,8 +899,14 @@ impl Cluster {
         }
     }
 
+    /// Node `index`'s client listener (REST and WebSocket).
     pub fn addr(&self, index: usize) -> SocketAddr {
         self.nodes[index].addr
+    }
+
+    /// Node `index`'s admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_addr(&self, index: usize) -> SocketAddr {
+        self.nodes[index].admin
     }
 
     /// Registers and logs in a new user (unique name per test process).

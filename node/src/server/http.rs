@@ -1,21 +1,17 @@
-//! The HTTP side: the accept loop (hyper, with upgrades, a header timeout and size cap, optionally TLS) and the
-//! routes.
+//! The HTTP side of the client listener: the accept loop (hyper, with upgrades, a header timeout and size cap, a
+//! PROXY header from trusted proxies, optionally TLS) and the routes.
 //!
-//! Routes: `POST /v1/users`, `POST /v1/sessions`, `POST /v1/auth/logout[-all]` (accounts), `GET /v1/ws` (WebSocket), `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`, and the web app (`web.rs`) on other GET paths. Every error answer is JSON
-//! `{"error": code, "message": text}`.
+//! Routes: `POST /v1/users`, `POST /v1/sessions`, `POST /v1/auth/logout[-all]` (accounts), `GET /v1/ws` (WebSocket),
+//! the REST API (`rest/`), and the web app (`web.rs`) on other GET paths; `observe::access` wraps them all. Every
+//! error answer is JSON `{"error": code, "message": text}`. `/metrics`, `/healthz` and `/readyz` are on the admin
+//! listener (`observe::admin`), not here.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
-use axum::{Json, Router};
+use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::{debug, debug_span, warn, Instrument};
 
-use crate::peer::PeerAddr;
+use crate::peer::{ConnectionOrigin, PeerAddr};
 use crate::rest::accounts;
 use crate::state::NodeState;
-use crate::{connection, rest, storage};
+use crate::{connection, rest};
 
 pub fn routes(state: Arc<NodeState>) -> Router {
     let media_limit = state.config.max_media_bytes;
@@ -112,16 +108,18 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/v1/media/{hash}/thumb", get(rest::media::get_thumb))
         .route("/v1/media/{hash}/info", get(rest::media::info))
         .route("/v1/ws", get(connection::upgrade::handle))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(move |method, uri| crate::server::web::fallback(web_root.clone(), method, uri))
         .layer(axum::middleware::from_fn(crate::server::web::cors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::access::record,
+        ))
         .with_state(state)
 }
 
-/// Accepts connections until `stop` fires. Each connection runs in the state's tracker; with `tls`, it first
-/// completes a TLS handshake within the handshake timeout.
+/// Accepts connections until `stop` fires. Each connection runs in the state's tracker; from a trusted proxy with
+/// `--proxy-protocol` it first reads the PROXY header, and with `tls` it then completes a TLS handshake, each
+/// within the handshake timeout.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -134,7 +132,7 @@ pub async fn serve(
         max_bytes: state.config.max_header_bytes,
     };
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -150,9 +148,22 @@ pub async fn serve(
         let app = app.clone();
         let stop = stop.clone();
         let tls = tls.clone();
+        let node = state.clone();
         state.connections.spawn(async move {
+            let (trusted, expect_header) =
+                (&node.config.trusted_proxies, node.config.proxy_protocol);
+            let origin = crate::server::proxy::connection_origin(
+                &mut stream,
+                peer,
+                trusted,
+                expect_header,
+                limits.timeout,
+            );
+            let Some(origin) = origin.await else {
+                return;
+            };
             match tls {
-                None => serve_connection(stream, peer, app, limits, stop).await,
+                None => serve_connection(stream, origin, app, limits, stop).await,
                 Some(acceptor) => {
                     let started = std::time::Instant::now();
                     let handshake = acceptor
@@ -163,7 +174,7 @@ pub async fn serve(
                             counter!("im_tls_handshakes_total", "result" => "ok").increment(1);
                             histogram!("im_tls_handshake_seconds")
                                 .record(started.elapsed().as_secs_f64());
-                            serve_connection(stream, peer, app, limits, stop).await;
+                            serve_connection(stream, origin, app, limits, stop).await;
                         }
                         Ok(Err(error)) => {
                             // Plain HTTP on the TLS port lands here too.
@@ -191,7 +202,7 @@ struct HeadLimits {
 /// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends or the node stops.
 async fn serve_connection<I>(
     io: I,
-    peer: SocketAddr,
+    origin: ConnectionOrigin,
     app: Router,
     limits: HeadLimits,
     stop: CancellationToken,
@@ -199,7 +210,8 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(PeerAddr(peer));
+        request.extensions_mut().insert(PeerAddr(origin.client));
+        request.extensions_mut().insert(origin);
         let mut app = app.clone();
         async move { app.call(request).await }
     });
@@ -225,7 +237,7 @@ async fn serve_connection<I>(
                     "other"
                 };
                 counter!("im_http_connection_errors_total", "kind" => kind).increment(1);
-                debug!(%error, %peer, kind, "http connection ended with an error");
+                debug!(%error, peer = %origin.peer, kind, "http connection ended with an error");
             }
         }
         _ = stop.cancelled() => {
@@ -233,45 +245,4 @@ async fn serve_connection<I>(
             let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
         }
     }
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// Ready when Redis and Postgres answer, the lease is held and the node is not draining.
-async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
-    let limit = Duration::from_secs(1);
-    let redis = matches!(
-        tokio::time::timeout(limit, router::ping(&state.redis)).await,
-        Ok(Ok(_))
-    );
-    let postgres = matches!(
-        tokio::time::timeout(limit, storage::queries::ping(&state.pool)).await,
-        Ok(Ok(()))
-    );
-    let lease = state.lease_ok.load(Ordering::Acquire);
-    let draining = state.is_draining();
-    let body = serde_json::json!({ "redis": redis, "postgres": postgres, "lease": lease, "draining": draining });
-    let status = if redis && postgres && lease && !draining {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
-}
-
-async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
-    state
-        .metrics
-        .writer_queue_depth
-        .set(state.writer.queued() as f64);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        state.prometheus.render(),
-    )
-        .into_response()
 }

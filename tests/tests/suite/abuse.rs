@@ -126,13 +126,13 @@ async fn sends_over_the_rate_are_refused_unstored_and_repeated_abuse_closes_1008
     // The phone was not closed (its last send was refused, not its connection).
     assert_eq!(phone.sync_after(conv, 0).await.unwrap(), 5);
 
-    let addr = cluster.addr(0);
+    let admin = cluster.admin_addr(0);
     assert_eq!(
-        tests::probe::metric(addr, "im_rate_limited_total").await,
+        tests::probe::metric(admin, "im_rate_limited_total").await,
         5.0
     );
     assert_eq!(
-        tests::probe::metric(addr, "im_rate_limit_closes_total").await,
+        tests::probe::metric(admin, "im_rate_limit_closes_total").await,
         1.0
     );
 }
@@ -611,7 +611,9 @@ async fn malformed_rest_input_is_answered_with_json_errors() {
             (401, Some("unauthorized"))
         );
     }
-    assert!(tests::probe::metric(addr, "im_http_input_rejected_total").await >= 10.0);
+    assert!(
+        tests::probe::metric(cluster.admin_addr(0), "im_http_input_rejected_total").await >= 10.0
+    );
 }
 
 #[tokio::test]

@@ -168,7 +168,7 @@ async fn fault_sigstop_past_lease() {
         .into_iter()
         .find(|id| id.starts_with("n1-"))
         .expect("n1 holds a lease");
-    let paused_addr = cluster.addr(1);
+    let paused_admin = cluster.admin_addr(1);
 
     cluster.nodes[1].signal(libc::SIGSTOP);
     // The others sweep the expired lease; traffic keeps flowing without the paused node.
@@ -187,12 +187,12 @@ async fn fault_sigstop_past_lease() {
     wait_until(
         "resumed node saw its lease lapse",
         Duration::from_secs(8),
-        || async { metric(paused_addr, "im_node_lease_lapses_total").await >= 1.0 },
+        || async { metric(paused_admin, "im_node_lease_lapses_total").await >= 1.0 },
     )
     .await;
     // Every stale socket closes, and no location names the resumed node for a device that is not on it.
     wait_until("stale sockets closed", Duration::from_secs(10), || async {
-        metric(paused_addr, "im_connections_open").await == 0.0
+        metric(paused_admin, "im_connections_open").await == 0.0
     })
     .await;
     wait_until("no stale location", Duration::from_secs(5), || async {
@@ -254,12 +254,12 @@ async fn fault_node_cut_off_from_redis() {
     let options = single_redis().proxied_redis(1).arg("lease-ttl-ms", 2000);
     let cluster = Cluster::start_with(3, options).await.unwrap();
     let traffic = start_traffic(&cluster).await;
-    let addr = cluster.addr(1);
+    let admin = cluster.admin_addr(1);
     let rss_before = cluster.nodes[1].rss_kib().unwrap_or(0);
 
     cluster.redis_proxies[&1].cut();
     wait_until("cut-off node not ready", Duration::from_secs(8), || async {
-        ready(addr).await == 503
+        ready(admin).await == 503
     })
     .await;
     // The rest of the cluster keeps working, and the cut-off node stays not-ready and bounded meanwhile.
@@ -267,7 +267,7 @@ async fn fault_node_cut_off_from_redis() {
         .wait_acks(60, Duration::from_secs(45))
         .await
         .unwrap();
-    assert_eq!(ready(addr).await, 503);
+    assert_eq!(ready(admin).await, 503);
     let rss_during = cluster.nodes[1].rss_kib().unwrap_or(0);
     assert!(
         rss_during < rss_before + 64 * 1024,
@@ -276,7 +276,7 @@ async fn fault_node_cut_off_from_redis() {
 
     cluster.redis_proxies[&1].restore();
     let recovered = wait_until("node ready again", Duration::from_secs(15), || async {
-        ready(addr).await == 200
+        ready(admin).await == 200
     })
     .await;
     println!(
@@ -308,7 +308,7 @@ async fn fault_postgres_immediate_restart() {
         .unwrap();
     let mut failed_batches = 0.0;
     for index in 0..3 {
-        failed_batches += metric(cluster.addr(index), "im_writer_errors_total").await;
+        failed_batches += metric(cluster.admin_addr(index), "im_writer_errors_total").await;
     }
     let counts = finish("postgres_immediate_restart", traffic, &cluster).await;
     assert!(failed_batches >= 1.0, "no batch was hit by the restart");
@@ -357,7 +357,7 @@ async fn fault_slow_consumer() {
         .await
         .unwrap();
     let mut sent = 0;
-    while metric(addr, "im_slow_consumer_disconnects_total").await < 2.0 {
+    while metric(cluster.admin_addr(0), "im_slow_consumer_disconnects_total").await < 2.0 {
         assert!(
             sent < 4000,
             "no slow-consumer kick after {sent} large messages"
@@ -397,7 +397,7 @@ async fn fault_slow_consumer() {
         || async { !server_socket_open(addr.port(), never_port) },
     )
     .await;
-    assert!(metric(addr, "im_ws_writer_aborted_total").await >= 1.0);
+    assert!(metric(cluster.admin_addr(0), "im_ws_writer_aborted_total").await >= 1.0);
     println!("FAULTS slow_consumer: kicked after {sent} messages of 12 kB");
     let counts = finish("slow_consumer", traffic, &cluster).await;
     assert_eq!(

@@ -216,7 +216,9 @@ async fn logout_closes_the_token_sockets_on_every_node_and_401s_it_everywhere() 
         .parse()
         .unwrap();
     assert!((86_000..=86_400).contains(&ttl), "TTL {ttl}");
-    assert!(tests::probe::metric(cluster.addr(1), "im_revoked_disconnects_total").await >= 1.0);
+    assert!(
+        tests::probe::metric(cluster.admin_addr(1), "im_revoked_disconnects_total").await >= 1.0
+    );
 }
 
 const WAIT_LONG: Duration = Duration::from_secs(10);
@@ -302,23 +304,23 @@ async fn an_oversized_request_head_gets_431() {
     let addr = cluster.addr(0);
     let request = |pad: usize| {
         format!(
-            "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Pad: {}\r\n\r\n",
+            "GET /v1/users/me HTTP/1.1\r\nHost: {addr}\r\nX-Pad: {}\r\n\r\n",
             "a".repeat(pad)
         )
         .into_bytes()
     };
-    // Under the default cap of 16 KiB: served.
-    assert_eq!(raw_exchange(addr, &request(12 * 1024)).await.status, 200);
+    // Under the default cap of 16 KiB: served (and refused for want of a token).
+    assert_eq!(raw_exchange(addr, &request(12 * 1024)).await.status, 401);
     assert_eq!(raw_exchange(addr, &request(17 * 1024)).await.status, 431);
     // Many small headers add up the same way.
     let many: String = (0..400)
         .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40)))
         .collect();
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n{many}\r\n");
+    let request = format!("GET /v1/users/me HTTP/1.1\r\nHost: {addr}\r\n{many}\r\n");
     assert_eq!(raw_exchange(addr, request.as_bytes()).await.status, 431);
     // The node counts the error when the connection's task ends, which may be just after the client read the 431.
     let counted = tests::probe::metric_reaching(
-        addr,
+        cluster.admin_addr(0),
         "im_http_connection_errors_total{kind=\"header_too_large\"}",
         2.0,
     )
@@ -337,7 +339,7 @@ async fn a_request_head_sent_too_slowly_is_cut_off() {
     // One header line every 250 ms: each read makes progress, the whole head never completes.
     let dribble = tokio::spawn(async move {
         if write
-            .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+            .write_all(format!("GET /v1/users/me HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
             .await
             .is_err()
         {
@@ -364,15 +366,15 @@ async fn a_request_head_sent_too_slowly_is_cut_off() {
         "closed after {elapsed:?}"
     );
     assert!(
-        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"),
         "the slow request was served"
     );
     // A prompt client on the same node is served.
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    assert_eq!(raw_exchange(addr, request.as_bytes()).await.status, 200);
+    let request = format!("GET /v1/users/me HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    assert_eq!(raw_exchange(addr, request.as_bytes()).await.status, 401);
     assert!(
         tests::probe::metric_reaching(
-            addr,
+            cluster.admin_addr(0),
             "im_http_connection_errors_total{kind=\"header_timeout\"}",
             1.0
         )
@@ -422,7 +424,7 @@ async fn connections_over_the_limits_get_429_before_the_upgrade() {
     }
     assert!(
         tests::probe::metric(
-            addr,
+            cluster.admin_addr(0),
             "im_handshake_failures_total{reason=\"user_connection_limit\"}"
         )
         .await
@@ -496,7 +498,7 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
     // Plain TCP gets no HTTP answer and the connection is closed.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
     plain
-        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(format!("GET /v1/users/me HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut answer = Vec::new();
@@ -507,9 +509,11 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
         !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
         "plain HTTP was answered: {answer:?}"
     );
-    assert!(benchmarks::client::http_json(addr, "GET", "/healthz", None)
-        .await
-        .is_err());
+    assert!(
+        benchmarks::client::http_json(addr, "GET", "/v1/users/me", None)
+            .await
+            .is_err()
+    );
     // A client that opens TCP and never starts TLS is cut off after the handshake timeout.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
@@ -522,7 +526,8 @@ async fn wss_is_served_directly_and_plain_tcp_is_refused() {
         elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(5),
         "closed after {elapsed:?}"
     );
-    assert!(tests::probe::metric_over_tls(addr, &tls, "im_tls_handshakes_total").await >= 3.0);
+    // The admin listener stays plain HTTP while the client listener speaks TLS.
+    assert!(tests::probe::metric(cluster.admin_addr(0), "im_tls_handshakes_total").await >= 3.0);
     // A client that does not trust the certificate cannot connect either.
     let other_dir = tests::procs::scratch_dir("tls-other");
     let (other_cert, _) = tests::tls::self_signed(&other_dir).unwrap();

@@ -1,4 +1,4 @@
-//! Accounts, authentication at the upgrade, health, readiness and metrics.
+//! Accounts, authentication at the upgrade, health, readiness and metrics (on the admin listener).
 
 use benchmarks::client::{http_json, ConnectError, Connection};
 use tests::Cluster;
@@ -85,10 +85,10 @@ async fn expired_token_is_refused() {
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let cluster = Cluster::start(1).await.unwrap();
-    let addr = cluster.addr(0);
-    let (status, _) = http_json(addr, "GET", "/healthz", None).await.unwrap();
+    let admin = cluster.admin_addr(0);
+    let (status, _) = http_json(admin, "GET", "/healthz", None).await.unwrap();
     assert_eq!(status, 200);
-    let (status, ready) = http_json(addr, "GET", "/readyz", None).await.unwrap();
+    let (status, ready) = http_json(admin, "GET", "/readyz", None).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(ready["redis"], true);
     assert_eq!(ready["postgres"], true);
@@ -104,7 +104,7 @@ async fn health_readiness_and_metrics() {
         .await
         .unwrap();
 
-    let text = metrics_text(addr).await;
+    let text = metrics_text(admin).await;
     for name in [
         "im_connections_open",
         "im_frames_in_total",
@@ -123,7 +123,7 @@ async fn health_readiness_and_metrics() {
     }
 }
 
-/// Reads `/metrics` as text.
+/// Reads `/metrics` of an admin listener as text.
 pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();

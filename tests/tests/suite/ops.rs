@@ -389,7 +389,7 @@ async fn every_metric_the_dashboards_rules_and_autoscaler_use_is_exported() {
 
     let mut exposition = Exposition::default();
     for index in 0..2 {
-        exposition.add(&metrics_text(cluster.addr(index)).await);
+        exposition.add(&metrics_text(cluster.admin_addr(index)).await);
     }
 
     let mut problems = Vec::new();
@@ -822,6 +822,7 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
     let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:{client_port}")).collect();
     assert_eq!(servers, expected);
     assert!(haproxy.contains("option httpchk GET /readyz"));
+    assert!(haproxy.contains("check port 9464"));
     assert!(haproxy.contains("timeout tunnel"));
 
     // Grafana loads the dashboards from where compose mounts them, and the home dashboard exists.

@@ -80,5 +80,5 @@ async fn password_guessing_is_throttled_across_the_cluster() {
         login(cluster.addr(1), &bystander.name, "correct horse battery").await,
         200
     );
-    assert!(tests::probe::metric(cluster.addr(1), "im_login_throttled_total").await >= 1.0);
+    assert!(tests::probe::metric(cluster.admin_addr(1), "im_login_throttled_total").await >= 1.0);
 }
