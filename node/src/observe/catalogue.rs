@@ -22,6 +22,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("im_node_lease_lapses_total", Counter, "Times the lease was found lapsed (node paused or Redis lost it); every connection is then kicked."),
     // Connections and handshakes.
     ("im_connections_open", Gauge, "Open WebSocket connections on this node."),
+    ("im_connections_max", Gauge, "This node's WebSocket connection limit (--max-connections); upgrades past it are refused."),
     ("im_connections_opened_total", Counter, "WebSocket upgrades completed."),
     ("im_connections_closed_total", Counter, "WebSocket connections closed, by reason."),
     ("im_handshake_failures_total", Counter, "WebSocket upgrades refused, by reason."),

@@ -822,7 +822,21 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
     let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:{client_port}")).collect();
     assert_eq!(servers, expected);
     assert!(haproxy.contains("option httpchk GET /readyz"));
-    assert!(haproxy.contains("check port 9464"));
+    assert!(haproxy.contains(&format!("check port {admin_port}")));
+    // HAProxy sends PROXY v2 to the client port; the nodes expect it from HAProxy's fixed address only.
+    assert!(haproxy.contains("send-proxy-v2"));
+    let haproxy_address = compose["services"]["haproxy"]["networks"]["default"]["ipv4_address"]
+        .as_str()
+        .expect("haproxy has a fixed address");
+    for node in &nodes {
+        let environment = &compose["services"][node.as_str()]["environment"];
+        assert_eq!(environment["IM_PROXY_PROTOCOL"], "true", "{node}");
+        assert_eq!(
+            environment["IM_TRUSTED_PROXIES"].as_str(),
+            Some(haproxy_address),
+            "{node}"
+        );
+    }
     assert!(haproxy.contains("timeout tunnel"));
 
     // Grafana loads the dashboards from where compose mounts them, and the home dashboard exists.
