@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment files: Prometheus rules (promtool check + unit tests), the Prometheus config,
-# every Grafana dashboard query (parsed by promtool), ops/compose.yaml against the compose-spec schema, the
+# the Alertmanager config (amtool), every Grafana dashboard query (parsed by promtool), ops/compose.yaml against the
+# compose-spec schema, the
 # Kubernetes manifests against the Kubernetes schemas (strict: unknown fields fail), the Dockerfile (hadolint) and
 # the HAProxy config (haproxy -c). Each validator is first shown a broken file and must reject it, so a validator
 # that passes everything cannot hide a mistake.
@@ -40,6 +41,14 @@ sed 's/\* 60 > 5$/* 60 > 500/' ops/prometheus/rules/alerts.yml >"$scratch/alerts
 cp ops/prometheus/rules/recording.yml "$scratch/recording.yml"
 sed 's|\.\./rules/|./|' ops/prometheus/tests/alerts.test.yml >"$scratch/alerts.test.yml"
 must_reject "promtool test" sh -c "cd '$scratch' && promtool test rules alerts.test.yml"
+
+say "alertmanager config: amtool check-config, critical alerts reach on-call"
+amtool check-config ops/alertmanager/alertmanager.yml >/dev/null
+routed=$(amtool config routes test --config.file=ops/alertmanager/alertmanager.yml severity=critical \
+  alertname=ImWriterErrors 2>/dev/null)
+[ "$routed" = on-call ] || { say "critical alerts are routed to '$routed', not on-call"; exit 1; }
+sed 's/^  receiver: on-call$/  receiver: nobody/' ops/alertmanager/alertmanager.yml >"$scratch/alertmanager.yml"
+must_reject "amtool" amtool check-config "$scratch/alertmanager.yml"
 
 say "grafana dashboards: every query parses as PromQL (promtool, as recording rules)"
 # Grafana's variables become a plain label value; label_values() variable queries keep their selector.

@@ -67,10 +67,12 @@ ensure_kosoku() {
 }
 
 # Installs (as root, via apt) the tools ops/check-ops.sh and ops/cluster.sh --prometheus need: promtool and
-# prometheus (Debian package prometheus), haproxy (to check ops/haproxy/haproxy.cfg) and python3-venv.
+# prometheus (Debian package prometheus), amtool (prometheus-alertmanager, to check ops/alertmanager), haproxy (to
+# check ops/haproxy/haproxy.cfg) and python3-venv.
 ensure_ops_deps() {
   local missing=()
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -82,6 +84,7 @@ ensure_ops_deps() {
     if command -v service >/dev/null 2>&1; then
       service prometheus stop >/dev/null 2>&1 || true
       service haproxy stop >/dev/null 2>&1 || true
+      service prometheus-alertmanager stop >/dev/null 2>&1 || true
     fi
   else
     say "missing: ${missing[*]}. Install them, e.g.: sudo apt-get install -y ${missing[*]}"

@@ -47,10 +47,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let node_id = format!("{}-{:012x}", config.node_name, rand::random::<u64>() >> 16);
     info!(node_id, listen = %config.listen, "starting");
 
+    // The connection-limit alert compares im_connections_open with this.
+    ::metrics::gauge!("im_connections_max").set(config.max_connections as f64);
+
     let pool = storage::pool(&config.postgres_url, config.postgres_pool)
         .during("postgres configuration")?;
-    let applied = migrate_with_retry(&pool).await?;
-    info!(applied, "migrations applied");
+    if config.run_migrations {
+        let applied = migrate_with_retry(&pool, config.migration_timeouts()).await?;
+        info!(applied, "migrations applied");
+    } else {
+        wait_for_schema(&pool).await?;
+    }
 
     let settings = RedisSettings {
         url: config.redis_url.clone(),
@@ -137,8 +144,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.compress_threshold,
     ));
 
-    let auth = identity::auth::Authenticator::new(
-        &config.token_secret,
+    let auth = identity::auth::Authenticator::with_keys(
+        config.token_key_list().map_err(Error::Config)?,
         Duration::from_secs(config.token_ttl_secs),
         config.argon2_memory_kib,
         config.argon2_iterations,
@@ -240,11 +247,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     Ok(())
 }
 
-/// Postgres may still be starting (local cluster, container start order): retry for a while.
-async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> Result<usize, Error> {
+/// `node migrate`: applies pending migrations and returns how many it applied.
+pub async fn migrate(config: &Config) -> Result<usize, Error> {
+    config.validate_migrate().map_err(Error::Config)?;
+    let pool = storage::pool(&config.postgres_url, 1).during("postgres configuration")?;
+    migrate_with_retry(&pool, config.migration_timeouts()).await
+}
+
+/// Postgres may still be starting (local cluster, container start order), or a lock timeout may have cut a
+/// migration short: retry for a while.
+async fn migrate_with_retry(
+    pool: &deadpool_postgres::Pool,
+    timeouts: storage::schema::MigrationTimeouts,
+) -> Result<usize, Error> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match storage::schema::migrate(pool).await {
+        match storage::schema::migrate(pool, timeouts).await {
             Ok(applied) => return Ok(applied),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 warn!(%error, "postgres not ready; retrying");
@@ -252,6 +270,26 @@ async fn migrate_with_retry(pool: &deadpool_postgres::Pool) -> Result<usize, Err
             }
             Err(error) => return Err(error).during("applying migrations"),
         }
+    }
+}
+
+/// With `--run-migrations false` someone else (`node migrate`) applies migrations: wait up to a minute for the
+/// schema this build needs, so a node started alongside its migration job comes up once the job is done.
+async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let problem = match storage::schema::pending(pool).await {
+            Ok(pending) if pending.is_empty() => return Ok(()),
+            Ok(pending) => format!("migrations {pending:?} not applied yet (run `node migrate`)"),
+            Err(error) => format!("postgres not ready: {error}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Internal(format!(
+                "the schema is not current after 60 s: {problem}"
+            )));
+        }
+        warn!(%problem, "waiting for the schema");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -1,11 +1,18 @@
-//! The node binary: parse the configuration, install logging and signal handling, run the library.
+//! The node binary: parse the configuration, install logging and signal handling, run the library (or, for
+//! `node migrate`, apply the migrations and exit).
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let config = node::config::Config::parse();
-    if let Err(problem) = config.validate() {
+    let validated = match config.command {
+        Some(node::config::Command::Migrate) => config
+            .validate_migrate()
+            .map_err(node::error::Error::Config),
+        None => config.validate(),
+    };
+    if let Err(problem) = validated {
         eprintln!("error: {problem}");
         return std::process::ExitCode::from(2);
     }
@@ -22,6 +29,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if config.command == Some(node::config::Command::Migrate) {
+            let applied = node::migrate(&config).await?;
+            tracing::info!(applied, "migrations applied; the schema is current");
+            return Ok(());
+        }
         let shutdown = CancellationToken::new();
         node::shutdown::on_signals(shutdown.clone())
             .map_err(|error| node::error::Error::io("installing signal handlers", error))?;

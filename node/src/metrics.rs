@@ -140,6 +140,19 @@ fn register_rare_events() {
     for kind in ["header_timeout", "header_too_large", "bad_request", "other"] {
         counter!("im_http_connection_errors_total", "kind" => kind).increment(0);
     }
+    // What the push, login-throttle and TLS alerts watch (TLS moves only with `--tls-cert`).
+    counter!("im_push_dropped_total").increment(0);
+    for result in ["sent", "failed"] {
+        counter!("im_push_events_total", "result" => result).increment(0);
+    }
+    for scope in ["user", "ip"] {
+        counter!("im_login_throttled_total", "scope" => scope).increment(0);
+    }
+    counter!("im_login_throttle_unavailable_total").increment(0);
+    counter!("im_ws_writer_aborted_total").increment(0);
+    for result in ["ok", "failed", "timeout"] {
+        counter!("im_tls_handshakes_total", "result" => result).increment(0);
+    }
     for kind in ["closed", "invalid", "timeout"] {
         counter!("im_proxy_protocol_errors_total", "kind" => kind).increment(0);
     }

@@ -8,6 +8,7 @@
 pub mod checker;
 pub mod client;
 pub mod haproxy;
+pub mod observe;
 pub mod probe;
 pub mod procs;
 pub mod proxy;

@@ -342,31 +342,48 @@ fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Persistence settings (`--appendonly …`) and the folder they write to; none by default.
+    persistence: Option<(Vec<String>, PathBuf)>,
 }
 
 impl Redis {
     pub fn start() -> anyhow::Result<Redis> {
         let port = free_port();
-        let mut redis = Redis { port, child: None };
+        let mut redis = Redis {
+            port,
+            child: None,
+            persistence: None,
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    /// A Redis run with these persistence settings (say, the shipped ones) in its own folder, which a restart keeps.
+    pub fn start_persistent(settings: Vec<String>) -> anyhow::Result<Redis> {
+        let port = free_port();
+        let dir = scratch_dir(&format!("redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = Redis {
+            port,
+            child: None,
+            persistence: Some((settings, dir)),
+        };
         redis.spawn()?;
         Ok(redis)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.persistence {
+            None => {
+                command.args(["--save", "", "--appendonly", "no"]);
+            }
+            Some((settings, dir)) => {
+                command.args(settings).arg("--dir").arg(dir);
+            }
+        }
+        command.stdout(Stdio::null()).stderr(Stdio::null());
         harden(&mut command, None);
         self.child = Some(
             command
@@ -376,9 +393,21 @@ impl Redis {
         wait_for_port(self.port, Duration::from_secs(10))
     }
 
-    /// Kills Redis (all data lost: it runs without persistence) and starts it again on the same port.
+    /// Kills Redis (all data lost unless it runs with persistence) and starts it again on the same port.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
+        self.spawn()
+    }
+
+    /// Asks Redis to shut down as an orchestrator's stop does (SIGTERM: it writes what it must) and starts it again.
+    pub fn restart_gracefully(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
         self.spawn()
     }
 
@@ -597,6 +626,14 @@ impl NodeProc {
         Ok(())
     }
 
+    /// Sets a node option for the next (re)start of this node.
+    pub fn set_arg(&mut self, key: &str, value: impl ToString) {
+        match self.args.iter_mut().find(|(k, _)| k == key) {
+            Some(existing) => existing.1 = value.to_string(),
+            None => self.args.push((key.to_string(), value.to_string())),
+        }
+    }
+
     /// Sends a signal to the node process.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {
@@ -669,11 +706,20 @@ pub struct ClusterOptions {
     pub single_redis: bool,
     /// Use a 3-master Redis Cluster even when `IM_TEST_REDIS` does not ask for one.
     pub redis_cluster: bool,
+    /// Run the single Redis with these persistence settings (implies `single_redis`).
+    pub redis_persistence: Option<Vec<String>>,
 }
 
 impl ClusterOptions {
     pub fn private_postgres(mut self) -> Self {
         self.private_postgres = true;
+        self
+    }
+
+    /// The single Redis, with persistence settings (a restart keeps its data).
+    pub fn redis_persistence(mut self, settings: Vec<String>) -> Self {
+        self.single_redis = true;
+        self.redis_persistence = Some(settings);
         self
     }
 
@@ -736,7 +782,10 @@ impl Cluster {
                 shared.new_database().await?
             }
         };
-        let redis = Redis::start()?;
+        let redis = match &options.redis_persistence {
+            Some(settings) => Redis::start_persistent(settings.clone())?,
+            None => Redis::start()?,
+        };
         let dir = scratch_dir("cluster");
         let secret = format!("test-secret-{:032x}", rand::random::<u128>());
         let redis_cluster =

@@ -158,7 +158,7 @@ async fn check_media(
             ));
         }
     }
-    let found = crate::storage::chat::accessible_media(pool, &hash, user)
+    let found = crate::storage::media_meta::accessible_media(pool, &hash, user)
         .await
         .map_err(|error| {
             warn!(%error, "media lookup failed");

@@ -240,7 +240,7 @@ impl Delivery {
             if !transition {
                 return;
             }
-            let Ok(friends) = crate::storage::relations::friends_of(&pool, user).await else {
+            let Ok(friends) = crate::storage::friends::friends_of(&pool, user).await else {
                 return;
             };
             if friends.is_empty() {

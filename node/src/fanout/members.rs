@@ -1,8 +1,9 @@
 //! Cached member lists of conversations, for routing and for authorising frames.
 //!
-//! The lists are read from Postgres on first use and dropped when any node changes a membership (it broadcasts
-//! `ConvChanged`). A stale list can only affect pushes, never storage: the writer checks membership again inside
-//! its transaction, and a member added a moment ago still finds every message through `sync`.
+//! The lists are read from Postgres (`storage::members`) on first use and dropped when any node changes a
+//! membership (it broadcasts `ConvChanged`). A stale list can only affect pushes, never storage: the writer checks
+//! membership again inside its transaction, and a member added a moment ago still finds every message through
+//! `sync`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::ids::{ConvId, UserId};
 use deadpool_postgres::Pool;
 
-use crate::storage::StoreError;
+use crate::storage::{self, StoreError};
 
 /// Most cached conversations before the cache is emptied (a crude but bounded policy).
 const CAPACITY: usize = 100_000;
@@ -61,18 +62,10 @@ impl MemberCache {
         if let Some(members) = self.lock().get(&conv) {
             return Ok(Some(members.clone()));
         }
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT c.kind, coalesce(array_agg(m.user_id ORDER BY m.user_id) FILTER (WHERE m.user_id IS NOT NULL), '{}')
-                 FROM conversations c LEFT JOIN conversation_members m ON m.conv_id = c.id
-                 WHERE c.id = $1 GROUP BY c.kind",
-            )
-            .await?;
-        let Some(row) = client.query_opt(&statement, &[&conv]).await? else {
+        let Some(found) = storage::members::conversation_members(&self.pool, conv).await? else {
             return Ok(None);
         };
-        let members = Arc::new(Members::new(row.try_get(0)?, row.try_get(1)?));
+        let members = Arc::new(Members::new(found.kind, found.users));
         let mut cached = self.lock();
         if cached.len() >= CAPACITY {
             cached.clear();

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{bad_request, no_such_conversation, unavailable, AuthUser};
 use crate::rest::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
-use crate::storage::queries::{message_from_row, KIND_DIRECT};
+use crate::storage::conversations;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -32,75 +32,35 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Response {
     let limit = query.limit.clamp(1, 1000);
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
+    let (list, total_unread) = match conversations::conversation_list(&state.pool, me, limit).await
+    {
+        Ok(found) => found,
+        Err(error) => return unavailable(error),
     };
-    let rows = client
-        .query(
-            "SELECT c.id, c.kind, c.title, c.direct_low, c.direct_high, c.last_seq, m.read_seq, c.last_msg_ms,
-                    msg.id, msg.seq, msg.sender, msg.cid, msg.kind, msg.body, msg.created_ms, msg.attrs::text, msg.recalled
-             FROM conversation_members m JOIN conversations c ON c.id = m.conv_id
-             LEFT JOIN messages msg ON msg.conv_id = c.id AND msg.seq = c.last_seq
-             WHERE m.user_id = $1 ORDER BY c.last_msg_ms DESC, c.id DESC LIMIT $2",
-            &[&me, &limit],
-        )
-        .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(error) => return unavailable(error.into()),
-    };
-    let total_unread_query = client
-        .query_one(
-            "SELECT coalesce(sum(c.last_seq - m.read_seq), 0)::bigint FROM conversation_members m
-             JOIN conversations c ON c.id = m.conv_id WHERE m.user_id = $1",
-            &[&me],
-        )
-        .await;
-    let total_unread: i64 = match total_unread_query {
-        Ok(row) => row.get(0),
-        Err(error) => return unavailable(error.into()),
-    };
-    let mut conversations = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let conv: ConvId = row.get(0);
-        let kind: i16 = row.get(1);
-        let last_seq: Seq = row.get(5);
-        let read_seq: Seq = row.get(6);
-        let peer = (kind == KIND_DIRECT).then(|| {
-            let low: Option<i64> = row.get(3);
-            let high: Option<i64> = row.get(4);
-            if low == Some(me) {
-                high
-            } else {
-                low
-            }
-        });
-        // The last message's columns start at index 8; `message_from_row` reads 0..=8 of its own layout.
-        let last_message = match row.get::<_, Option<i64>>(8) {
-            Some(id) => {
-                let attrs: Option<String> = row.get(15);
-                Some(json!({
-                    "id": id, "conv": conv, "seq": row.get::<_, i64>(9), "from": row.get::<_, i64>(10),
-                    "cid": row.get::<_, String>(11), "kind": row.get::<_, String>(12), "body": row.get::<_, String>(13),
-                    "ts": row.get::<_, i64>(14), "attrs": attrs.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok()),
-                    "recalled": row.get::<_, bool>(16),
-                }))
-            }
-            None => None,
-        };
-        conversations.push(json!({
-            "id": conv,
-            "kind": if kind == KIND_DIRECT { "direct" } else { "group" },
-            "title": row.get::<_, String>(2),
-            "peer": peer.flatten(),
-            "last_seq": last_seq,
-            "read_seq": read_seq,
-            "unread": (last_seq - read_seq).max(0),
-            "last_activity_ms": row.get::<_, i64>(7),
-            "last_message": last_message,
-        }));
-    }
+    let conversations: Vec<_> = list
+        .into_iter()
+        .map(|summary| {
+            let last_message = summary.last_message.map(|msg| {
+                json!({
+                    "id": msg.id, "conv": summary.id, "seq": msg.seq, "from": msg.from,
+                    "cid": msg.cid, "kind": msg.kind, "body": msg.body,
+                    "ts": msg.ts, "attrs": msg.attrs,
+                    "recalled": msg.recalled,
+                })
+            });
+            json!({
+                "id": summary.id,
+                "kind": if summary.direct { "direct" } else { "group" },
+                "title": summary.title,
+                "peer": summary.peer,
+                "last_seq": summary.last_seq,
+                "read_seq": summary.read_seq,
+                "unread": (summary.last_seq - summary.read_seq).max(0),
+                "last_activity_ms": summary.last_activity_ms,
+                "last_message": last_message,
+            })
+        })
+        .collect();
     Json(json!({ "conversations": conversations, "total_unread": total_unread })).into_response()
 }
 
@@ -138,30 +98,11 @@ pub async fn history(
     }
     let limit = query.limit.clamp(1, 200);
     let before = query.before_seq.unwrap_or(i64::MAX);
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let rows = client
-        .query(
-            "SELECT id, seq, sender, cid, kind, body, created_ms, attrs::text, recalled FROM messages
-             WHERE conv_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-            &[&conv, &before, &(limit + 1)],
-        )
-        .await;
-    match rows {
-        Ok(rows) => {
-            let more = rows.len() as i64 > limit;
-            let mut messages = Vec::with_capacity(rows.len());
-            for row in rows.iter().take(limit as usize) {
-                match message_from_row(row, conv) {
-                    Ok(msg) => messages.push(msg),
-                    Err(error) => return unavailable(error),
-                }
-            }
+    match conversations::history(&state.pool, conv, before, limit).await {
+        Ok((messages, more)) => {
             Json(json!({ "conv": conv, "messages": messages, "more": more })).into_response()
         }
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -185,36 +126,12 @@ pub async fn reads(
     if query.seq < 1 {
         return bad_request("bad_request", "seq must be >= 1");
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let rows = client
-        .query(
-            "SELECT m.user_id, m.read_seq >= $2 FROM conversation_members m
-             WHERE m.conv_id = $1 AND m.user_id <> coalesce((SELECT sender FROM messages WHERE conv_id = $1 AND seq = $2), 0)
-             ORDER BY m.user_id",
-            &[&conv, &query.seq],
+    match conversations::read_receipts(&state.pool, conv, query.seq).await {
+        Ok((read, unread)) => Json(
+            json!({ "conv": conv, "seq": query.seq, "read_count": read.len(), "read": read,
+                     "unread_count": unread.len(), "unread": unread }),
         )
-        .await;
-    match rows {
-        Ok(rows) => {
-            let read: Vec<i64> = rows
-                .iter()
-                .filter(|r| r.get::<_, bool>(1))
-                .map(|r| r.get(0))
-                .collect();
-            let unread: Vec<i64> = rows
-                .iter()
-                .filter(|r| !r.get::<_, bool>(1))
-                .map(|r| r.get(0))
-                .collect();
-            Json(
-                json!({ "conv": conv, "seq": query.seq, "read_count": read.len(), "read": read,
-                         "unread_count": unread.len(), "unread": unread }),
-            )
-            .into_response()
-        }
-        Err(error) => unavailable(error.into()),
+        .into_response(),
+        Err(error) => unavailable(error),
     }
 }

@@ -17,16 +17,12 @@ use common::ServerFrame;
 use router::BusMessage;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::error::json_error;
 use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-
-const PENDING: i16 = 0;
-const ACCEPTED: i16 = 1;
-const REJECTED: i16 = 2;
+use crate::storage::friends::{self, BlockOutcome, RequestOutcome};
 
 async fn notify(
     state: &NodeState,
@@ -78,30 +74,14 @@ pub async fn request(
     if new.note.chars().count() > 200 {
         return bad_request("bad_note", "notes are at most 200 characters");
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
+    let standing = match friends::request_standing(&state.pool, me, new.user).await {
+        Ok(standing) => standing,
+        Err(error) => return unavailable(error),
     };
-    let check = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM users WHERE id = $2),
-                    EXISTS (SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2),
-                    EXISTS (SELECT 1 FROM blocks WHERE user_id = $2 AND blocked_id = $1)",
-            &[&me, &new.user],
-        )
-        .await;
-    let (exists, friends, blocked) = match check {
-        Ok(row) => (
-            row.get::<_, bool>(0),
-            row.get::<_, bool>(1),
-            row.get::<_, bool>(2),
-        ),
-        Err(error) => return unavailable(error.into()),
-    };
-    if !exists {
+    if !standing.exists {
         return not_found("no such user");
     }
-    if friends {
+    if standing.already_friends {
         return json_error(
             StatusCode::CONFLICT,
             "already_friends",
@@ -111,18 +91,11 @@ pub async fn request(
     if new.note.contains('\0') {
         return bad_request("bad_note", "note contains U+0000, which cannot be stored");
     }
-    let inserted = client
-        .query_one(
-            "INSERT INTO friend_requests (from_user, to_user, note) VALUES ($1, $2, $3) RETURNING id",
-            &[&me, &new.user, &new.note],
-        )
-        .await;
-    match inserted {
-        Ok(row) => {
-            let id: i64 = row.get(0);
+    match friends::insert_request(&state.pool, me, new.user, &new.note).await {
+        Ok(RequestOutcome::Created(id)) => {
             // A request to someone who blocked you is stored and answered like any other (the answer must not
             // reveal the block), but they are never told and never see it.
-            if !blocked {
+            if !standing.blocked_by_them {
                 notify(
                     &state,
                     new.user,
@@ -135,12 +108,12 @@ pub async fn request(
             }
             (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
         }
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => json_error(
+        Ok(RequestOutcome::AlreadyPending) => json_error(
             StatusCode::CONFLICT,
             "request_pending",
             "a request to this user is already pending",
         ),
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -149,38 +122,17 @@ pub async fn list_requests(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
 ) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let rows = client
-        .query(
-            "SELECT id, from_user, to_user, note, status, extract(epoch from created_at)::bigint
-             FROM friend_requests r
-             WHERE (to_user = $1 AND status = 0
-                    AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $1 AND b.blocked_id = r.from_user))
-                OR from_user = $1
-             ORDER BY id DESC LIMIT 500",
-            &[&me],
-        )
-        .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(error) => return unavailable(error.into()),
-    };
-    let status_name = |s: i16| match s {
-        PENDING => "pending",
-        ACCEPTED => "accepted",
-        _ => "rejected",
+    let requests = match friends::requests_of(&state.pool, me).await {
+        Ok(requests) => requests,
+        Err(error) => return unavailable(error),
     };
     let (mut incoming, mut outgoing) = (Vec::new(), Vec::new());
-    for row in rows {
-        let from: UserId = row.get(1);
+    for request in requests {
         let item = json!({
-            "id": row.get::<_, i64>(0), "from": from, "to": row.get::<_, i64>(2), "note": row.get::<_, String>(3),
-            "status": status_name(row.get(4)), "created_at": row.get::<_, i64>(5),
+            "id": request.id, "from": request.from, "to": request.to, "note": request.note,
+            "status": request.status.name(), "created_at": request.created_at,
         });
-        if from == me {
+        if request.from == me {
             outgoing.push(item);
         } else {
             incoming.push(item);
@@ -200,36 +152,7 @@ pub async fn answer(
         "reject" => false,
         _ => return not_found("no such action"),
     };
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let result: Result<Option<UserId>, tokio_postgres::Error> = async {
-        let tx = client.transaction().await?;
-        let status = if accept { ACCEPTED } else { REJECTED };
-        let row = tx
-            .query_opt(
-                "UPDATE friend_requests SET status = $3, decided_at = now()
-                 WHERE id = $1 AND to_user = $2 AND status = 0
-                   AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $2 AND b.blocked_id = friend_requests.from_user)
-                 RETURNING from_user",
-                &[&id, &me, &status],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let from: UserId = row.get(0);
-        if accept {
-            tx.execute(
-                "INSERT INTO friendships (user_id, friend_id) VALUES ($1, $2), ($2, $1) ON CONFLICT DO NOTHING",
-                &[&me, &from],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Some(from))
-    }
-    .await;
-    match result {
+    match friends::answer_request(&state.pool, id, me, accept).await {
         Ok(Some(from)) => {
             if accept {
                 pair_changed(&state, me, from).await;
@@ -244,35 +167,24 @@ pub async fn answer(
                 .into_response()
         }
         Ok(None) => not_found("no pending request with this id addressed to you"),
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
 /// `GET /v1/friends`: my friends with their profiles.
 pub async fn list(State(state): State<Arc<NodeState>>, AuthUser(me): AuthUser) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let rows = client
-        .query(
-            "SELECT u.id, u.username, u.display_name, u.avatar FROM friendships f JOIN users u ON u.id = f.friend_id
-             WHERE f.user_id = $1 ORDER BY u.username",
-            &[&me],
-        )
-        .await;
-    match rows {
-        Ok(rows) => {
-            let friends: Vec<_> = rows
+    match friends::friend_profiles(&state.pool, me).await {
+        Ok(profiles) => {
+            let friends: Vec<_> = profiles
                 .iter()
-                .map(|r| {
-                    json!({"id": r.get::<_, i64>(0), "username": r.get::<_, String>(1),
-                           "display_name": r.get::<_, String>(2), "avatar": r.get::<_, Option<String>>(3)})
+                .map(|p| {
+                    json!({"id": p.id, "username": p.username,
+                           "display_name": p.display_name, "avatar": p.avatar})
                 })
                 .collect();
             Json(json!({ "friends": friends })).into_response()
         }
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -282,24 +194,14 @@ pub async fn remove(
     AuthUser(me): AuthUser,
     ApiPath(other): ApiPath<UserId>,
 ) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match client
-        .execute(
-            "DELETE FROM friendships WHERE (user_id = $1 AND friend_id = $2) OR (user_id = $2 AND friend_id = $1)",
-            &[&me, &other],
-        )
-        .await
-    {
-        Ok(0) => not_found("not a friend"),
-        Ok(_) => {
+    match friends::remove_friendship(&state.pool, me, other).await {
+        Ok(false) => not_found("not a friend"),
+        Ok(true) => {
             pair_changed(&state, me, other).await;
             notify(&state, other, "friend_removed", me, None, None).await;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -312,25 +214,13 @@ pub async fn block(
     if other == me {
         return bad_request("bad_request", "you cannot block yourself");
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let result = client
-        .execute(
-            "INSERT INTO blocks (user_id, blocked_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&me, &other],
-        )
-        .await;
-    match result {
-        Ok(_) => {
+    match friends::block(&state.pool, me, other).await {
+        Ok(BlockOutcome::Blocked) => {
             pair_changed(&state, me, other).await;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            not_found("no such user")
-        }
-        Err(error) => unavailable(error.into()),
+        Ok(BlockOutcome::UnknownUser) => not_found("no such user"),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -339,42 +229,19 @@ pub async fn unblock(
     AuthUser(me): AuthUser,
     ApiPath(other): ApiPath<UserId>,
 ) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match client
-        .execute(
-            "DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2",
-            &[&me, &other],
-        )
-        .await
-    {
-        Ok(_) => {
+    match friends::unblock(&state.pool, me, other).await {
+        Ok(()) => {
             pair_changed(&state, me, other).await;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
 /// `GET /v1/blocks`.
 pub async fn list_blocks(State(state): State<Arc<NodeState>>, AuthUser(me): AuthUser) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match client
-        .query(
-            "SELECT blocked_id FROM blocks WHERE user_id = $1 ORDER BY blocked_id",
-            &[&me],
-        )
-        .await
-    {
-        Ok(rows) => {
-            Json(json!({ "blocked": rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>() }))
-                .into_response()
-        }
-        Err(error) => unavailable(error.into()),
+    match friends::blocked_by(&state.pool, me).await {
+        Ok(blocked) => Json(json!({ "blocked": blocked })).into_response(),
+        Err(error) => unavailable(error),
     }
 }

@@ -1,10 +1,12 @@
 //! Groups: create, add, remove, leave, rename, transfer ownership, admins, and listings.
 //!
 //! Consent: a member adds their friends (no block either way) directly; anyone else gets an invitation they accept
-//! or decline (`invitations.rs`). Roles: 0 member, 1 admin, 2 owner. Any member may add or invite; admins and the owner remove members and
-//! rename; only the owner appoints admins and transfers ownership. Every change is one transaction (the
-//! conversation row is locked, so concurrent adds cannot overshoot the member cap), then every node drops its
-//! cached member list, then a `system` message records the change in the group's timeline.
+//! or decline (`invitations.rs`). Roles: member, admin, owner. Any member may add or invite; admins and the owner
+//! remove members and rename; only the owner appoints admins and transfers ownership (`storage::groups::Role`).
+//! Every membership or role change is one transaction in `storage::groups` (the group's row is locked, so
+//! concurrent adds cannot overshoot the member cap); once it is committed, every node drops its cached member list
+//! and a `system` message records the change in the group's timeline. The handlers here only read the request,
+//! call storage and turn its outcome into the answer.
 
 use std::sync::Arc;
 
@@ -17,7 +19,6 @@ use common::frame::Attrs;
 use common::ids::{ConvId, UserId};
 use serde::Deserialize;
 use serde_json::json;
-use tokio_postgres::GenericClient;
 
 use super::{
     bad_request, forbidden, invitations, no_such_group, system_message, unavailable, AuthUser,
@@ -25,49 +26,9 @@ use super::{
 use crate::error::json_error;
 use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::storage::queries::KIND_GROUP;
-use crate::storage::relations;
-use crate::storage::StoreError;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-const MEMBER: i16 = 0;
-const ADMIN: i16 = 1;
-const OWNER: i16 = 2;
-
-/// The caller's role in a group, or `None` if the group does not exist or the caller is not in it.
-async fn role_of<C: GenericClient>(
-    client: &C,
-    conv: ConvId,
-    user: UserId,
-) -> Result<Option<i16>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT m.role FROM conversation_members m JOIN conversations c ON c.id = m.conv_id
-             WHERE m.conv_id = $1 AND m.user_id = $2 AND c.kind = $3",
-            &[&conv, &user, &KIND_GROUP],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-async fn member_ids<C: GenericClient>(
-    client: &C,
-    conv: ConvId,
-) -> Result<Vec<UserId>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT user_id FROM conversation_members WHERE conv_id = $1",
-            &[&conv],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
+use crate::storage::groups::{
+    self, AddOutcome, CreateOutcome, LeaveOutcome, RemoveOutcome, RenameOutcome, Role, RoleOutcome,
+};
 
 /// After a committed change: drop cached member lists everywhere, then record it in the timeline.
 async fn record(
@@ -91,8 +52,21 @@ fn event(name: &str, users: Vec<UserId>) -> Attrs {
     }
 }
 
-/// A new group's id, the members added directly, the users invited, and the invitees to tell.
-type Created = (ConvId, Vec<UserId>, Vec<UserId>, Vec<UserId>);
+fn not_in_group() -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "that user is not in the group",
+    )
+}
+
+fn group_full(cap: i64) -> Response {
+    json_error(
+        StatusCode::CONFLICT,
+        "group_full",
+        &format!("groups have at most {cap} members"),
+    )
+}
 
 #[derive(Deserialize)]
 pub struct NewGroup {
@@ -123,48 +97,31 @@ pub async fn create(
             "more members than the group member cap",
         );
     }
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let created: Result<Option<Created>, StoreError> = async {
-        let tx = client.transaction().await?;
-        // Consent: friends (no block either way) are added, everyone else is invited.
-        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &others, state.config.group_consent).await? else {
-            return Ok(None);
-        };
-        let conv: ConvId = tx
-            .query_one(
-                "INSERT INTO conversations (kind, title, owner) VALUES ($1, $2, $3) RETURNING id",
-                &[&KIND_GROUP, &new.title, &me],
-            )
-            .await?
-            .try_get(0)?;
-        tx.execute(
-            "INSERT INTO conversation_members (conv_id, user_id, role) VALUES ($1, $2, $3)",
-            &[&conv, &me, &OWNER],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO conversation_members (conv_id, user_id, role) SELECT $1, u, 0 FROM unnest($2::bigint[]) AS u",
-            &[&conv, &direct],
-        )
-        .await?;
-        let told = relations::invite(&tx, conv, me, &invited, now_ms()).await?;
-        tx.commit().await?;
-        Ok(Some((conv, direct, invited, told)))
-    }
+    let created = groups::create(
+        &state.pool,
+        me,
+        &new.title,
+        &others,
+        state.config.group_consent,
+    )
     .await;
-    let (conv, direct, invited, told) = match created {
-        Ok(Some(created)) => created,
-        Ok(None) => return bad_request("unknown_user", "a member does not exist"),
+    let (conv, added, invited, told) = match created {
+        Ok(CreateOutcome::Created {
+            conv,
+            added,
+            invited,
+            told,
+        }) => (conv, added, invited, told),
+        Ok(CreateOutcome::UnknownUser) => {
+            return bad_request("unknown_user", "a member does not exist")
+        }
         Err(error) => return unavailable(error),
     };
     let mut members = vec![me];
-    members.extend(&direct);
+    members.extend(&added);
     let attrs = Attrs {
         title: Some(new.title.clone()),
-        ..event("created", direct.clone())
+        ..event("created", added.clone())
     };
     if let Err(response) = record(&state, me, conv, members.clone(), attrs).await {
         return response;
@@ -179,39 +136,18 @@ pub async fn create(
 
 /// `GET /v1/groups`: my groups.
 pub async fn list_mine(State(state): State<Arc<NodeState>>, AuthUser(me): AuthUser) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let rows = client
-        .query(
-            "SELECT c.id, c.title, c.owner, m.role, c.last_seq,
-                    (SELECT count(*) FROM conversation_members x WHERE x.conv_id = c.id)
-             FROM conversation_members m JOIN conversations c ON c.id = m.conv_id
-             WHERE m.user_id = $1 AND c.kind = $2 ORDER BY c.last_msg_ms DESC, c.id DESC",
-            &[&me, &KIND_GROUP],
-        )
-        .await;
-    match rows {
-        Ok(rows) => {
-            let groups: Vec<_> = rows
+    match groups::groups_of(&state.pool, me).await {
+        Ok(mine) => {
+            let groups: Vec<_> = mine
                 .iter()
-                .map(|r| {
-                    json!({"id": r.get::<_, i64>(0), "title": r.get::<_, String>(1), "owner": r.get::<_, Option<i64>>(2),
-                           "role": role_name(r.get(3)), "last_seq": r.get::<_, i64>(4), "member_count": r.get::<_, i64>(5)})
+                .map(|g| {
+                    json!({"id": g.id, "title": g.title, "owner": g.owner,
+                           "role": g.role.name(), "last_seq": g.last_seq, "member_count": g.member_count})
                 })
                 .collect();
             Json(json!({ "groups": groups })).into_response()
         }
-        Err(error) => unavailable(error.into()),
-    }
-}
-
-fn role_name(role: i16) -> &'static str {
-    match role {
-        OWNER => "owner",
-        ADMIN => "admin",
-        _ => "member",
+        Err(error) => unavailable(error),
     }
 }
 
@@ -221,34 +157,19 @@ pub async fn members(
     AuthUser(me): AuthUser,
     ApiPath(conv): ApiPath<ConvId>,
 ) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match role_of(&**client, conv, me).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return no_such_group(),
-        Err(error) => return unavailable(error.into()),
-    }
-    let rows = client
-        .query(
-            "SELECT m.user_id, m.role, u.username, u.display_name FROM conversation_members m JOIN users u ON u.id = m.user_id
-             WHERE m.conv_id = $1 ORDER BY m.role DESC, m.user_id",
-            &[&conv],
-        )
-        .await;
-    match rows {
-        Ok(rows) => {
-            let members: Vec<_> = rows
+    match groups::members_seen_by(&state.pool, conv, me).await {
+        Ok(Some(found)) => {
+            let members: Vec<_> = found
                 .iter()
-                .map(|r| {
-                    json!({"user": r.get::<_, i64>(0), "role": role_name(r.get(1)), "username": r.get::<_, String>(2),
-                           "display_name": r.get::<_, String>(3)})
+                .map(|m| {
+                    json!({"user": m.user, "role": m.role.name(), "username": m.username,
+                           "display_name": m.display_name})
                 })
                 .collect();
             Json(json!({ "id": conv, "members": members })).into_response()
         }
-        Err(error) => unavailable(error.into()),
+        Ok(None) => no_such_group(),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -275,60 +196,23 @@ pub async fn add_members(
     users.sort_unstable();
     users.dedup();
     let cap = state.config.group_member_cap;
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    enum Outcome {
-        Added {
-            added: Vec<UserId>,
-            invited: Vec<UserId>,
-            told: Vec<UserId>,
-            all: Vec<UserId>,
-        },
-        NotMember,
-        Full,
-        UnknownUser,
-    }
-    let outcome: Result<Outcome, StoreError> = async {
-        let tx = client.transaction().await?;
-        tx.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", &[&conv]).await?;
-        if role_of(&*tx, conv, me).await?.is_none() {
-            return Ok(Outcome::NotMember);
-        }
-        let Some((direct, invited)) = relations::split_direct_adds(&tx, me, &users, state.config.group_consent).await? else {
-            return Ok(Outcome::UnknownUser);
-        };
-        let added: Vec<UserId> = tx
-            .query(
-                "INSERT INTO conversation_members (conv_id, user_id, role) SELECT $1, u, 0 FROM unnest($2::bigint[]) AS u
-                 ON CONFLICT DO NOTHING RETURNING user_id",
-                &[&conv, &direct],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        let all = member_ids(&*tx, conv).await?;
-        if all.len() as i64 > cap {
-            return Ok(Outcome::Full);
-        }
-        let invited: Vec<UserId> = invited.into_iter().filter(|u| !all.contains(u)).collect();
-        let told = relations::invite(&tx, conv, me, &invited, now_ms()).await?;
-        tx.commit().await?;
-        Ok(Outcome::Added { added, invited, told, all })
-    }
-    .await;
-    match outcome {
-        Ok(Outcome::Added {
+    let consent = state.config.group_consent;
+    match groups::add_members(&state.pool, conv, me, &users, consent, cap).await {
+        Ok(AddOutcome::Added {
             added,
             invited,
             told,
-            all,
+            members,
         }) => {
             if !added.is_empty() {
-                if let Err(response) =
-                    record(&state, me, conv, all, event("members_added", added.clone())).await
+                if let Err(response) = record(
+                    &state,
+                    me,
+                    conv,
+                    members,
+                    event("members_added", added.clone()),
+                )
+                .await
                 {
                     return response;
                 }
@@ -336,13 +220,9 @@ pub async fn add_members(
             invitations::tell_invited(&state, me, conv, &told).await;
             Json(json!({ "id": conv, "added": added, "invited": invited })).into_response()
         }
-        Ok(Outcome::NotMember) => no_such_group(),
-        Ok(Outcome::Full) => json_error(
-            StatusCode::CONFLICT,
-            "group_full",
-            &format!("groups have at most {cap} members"),
-        ),
-        Ok(Outcome::UnknownUser) => bad_request("unknown_user", "a user does not exist"),
+        Ok(AddOutcome::NotMember) => no_such_group(),
+        Ok(AddOutcome::Full) => group_full(cap),
+        Ok(AddOutcome::UnknownUser) => bad_request("unknown_user", "a user does not exist"),
         Err(error) => unavailable(error),
     }
 }
@@ -357,60 +237,22 @@ pub async fn remove_member(
     if target == me {
         return leave_group(&state, me, conv).await;
     }
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let outcome: Result<Result<Vec<UserId>, Response>, tokio_postgres::Error> = async {
-        let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
-            &[&conv],
-        )
-        .await?;
-        let Some(my_role) = role_of(&*tx, conv, me).await? else {
-            return Ok(Err(no_such_group()));
-        };
-        let Some(their_role) = role_of(&*tx, conv, target).await? else {
-            return Ok(Err(json_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "that user is not in the group",
-            )));
-        };
-        if my_role < ADMIN || their_role >= my_role {
-            return Ok(Err(forbidden(
-                "only the owner and admins remove members, and not their equals",
-            )));
-        }
-        tx.execute(
-            "DELETE FROM conversation_members WHERE conv_id = $1 AND user_id = $2",
-            &[&conv, &target],
-        )
-        .await?;
-        let all = member_ids(&*tx, conv).await?;
-        tx.commit().await?;
-        Ok(Ok(all))
-    }
-    .await;
-    match outcome {
-        Ok(Ok(mut recipients)) => {
-            recipients.push(target);
-            match record(
-                &state,
-                me,
-                conv,
-                recipients,
-                event("member_removed", vec![target]),
-            )
-            .await
-            {
+    match groups::remove_member(&state.pool, conv, me, target).await {
+        Ok(RemoveOutcome::Removed { mut members }) => {
+            // The removed member learns of it too.
+            members.push(target);
+            let attrs = event("member_removed", vec![target]);
+            match record(&state, me, conv, members, attrs).await {
                 Ok(_) => StatusCode::NO_CONTENT.into_response(),
                 Err(response) => response,
             }
         }
-        Ok(Err(response)) => response,
-        Err(error) => unavailable(error.into()),
+        Ok(RemoveOutcome::NoGroup) => no_such_group(),
+        Ok(RemoveOutcome::NotInGroup) => not_in_group(),
+        Ok(RemoveOutcome::Forbidden) => {
+            forbidden("only the owner and admins remove members, and not their equals")
+        }
+        Err(error) => unavailable(error),
     }
 }
 
@@ -424,46 +266,20 @@ pub async fn leave(
 }
 
 async fn leave_group(state: &NodeState, me: UserId, conv: ConvId) -> Response {
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let outcome: Result<Result<Vec<UserId>, Response>, tokio_postgres::Error> = async {
-        let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
-            &[&conv],
-        )
-        .await?;
-        let Some(role) = role_of(&*tx, conv, me).await? else {
-            return Ok(Err(no_such_group()));
-        };
-        let all = member_ids(&*tx, conv).await?;
-        if role == OWNER && all.len() > 1 {
-            return Ok(Err(json_error(
-                StatusCode::CONFLICT,
-                "owner_must_transfer",
-                "transfer ownership before leaving",
-            )));
-        }
-        tx.execute(
-            "DELETE FROM conversation_members WHERE conv_id = $1 AND user_id = $2",
-            &[&conv, &me],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(all))
-    }
-    .await;
-    match outcome {
-        Ok(Ok(recipients)) => {
-            match record(state, me, conv, recipients, event("member_left", vec![me])).await {
+    match groups::leave(&state.pool, conv, me).await {
+        Ok(LeaveOutcome::Left { members }) => {
+            match record(state, me, conv, members, event("member_left", vec![me])).await {
                 Ok(_) => StatusCode::NO_CONTENT.into_response(),
                 Err(response) => response,
             }
         }
-        Ok(Err(response)) => response,
-        Err(error) => unavailable(error.into()),
+        Ok(LeaveOutcome::NoGroup) => no_such_group(),
+        Ok(LeaveOutcome::OwnerMustTransfer) => json_error(
+            StatusCode::CONFLICT,
+            "owner_must_transfer",
+            "transfer ownership before leaving",
+        ),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -485,28 +301,13 @@ pub async fn rename(
     if let Err(rejected) = crate::rest::input::group_title(&rename.title) {
         return rejected.into_response();
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match role_of(&**client, conv, me).await {
-        Ok(Some(role)) if role >= ADMIN => {}
-        Ok(Some(_)) => return forbidden("only the owner and admins rename the group"),
-        Ok(None) => return no_such_group(),
-        Err(error) => return unavailable(error.into()),
-    }
-    let members = match client
-        .execute(
-            "UPDATE conversations SET title = $2 WHERE id = $1",
-            &[&conv, &rename.title],
-        )
-        .await
-    {
-        Ok(_) => match member_ids(&**client, conv).await {
-            Ok(members) => members,
-            Err(error) => return unavailable(error.into()),
-        },
-        Err(error) => return unavailable(error.into()),
+    let members = match groups::rename(&state.pool, conv, me, &rename.title).await {
+        Ok(RenameOutcome::Renamed { members }) => members,
+        Ok(RenameOutcome::Forbidden) => {
+            return forbidden("only the owner and admins rename the group")
+        }
+        Ok(RenameOutcome::NoGroup) => return no_such_group(),
+        Err(error) => return unavailable(error),
     };
     let attrs = Attrs {
         title: Some(rename.title.clone()),
@@ -533,7 +334,7 @@ pub async fn transfer(
     let Ok(Json(transfer)) = body else {
         return bad_request("bad_request", "expected {user}");
     };
-    set_role(&state, me, conv, transfer.user, OWNER).await
+    set_role(&state, me, conv, transfer.user, Role::Owner).await
 }
 
 /// `PUT /v1/groups/{id}/admins/{user}` and `DELETE …`: the owner appoints and dismisses admins.
@@ -542,7 +343,7 @@ pub async fn appoint_admin(
     AuthUser(me): AuthUser,
     ApiPath((conv, user)): ApiPath<(ConvId, UserId)>,
 ) -> Response {
-    set_role(&state, me, conv, user, ADMIN).await
+    set_role(&state, me, conv, user, Role::Admin).await
 }
 
 pub async fn dismiss_admin(
@@ -550,7 +351,7 @@ pub async fn dismiss_admin(
     AuthUser(me): AuthUser,
     ApiPath((conv, user)): ApiPath<(ConvId, UserId)>,
 ) -> Response {
-    set_role(&state, me, conv, user, MEMBER).await
+    set_role(&state, me, conv, user, Role::Member).await
 }
 
 async fn set_role(
@@ -558,70 +359,25 @@ async fn set_role(
     me: UserId,
     conv: ConvId,
     target: UserId,
-    role: i16,
+    role: Role,
 ) -> Response {
     if target == me {
         return bad_request("bad_request", "you cannot change your own role");
     }
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
+    let members = match groups::set_role(&state.pool, conv, me, target, role).await {
+        Ok(RoleOutcome::Changed { members }) => members,
+        Ok(RoleOutcome::Forbidden) => return forbidden("only the owner changes roles"),
+        Ok(RoleOutcome::NoGroup) => return no_such_group(),
+        Ok(RoleOutcome::NotInGroup) => return not_in_group(),
+        Err(error) => return unavailable(error),
     };
-    let outcome: Result<Result<Vec<UserId>, Response>, tokio_postgres::Error> = async {
-        let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
-            &[&conv],
-        )
-        .await?;
-        match role_of(&*tx, conv, me).await? {
-            Some(OWNER) => {}
-            Some(_) => return Ok(Err(forbidden("only the owner changes roles"))),
-            None => return Ok(Err(no_such_group())),
-        }
-        if role_of(&*tx, conv, target).await?.is_none() {
-            return Ok(Err(json_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "that user is not in the group",
-            )));
-        }
-        tx.execute(
-            "UPDATE conversation_members SET role = $3 WHERE conv_id = $1 AND user_id = $2",
-            &[&conv, &target, &role],
-        )
-        .await?;
-        if role == OWNER {
-            tx.execute(
-                "UPDATE conversation_members SET role = $3 WHERE conv_id = $1 AND user_id = $2",
-                &[&conv, &me, &ADMIN],
-            )
-            .await?;
-            tx.execute(
-                "UPDATE conversations SET owner = $2 WHERE id = $1",
-                &[&conv, &target],
-            )
-            .await?;
-        }
-        let all = member_ids(&*tx, conv).await?;
-        tx.commit().await?;
-        Ok(Ok(all))
-    }
-    .await;
     let name = match role {
-        OWNER => "owner_changed",
-        ADMIN => "admin_added",
-        _ => "admin_removed",
+        Role::Owner => "owner_changed",
+        Role::Admin => "admin_added",
+        Role::Member => "admin_removed",
     };
-    match outcome {
-        Ok(Ok(members)) => {
-            match record(state, me, conv, members, event(name, vec![target])).await {
-                Ok(_) => Json(json!({ "id": conv, "user": target, "role": role_name(role) }))
-                    .into_response(),
-                Err(response) => response,
-            }
-        }
-        Ok(Err(response)) => response,
-        Err(error) => unavailable(error.into()),
+    match record(state, me, conv, members, event(name, vec![target])).await {
+        Ok(_) => Json(json!({ "id": conv, "user": target, "role": role.name() })).into_response(),
+        Err(response) => response,
     }
 }

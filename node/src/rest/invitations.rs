@@ -19,8 +19,7 @@ use super::{not_found, system_message, unavailable, AuthUser};
 use crate::error::json_error;
 use crate::rest::input::ApiPath;
 use crate::state::NodeState;
-use crate::storage::relations;
-use crate::storage::StoreError;
+use crate::storage::invitations::{self, AcceptOutcome};
 
 /// Tells each of `users` (in real time, on any node) that `inviter` invited them to `conv`.
 pub async fn tell_invited(state: &NodeState, inviter: UserId, conv: ConvId, users: &[UserId]) {
@@ -43,7 +42,7 @@ pub async fn tell_invited(state: &NodeState, inviter: UserId, conv: ConvId, user
 
 /// `GET /v1/invitations`: my pending group invitations.
 pub async fn list(State(state): State<Arc<NodeState>>, AuthUser(me): AuthUser) -> Response {
-    match relations::invitations_of(&state.pool, me).await {
+    match invitations::invitations_of(&state.pool, me).await {
         Ok(invitations) => Json(json!({ "invitations": invitations })).into_response(),
         Err(error) => unavailable(error),
     }
@@ -60,48 +59,9 @@ pub async fn accept(
     ApiPath(conv): ApiPath<ConvId>,
 ) -> Response {
     let cap = state.config.group_member_cap;
-    let mut client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    enum Outcome {
-        Joined(Vec<UserId>),
-        NoInvitation,
-        Full,
-    }
-    let outcome: Result<Outcome, StoreError> = async {
-        let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
-            &[&conv],
-        )
-        .await?;
-        if relations::take_invitation(&tx, conv, me).await?.is_none() {
-            return Ok(Outcome::NoInvitation);
-        }
-        tx.execute(
-            "INSERT INTO conversation_members (conv_id, user_id, role) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-            &[&conv, &me],
-        )
-        .await?;
-        let all: Vec<UserId> = tx
-            .query(
-                "SELECT user_id FROM conversation_members WHERE conv_id = $1",
-                &[&conv],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        if all.len() as i64 > cap {
-            return Ok(Outcome::Full);
-        }
-        tx.commit().await?;
-        Ok(Outcome::Joined(all))
-    }
-    .await;
+    let outcome = invitations::accept(&state.pool, conv, me, cap).await;
     match outcome {
-        Ok(Outcome::Joined(all)) => {
+        Ok(AcceptOutcome::Joined(all)) => {
             state.delivery.members_changed(conv).await;
             ::metrics::counter!("im_group_changes_total", "event" => "members_added").increment(1);
             let attrs = Attrs {
@@ -114,8 +74,8 @@ pub async fn accept(
             }
             Json(json!({ "id": conv })).into_response()
         }
-        Ok(Outcome::NoInvitation) => no_such_invitation(),
-        Ok(Outcome::Full) => json_error(
+        Ok(AcceptOutcome::NoInvitation) => no_such_invitation(),
+        Ok(AcceptOutcome::Full) => json_error(
             StatusCode::CONFLICT,
             "group_full",
             &format!("groups have at most {cap} members"),
@@ -130,13 +90,9 @@ pub async fn decline(
     AuthUser(me): AuthUser,
     ApiPath(conv): ApiPath<ConvId>,
 ) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match relations::take_invitation(&client, conv, me).await {
-        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(None) => no_such_invitation(),
+    match invitations::decline(&state.pool, conv, me).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => no_such_invitation(),
         Err(error) => unavailable(error),
     }
 }

@@ -19,6 +19,7 @@ use crate::error::json_error;
 use crate::rest::input::ApiPath;
 use crate::state::NodeState;
 use crate::storage::media::{sha256_hex, thumbnail};
+use crate::storage::media_meta::{self, MediumInfo};
 use crate::storage::StoreError;
 
 pub async fn upload(
@@ -65,40 +66,17 @@ pub async fn upload(
             "the bytes are not a decodable image of the declared type",
         );
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let existing = match client
-        .query_opt(
-            "SELECT size, mime, has_thumb FROM media WHERE hash = $1",
-            &[&hash],
-        )
-        .await
-    {
+    let existing = match media_meta::medium_info(&state.pool, &hash).await {
         Ok(existing) => existing,
-        Err(error) => return unavailable(error.into()),
+        Err(error) => return unavailable(error),
     };
-    if let Some(row) = existing {
-        let known: Result<(i64, String, bool), tokio_postgres::Error> =
-            (|| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))();
-        let (size, stored_mime, has_thumb) = match known {
-            Ok(known) => known,
-            Err(error) => return unavailable(error.into()),
-        };
-        if let Err(error) = client
-            .execute(
-                "INSERT INTO media_uploads (hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&hash, &me],
-            )
-            .await
-        {
-            return unavailable(error.into());
+    if let Some(known) = existing {
+        if let Err(error) = media_meta::record_upload(&state.pool, &hash, me).await {
+            return unavailable(error);
         }
         ::metrics::counter!("im_media_uploads_total", "result" => "deduplicated").increment(1);
-        return uploaded(&hash, size, &stored_mime, has_thumb);
+        return uploaded(&hash, known.size, &known.mime, known.has_thumb);
     }
-    drop(client);
     if let Err(error) = state.media.put(&hash, &body).await {
         tracing::warn!(%error, "could not store a medium");
         return json_error(
@@ -112,30 +90,17 @@ pub async fn upload(
             tracing::warn!(%error, "could not store a thumbnail");
         }
     }
-    let size = body.len() as i64;
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
+    let info = MediumInfo {
+        size: body.len() as i64,
+        mime: mime.to_string(),
+        has_thumb: thumb.is_some(),
     };
-    let stored: Result<(), tokio_postgres::Error> = async {
-        client
-            .execute(
-                "INSERT INTO media (hash, size, mime, uploader, has_thumb) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&hash, &size, &mime, &me, &thumb.is_some()],
-            )
-            .await?;
-        client
-            .execute("INSERT INTO media_uploads (hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash, &me])
-            .await?;
-        Ok(())
-    }
-    .await;
-    if let Err(error) = stored {
-        return unavailable(error.into());
+    if let Err(error) = media_meta::record_medium(&state.pool, &hash, &info, me).await {
+        return unavailable(error);
     }
     ::metrics::counter!("im_media_uploads_total", "result" => "stored").increment(1);
     ::metrics::counter!("im_media_bytes_total").increment(body.len() as u64);
-    uploaded(&hash, size, mime, thumb.is_some())
+    uploaded(&hash, info.size, &info.mime, info.has_thumb)
 }
 
 /// The answer to an upload, the same whether or not the bytes were stored before (so it confirms nothing about
@@ -159,29 +124,18 @@ pub async fn info(
     if let Err(rejected) = crate::rest::input::media_hash(&hash) {
         return rejected.into_response();
     }
-    match crate::storage::chat::accessible_media(&state.pool, &hash, me).await {
+    match media_meta::accessible_media(&state.pool, &hash, me).await {
         Ok(Some(_)) => {}
         Ok(None) => return no_such_medium(),
         Err(error) => return unavailable(error),
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match client
-        .query_opt(
-            "SELECT size, mime, has_thumb FROM media WHERE hash = $1",
-            &[&hash],
-        )
-        .await
-    {
-        Ok(Some(row)) => Json(
-            json!({ "hash": hash, "size": row.get::<_, i64>(0), "mime": row.get::<_, String>(1),
-                                      "thumbnail": row.get::<_, bool>(2) }),
+    match media_meta::medium_info(&state.pool, &hash).await {
+        Ok(Some(info)) => Json(
+            json!({ "hash": hash, "size": info.size, "mime": info.mime, "thumbnail": info.has_thumb }),
         )
         .into_response(),
         Ok(None) => no_such_medium(),
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -210,7 +164,7 @@ async fn download(state: &NodeState, me: i64, hash: &str, thumb: bool) -> Respon
     if let Err(rejected) = crate::rest::input::media_hash(hash) {
         return rejected.into_response();
     }
-    let access = crate::storage::chat::accessible_media(&state.pool, hash, me).await;
+    let access = media_meta::accessible_media(&state.pool, hash, me).await;
     let mime = match access {
         Ok(Some((_, mime))) => mime,
         Ok(None) => return no_such_medium(),

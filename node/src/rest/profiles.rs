@@ -15,36 +15,23 @@ use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::chat::content::is_displayable_name;
 use crate::rest::input::{ApiPath, ApiQuery};
 use crate::state::NodeState;
+use crate::storage;
+use crate::storage::profiles::{self, Profile};
 
-const PROFILE_COLUMNS: &str = "id, username, display_name, avatar";
-
-fn profile_json(row: &tokio_postgres::Row) -> Result<serde_json::Value, tokio_postgres::Error> {
-    Ok(json!({
-        "id": row.try_get::<_, i64>(0)?,
-        "username": row.try_get::<_, String>(1)?,
-        "display_name": row.try_get::<_, String>(2)?,
-        "avatar": row.try_get::<_, Option<String>>(3)?,
-    }))
+fn profile_json(profile: &Profile) -> serde_json::Value {
+    json!({
+        "id": profile.id,
+        "username": profile.username,
+        "display_name": profile.display_name,
+        "avatar": profile.avatar,
+    })
 }
 
 async fn profile(state: &NodeState, user: UserId) -> Response {
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match client
-        .query_opt(
-            &format!("SELECT {PROFILE_COLUMNS} FROM users WHERE id = $1"),
-            &[&user],
-        )
-        .await
-    {
-        Ok(Some(row)) => match profile_json(&row) {
-            Ok(value) => Json(value).into_response(),
-            Err(error) => unavailable(error.into()),
-        },
+    match profiles::profile(&state.pool, user).await {
+        Ok(Some(profile)) => Json(profile_json(&profile)).into_response(),
         Ok(None) => not_found("no such user"),
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -92,27 +79,22 @@ pub async fn update_me(
                 "avatar must be the SHA-256 (hex) of an image you uploaded",
             );
         }
-        match crate::storage::chat::accessible_media(&state.pool, avatar, user).await {
+        match storage::media_meta::accessible_media(&state.pool, avatar, user).await {
             Ok(Some((_, mime))) if mime.starts_with("image/") => {}
             Ok(_) => return bad_request("bad_avatar", "avatar must be an image you uploaded"),
             Err(error) => return unavailable(error),
         }
     }
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    let result = client
-        .execute(
-            "UPDATE users SET display_name = coalesce($2, display_name),
-                 avatar = CASE WHEN $3::text IS NULL THEN avatar WHEN $3 = '' THEN NULL ELSE $3 END
-             WHERE id = $1",
-            &[&user, &update.display_name, &update.avatar],
-        )
-        .await;
-    match result {
-        Ok(_) => profile(&state, user).await,
-        Err(error) => unavailable(error.into()),
+    let updated = profiles::update_profile(
+        &state.pool,
+        user,
+        update.display_name.as_deref(),
+        update.avatar.as_deref(),
+    )
+    .await;
+    match updated {
+        Ok(()) => profile(&state, user).await,
+        Err(error) => unavailable(error),
     }
 }
 
@@ -130,23 +112,10 @@ pub async fn search(
     let Some(username) = query.username else {
         return bad_request("bad_request", "username is required");
     };
-    let client = match state.pool.get().await {
-        Ok(client) => client,
-        Err(error) => return unavailable(error.into()),
-    };
-    match client
-        .query_opt(
-            &format!("SELECT {PROFILE_COLUMNS} FROM users WHERE username = $1"),
-            &[&username],
-        )
-        .await
-    {
-        Ok(Some(row)) => match profile_json(&row) {
-            Ok(value) => Json(json!({ "users": [value] })).into_response(),
-            Err(error) => unavailable(error.into()),
-        },
+    match profiles::profile_by_username(&state.pool, &username).await {
+        Ok(Some(profile)) => Json(json!({ "users": [profile_json(&profile)] })).into_response(),
         Ok(None) => Json(json!({ "users": [] })).into_response(),
-        Err(error) => unavailable(error.into()),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -163,11 +132,10 @@ pub async fn presence(
     ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> Response {
     let asked = crate::rest::input::user_list(&query.users, 500);
-    let friends: HashSet<UserId> =
-        match crate::storage::relations::friends_of(&state.pool, user).await {
-            Ok(friends) => friends.into_iter().collect(),
-            Err(error) => return unavailable(error),
-        };
+    let friends: HashSet<UserId> = match storage::friends::friends_of(&state.pool, user).await {
+        Ok(friends) => friends.into_iter().collect(),
+        Err(error) => return unavailable(error),
+    };
     let visible: Vec<UserId> = asked
         .into_iter()
         .filter(|u| *u == user || friends.contains(u))

@@ -1,5 +1,8 @@
-//! Queries of the chat features outside the message hot path: read cursors, recall checks, media access, groups,
-//! friends, profiles.
+//! The two statements a session runs for the chat features outside the message hot path: moving a read cursor
+//! (`read`) and reading what a recall needs to know about its target (`recall`).
+//!
+//! Deciding whether a recall is allowed is the session's and the chat rules'; the recall itself is a message the
+//! writer commits.
 
 use common::ids::{ConvId, Seq, UserId};
 use deadpool_postgres::Pool;
@@ -46,15 +49,15 @@ pub async fn recall_target(
     user: UserId,
 ) -> Result<Option<RecallTarget>, StoreError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
+    let statement = client
+        .prepare_cached(
             "SELECT msg.sender, msg.created_ms, msg.recalled, msg.kind, c.kind, m.role
              FROM messages msg JOIN conversations c ON c.id = msg.conv_id
              JOIN conversation_members m ON m.conv_id = msg.conv_id AND m.user_id = $3
              WHERE msg.conv_id = $1 AND msg.seq = $2",
-            &[&conv, &seq, &user],
         )
         .await?;
+    let row = client.query_opt(&statement, &[&conv, &seq, &user]).await?;
     row.map(|row| {
         Ok(RecallTarget {
             sender: row.try_get(0)?,
@@ -66,25 +69,4 @@ pub async fn recall_target(
         })
     })
     .transpose()
-}
-
-/// Size and MIME type of a medium, if `user` may use it: they uploaded it, or it was sent in a conversation they
-/// are a member of.
-pub async fn accessible_media(
-    pool: &Pool,
-    hash: &str,
-    user: UserId,
-) -> Result<Option<(i64, String)>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "SELECT m.size, m.mime FROM media m WHERE m.hash = $1 AND (
-                 EXISTS (SELECT 1 FROM media_uploads u WHERE u.hash = m.hash AND u.user_id = $2)
-                 OR EXISTS (SELECT 1 FROM conversation_media cm JOIN conversation_members mm ON mm.conv_id = cm.conv_id
-                            WHERE cm.hash = m.hash AND mm.user_id = $2))",
-        )
-        .await?;
-    let row = client.query_opt(&statement, &[&hash, &user]).await?;
-    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .transpose()
 }

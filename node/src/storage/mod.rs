@@ -1,11 +1,29 @@
-//! Postgres: the schema and its migrations, the queries sessions and the REST API run, and the batched writer.
+//! Postgres and media bytes: every SQL statement of the node lives in this folder, each file owning one subject.
 //!
 //! Postgres is the source of truth for every message; Redis only ever holds routing state. This module must not
-//! know about sockets or Redis: the writer hands committed messages to `delivery` through a channel.
+//! know about sockets or Redis: the writer hands committed messages to `fanout` through a channel, and callers
+//! tell other nodes about a change after storage has committed it. Every function returns a typed result or
+//! outcome, with `StoreError` for a failure of Postgres (the media byte stores in `media/` answer `std::io::Error`,
+//! whichever backend holds the bytes); a change that must be atomic is one function owning its transaction. Rows
+//! are read with `try_get` only, so a schema mismatch is an error, never a panic.
+//!
+//! Files: `schema.rs` (migrations), `writer/` (the only code that inserts messages), `queries.rs` (accounts, the
+//! `hello` list, `sync`), `chat.rs` (read cursors, recall targets), `relations.rs` (the facts the chat policy
+//! decides on), `members.rs` (who is in a conversation), `conversations.rs` (REST list, history, read receipts),
+//! `groups.rs`, `invitations.rs`, `friends.rs` (requests, friendships, blocks), `profiles.rs`, `media_meta.rs`
+//! (what Postgres knows about media) and `media/` (the bytes: chunks in Postgres or a local folder),
+//! `pair_cache.rs` (allowed 1:1 pairs the writer found).
 
 pub mod chat;
+pub mod conversations;
+pub mod friends;
+pub mod groups;
+pub mod invitations;
 pub mod media;
+pub mod media_meta;
+pub mod members;
 pub mod pair_cache;
+pub mod profiles;
 pub mod queries;
 pub mod relations;
 pub mod schema;

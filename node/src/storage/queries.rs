@@ -1,5 +1,6 @@
-//! The reads and small writes outside the message hot path: accounts, the `hello` state and
-//! `sync`.
+//! Accounts and a session's reads: creating a user and reading their credentials, the conversation list of
+//! `hello`, `sync` pages, and the `/readyz` probe; with the conversation kinds and the message row layout the
+//! other storage files share.
 
 use common::frame::{ConvState, Msg};
 use common::ids::{ConvId, Seq, UserId};
@@ -7,7 +8,9 @@ use deadpool_postgres::Pool;
 
 use super::StoreError;
 
+/// `conversations.kind` of a 1:1 conversation (a note-to-self is one with the same user on both sides).
 pub const KIND_DIRECT: i16 = 1;
+/// `conversations.kind` of a group.
 pub const KIND_GROUP: i16 = 2;
 
 /// Outcome of creating a user.
@@ -22,11 +25,13 @@ pub async fn create_user(
     password_hash: &str,
 ) -> Result<NewUser, StoreError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
+    let statement = client
+        .prepare_cached(
             "INSERT INTO users (username, password_hash) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING RETURNING id",
-            &[&username, &password_hash],
         )
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&username, &password_hash])
         .await?;
     Ok(match row {
         Some(row) => NewUser::Created(row.try_get(0)?),
@@ -40,12 +45,10 @@ pub async fn user_credentials(
     username: &str,
 ) -> Result<Option<(UserId, String)>, StoreError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT id, password_hash FROM users WHERE username = $1",
-            &[&username],
-        )
+    let statement = client
+        .prepare_cached("SELECT id, password_hash FROM users WHERE username = $1")
         .await?;
+    let row = client.query_opt(&statement, &[&username]).await?;
     row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .transpose()
 }

@@ -1,5 +1,6 @@
 //! The relationship facts the chat policy decides on, read from Postgres: a 1:1 pair's friendship and blocks, a
-//! user's access to a conversation, who of a list may be added to a group directly, and group invitations.
+//! user's access to a conversation, why the writer refused a message, and who of a list may be added to a group
+//! directly.
 //!
 //! These are the database's answers; `chat::policy` makes the decisions and caches what it may. Nothing here
 //! caches.
@@ -198,7 +199,7 @@ pub async fn refusal_facts<C: GenericClient>(
 /// Who of `users` `actor` may add to a group directly and who gets an invitation instead; `None` if one of them
 /// does not exist. With `consent` (the default), only friends with no block either way are added directly; without
 /// it, anyone with no block either way.
-pub async fn split_direct_adds<C: GenericClient>(
+pub(super) async fn split_direct_adds<C: GenericClient>(
     client: &C,
     actor: UserId,
     users: &[UserId],
@@ -230,103 +231,4 @@ pub async fn split_direct_adds<C: GenericClient>(
         }
     }
     Ok(Some((direct, invited)))
-}
-
-/// Records invitations to `conv` (a pending one is kept as it is). Returns the invitees that should be told: those
-/// who have not blocked the inviter.
-pub async fn invite<C: GenericClient>(
-    client: &C,
-    conv: ConvId,
-    inviter: UserId,
-    users: &[UserId],
-    now_ms: i64,
-) -> Result<Vec<UserId>, StoreError> {
-    let statement = client
-        .prepare_cached(
-            "WITH added AS (
-                 INSERT INTO group_invitations (conv_id, user_id, inviter, created_ms)
-                 SELECT $1, u, $2, $4 FROM unnest($3::bigint[]) AS u
-                 WHERE NOT EXISTS (SELECT 1 FROM conversation_members m WHERE m.conv_id = $1 AND m.user_id = u)
-                 ON CONFLICT (conv_id, user_id) DO NOTHING
-                 RETURNING user_id
-             )
-             SELECT a.user_id FROM added a
-             WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = a.user_id AND b.blocked_id = $2)",
-        )
-        .await?;
-    client
-        .query(&statement, &[&conv, &inviter, &users, &now_ms])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
-}
-
-/// A pending invitation as its invitee sees it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Invitation {
-    pub group: ConvId,
-    pub title: String,
-    pub from: UserId,
-    pub created_ms: i64,
-}
-
-/// `user`'s pending invitations, newest first, leaving out those from users they blocked.
-pub async fn invitations_of(pool: &Pool, user: UserId) -> Result<Vec<Invitation>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "SELECT i.conv_id, coalesce(c.title, ''), i.inviter, i.created_ms
-             FROM group_invitations i JOIN conversations c ON c.id = i.conv_id
-             WHERE i.user_id = $1
-               AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $1 AND b.blocked_id = i.inviter)
-             ORDER BY i.created_ms DESC, i.conv_id DESC LIMIT 500",
-        )
-        .await?;
-    client
-        .query(&statement, &[&user])
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Invitation {
-                group: row.try_get(0)?,
-                title: row.try_get(1)?,
-                from: row.try_get(2)?,
-                created_ms: row.try_get(3)?,
-            })
-        })
-        .collect()
-}
-
-/// Removes `user`'s visible invitation to `conv`; returns the inviter if there was one.
-pub async fn take_invitation<C: GenericClient>(
-    client: &C,
-    conv: ConvId,
-    user: UserId,
-) -> Result<Option<UserId>, StoreError> {
-    let statement = client
-        .prepare_cached(
-            "DELETE FROM group_invitations i WHERE i.conv_id = $1 AND i.user_id = $2
-               AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = $2 AND b.blocked_id = i.inviter)
-             RETURNING i.inviter",
-        )
-        .await?;
-    match client.query_opt(&statement, &[&conv, &user]).await? {
-        Some(row) => Ok(Some(row.try_get(0)?)),
-        None => Ok(None),
-    }
-}
-
-/// The user's friends.
-pub async fn friends_of(pool: &Pool, user: UserId) -> Result<Vec<UserId>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached("SELECT friend_id FROM friendships WHERE user_id = $1")
-        .await?;
-    client
-        .query(&statement, &[&user])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
 }

@@ -151,10 +151,10 @@ async fn second_token(cluster: &Cluster, user: &TestUser) -> TestUser {
     }
 }
 
-/// The token id (the fifth dot-separated field of a `v2` token).
+/// The token id (the sixth dot-separated field of a `v3` token).
 fn token_id(token: &str) -> &str {
-    assert!(token.starts_with("v2."), "unexpected token format {token}");
-    token.split('.').nth(4).unwrap()
+    assert!(token.starts_with("v3."), "unexpected token format {token}");
+    token.split('.').nth(5).unwrap()
 }
 
 #[tokio::test]

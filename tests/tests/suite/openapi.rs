@@ -42,10 +42,10 @@ fn documented() -> BTreeSet<(String, String)> {
     routes
 }
 
-/// (method, path) pairs registered in node/src/http.rs.
+/// (method, path) pairs registered in node/src/server/http.rs.
 fn registered() -> BTreeSet<(String, String)> {
     // Registrations may span lines; split the source on `.route(` and read each up to the next one.
-    let source = workspace_file("node/src/http.rs")
+    let source = workspace_file("node/src/server/http.rs")
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
@@ -77,7 +77,7 @@ async fn the_spec_matches_the_live_routes() {
     );
     assert_eq!(
         documented, registered,
-        "docs/openapi.yaml and node/src/http.rs disagree"
+        "docs/openapi.yaml and node/src/server/http.rs disagree"
     );
 
     let cluster = Cluster::start(1).await.unwrap();

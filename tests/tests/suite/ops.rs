@@ -14,30 +14,45 @@ use common::ids::ConvId;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 use tests::client::{ConvLog, TestClient, WAIT};
-use tests::{Cluster, TestUser};
+use tests::{Cluster, ClusterOptions, TestUser};
 
 use crate::http::metrics_text;
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
-/// A YAML file with its merge keys (`<<: *anchor`, used by compose.yaml) applied.
-fn yaml(path: &str) -> Yaml {
+/// A YAML file with its merge keys (`<<: *anchor`, used by compose.yaml) applied, also those inside merged
+/// mappings (compose's `x-node` merges `x-image`), which one `apply_merge` pass leaves in place.
+pub(crate) fn yaml(path: &str) -> Yaml {
+    fn has_merge_key(value: &Yaml) -> bool {
+        match value {
+            Yaml::Mapping(map) => map
+                .iter()
+                .any(|(key, inner)| key.as_str() == Some("<<") || has_merge_key(inner)),
+            Yaml::Sequence(items) => items.iter().any(has_merge_key),
+            _ => false,
+        }
+    }
     let mut value: Yaml =
         serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"));
-    value
-        .apply_merge()
-        .unwrap_or_else(|e| panic!("{path}: bad merge key: {e}"));
-    value
+    for _ in 0..8 {
+        value
+            .apply_merge()
+            .unwrap_or_else(|e| panic!("{path}: bad merge key: {e}"));
+        if !has_merge_key(&value) {
+            return value;
+        }
+    }
+    panic!("{path}: merge keys nested too deep");
 }
 
 /// Every YAML document of a multi-document file.
-fn yaml_documents(path: &str) -> Vec<Yaml> {
+pub(crate) fn yaml_documents(path: &str) -> Vec<Yaml> {
     let text = read(path);
     serde_norway::Deserializer::from_str(&text)
         .map(|document| {
@@ -299,9 +314,16 @@ async fn every_metric_the_dashboards_rules_and_autoscaler_use_is_exported() {
     );
     let recorded = recorded_names();
 
-    let cluster = Cluster::start(2).await.unwrap();
+    // Revocation re-checks every second, so their counter and histogram appear within the test.
+    let cluster = Cluster::start_with(
+        2,
+        ClusterOptions::default().arg("revocation-recheck-secs", 1),
+    )
+    .await
+    .unwrap();
     // A little of every kind of traffic: registrations and logins, a message across nodes (publish and bus
-    // receive), a large one (zstd both ways), a sync, a bad frame (error frame) and a closed connection.
+    // receive), a large one (zstd both ways), a sync, a bad frame (error frame), media (an image upload with its
+    // thumbnail, its download from the other node, a refused type, a malformed hash) and a closed connection.
     let a = cluster.user("opsa").await.unwrap();
     let b = cluster.user("opsb").await.unwrap();
     let mut ca = cluster.connect(0, &a, "phone").await.unwrap();
@@ -313,8 +335,57 @@ async fn every_metric_the_dashboards_rules_and_autoscaler_use_is_exported() {
     cb.sync_after(ack.conv, 0).await.unwrap();
     ca.connection().send_raw(&[0x00, 0xc1]).await.unwrap();
     ca.wait_error(None, WAIT).await.unwrap();
+    let mut picture = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(64, 48)
+        .write_to(&mut picture, image::ImageFormat::Png)
+        .unwrap();
+    let media = |index: usize,
+                 method: &'static str,
+                 path: String,
+                 mime: &'static str,
+                 body: Vec<u8>| {
+        let (addr, token) = (cluster.addr(index), a.token.clone());
+        async move {
+            let (status, body) =
+                benchmarks::client::http_raw(addr, method, &path, Some(&token), mime, body.into())
+                    .await
+                    .unwrap();
+            (status.as_u16(), body)
+        }
+    };
+    let (status, uploaded) = media(
+        0,
+        "POST",
+        "/v1/media".into(),
+        "image/png",
+        picture.into_inner(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let uploaded: Json = serde_json::from_slice(&uploaded).unwrap();
+    let hash = uploaded["hash"].as_str().unwrap();
+    let (status, _) = media(
+        1,
+        "GET",
+        format!("/v1/media/{hash}"),
+        "image/png",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = media(
+        0,
+        "POST",
+        "/v1/media".into(),
+        "application/x-msdownload",
+        b"MZ".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    let (status, _) = media(0, "GET", "/v1/media/ABC".into(), "image/png", Vec::new()).await;
+    assert_eq!(status, 400);
     drop(ca);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let mut exposition = Exposition::default();
     for index in 0..2 {
@@ -469,6 +540,78 @@ fn dashboards_are_valid_and_use_the_provisioned_data_source() {
     }
 }
 
+/// The anchor a Markdown renderer (GitHub, GitLab) gives a heading: lower case, spaces to hyphens, other
+/// punctuation dropped.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_an_absolute_runbook_link_and_tests_that_fire_and_stay_silent() {
+    let anchors: BTreeSet<String> = read("docs/operations.md")
+        .lines()
+        .filter_map(|line| line.strip_prefix("### "))
+        .map(heading_anchor)
+        .collect();
+    // The base is configured once, as an external label of Prometheus.
+    let prometheus = yaml("ops/prometheus/prometheus.yml");
+    assert!(
+        prometheus["global"]["external_labels"]["runbook_base_url"].is_string(),
+        "prometheus.yml sets no runbook_base_url external label"
+    );
+    let tests = yaml("ops/prometheus/tests/alerts.test.yml");
+    let mut fired = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for case in tests["tests"].as_sequence().expect("test cases") {
+        for check in case["alert_rule_test"].as_sequence().into_iter().flatten() {
+            let name = check["alertname"].as_str().expect("alertname").to_string();
+            match check["exp_alerts"].as_sequence().map(Vec::len) {
+                Some(0) | None => silent.insert(name),
+                Some(_) => fired.insert(name),
+            };
+        }
+    }
+    let mut alerts = 0;
+    for rule in rules("ops/prometheus/rules/alerts.yml") {
+        let Some(name) = rule["alert"].as_str() else {
+            continue;
+        };
+        alerts += 1;
+        let anchor = heading_anchor(name);
+        assert_eq!(
+            rule["annotations"]["runbook_url"].as_str(),
+            Some(format!("{{{{ $externalLabels.runbook_base_url }}}}#{anchor}").as_str()),
+            "{name}: runbook_url must be the configured base plus the alert's anchor"
+        );
+        assert!(
+            anchors.contains(&anchor),
+            "{name}: docs/operations.md has no \"### {name}\" runbook section"
+        );
+        assert!(
+            rule["annotations"]["summary"].is_string(),
+            "{name}: no summary"
+        );
+        assert!(
+            fired.contains(name),
+            "{name}: no promtool test makes it fire"
+        );
+        assert!(
+            silent.contains(name),
+            "{name}: no promtool test keeps it silent"
+        );
+    }
+    assert!(alerts >= 18, "only {alerts} alerts");
+}
+
 /// A duration like `15s` or `1m30s` in seconds.
 fn seconds(text: &str) -> u64 {
     let mut total = 0;
@@ -489,20 +632,95 @@ fn seconds(text: &str) -> u64 {
 fn compose_haproxy_prometheus_and_grafana_agree() {
     let compose = yaml("ops/compose.yaml");
     let services = compose["services"].as_mapping().expect("services");
-    let nodes: BTreeSet<String> = services
+    // Nodes run the image's entrypoint as is; the one-shot `migrate` service runs `node migrate`.
+    let image = crate::deployment::Image::from_dockerfile();
+    let image_services: Vec<(String, &Yaml)> = services
         .iter()
         .filter(|(_, service)| service["image"].as_str() == Some("im-node:local"))
-        .map(|(name, _)| name.as_str().expect("service name").to_string())
+        .map(|(name, service)| (name.as_str().expect("service name").to_string(), service))
+        .collect();
+    let nodes: BTreeSet<String> = image_services
+        .iter()
+        .filter(|(_, service)| service["command"].is_null())
+        .map(|(name, _)| name.clone())
         .collect();
     assert_eq!(nodes.len(), 3, "compose runs three nodes: {nodes:?}");
-    for service in ["redis", "postgres", "haproxy", "prometheus", "grafana"] {
+    for service in [
+        "redis",
+        "postgres",
+        "migrate",
+        "haproxy",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    ] {
         assert!(
             services.contains_key(service),
             "compose has no {service} service"
         );
     }
+    assert_eq!(compose["services"]["migrate"]["command"][0], "migrate");
+    assert!(
+        compose["services"]["migrate"]["environment"]["IM_TOKEN_SECRET"].is_null(),
+        "the migration needs no token secret"
+    );
+    // Every container of the image runs as Kubernetes runs it: read-only, only the image's VOLUMEs writable.
+    for (name, service) in &image_services {
+        assert_eq!(
+            service["read_only"].as_bool(),
+            Some(true),
+            "{name} is not read_only"
+        );
+        let tmpfs: Vec<&str> = service["tmpfs"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has no tmpfs"))
+            .iter()
+            .filter_map(|path| path.as_str())
+            .collect();
+        assert_eq!(
+            tmpfs, image.volumes,
+            "{name}: tmpfs paths are the image's VOLUMEs"
+        );
+    }
+    let port_of = |address: &str| -> u16 {
+        address
+            .parse::<std::net::SocketAddr>()
+            .unwrap_or_else(|e| panic!("{address}: {e}"))
+            .port()
+    };
     for node in &nodes {
         let service = &compose["services"][node.as_str()];
+        let environment = &service["environment"];
+        // No demo secret: compose refuses to start without one.
+        let secret = environment["IM_TOKEN_SECRET"]
+            .as_str()
+            .expect("IM_TOKEN_SECRET");
+        assert!(
+            secret.starts_with("${IM_TOKEN_SECRET:?") && secret.ends_with('}'),
+            "{node}: IM_TOKEN_SECRET must be required (${{IM_TOKEN_SECRET:?...}}), not {secret}"
+        );
+        assert_eq!(environment["IM_RUN_MIGRATIONS"], "false", "{node}");
+        assert_eq!(
+            service["depends_on"]["migrate"]["condition"], "service_completed_successfully",
+            "{node} must wait for the migration"
+        );
+        // The admin port is for Prometheus and the health check only: never published to the host.
+        let admin = environment["IM_ADMIN_LISTEN"]
+            .as_str()
+            .unwrap_or(&image.env["IM_ADMIN_LISTEN"]);
+        let admin_port = port_of(admin).to_string();
+        assert!(
+            service["ports"].is_null(),
+            "{node} publishes ports; clients go through HAProxy"
+        );
+        let check = service["healthcheck"]["test"][3]
+            .as_str()
+            .expect("healthcheck");
+        assert!(
+            check.contains(&format!("/dev/tcp/127.0.0.1/{admin_port}"))
+                && check.contains("/readyz"),
+            "{node}: the health check asks /readyz on the admin port: {check}"
+        );
         let drain = service["environment"]["IM_DRAIN_GRACE_SECS"]
             .as_str()
             .expect("drain grace")
@@ -531,7 +749,26 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
         }
     }
 
-    // Prometheus scrapes exactly the compose nodes, under the job the rules select.
+    // Redis keeps the revocation list (logouts) across restarts: append-only file on a volume.
+    let redis = &compose["services"]["redis"];
+    let redis_command: Vec<&str> = redis["command"]
+        .as_sequence()
+        .expect("redis command")
+        .iter()
+        .filter_map(|part| part.as_str())
+        .collect();
+    assert!(
+        redis_command
+            .windows(2)
+            .any(|pair| pair == ["--appendonly", "yes"]),
+        "redis runs without persistence: {redis_command:?}"
+    );
+    assert!(redis["volumes"][0]
+        .as_str()
+        .is_some_and(|volume| volume.ends_with(":/data")));
+
+    // Prometheus scrapes exactly the compose nodes' admin ports, under the job the rules select, and alerts
+    // through Alertmanager.
     let prometheus = yaml("ops/prometheus/prometheus.yml");
     let job = prometheus["scrape_configs"]
         .as_sequence()
@@ -545,10 +782,21 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
         .iter()
         .map(|t| t.as_str().expect("target").to_string())
         .collect();
-    // Prometheus scrapes the admin port (9464); the client port (7001) serves no metrics.
-    let scraped: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:9464")).collect();
-    assert_eq!(targets, scraped);
-    let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:7001")).collect();
+    let admin_port = port_of(&image.env["IM_ADMIN_LISTEN"]);
+    let client_port = port_of(&image.env["IM_LISTEN"]);
+    let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:{admin_port}")).collect();
+    assert_eq!(targets, expected);
+    let alertmanagers = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .expect("alertmanager targets");
+    assert!(alertmanagers.iter().any(|t| t == "alertmanager:9093"));
+    assert!(compose["services"]["alertmanager"]["volumes"]
+        .as_sequence()
+        .expect("alertmanager volumes")
+        .iter()
+        .any(|v| v
+            .as_str()
+            .is_some_and(|v| v.starts_with("./alertmanager/alertmanager.yml:"))));
     for path in RULE_FILES {
         let text = read(path);
         for (position, _) in text.match_indices("job=\"") {
@@ -571,6 +819,7 @@ fn compose_haproxy_prometheus_and_grafana_agree() {
                 .to_string()
         })
         .collect();
+    let expected: BTreeSet<String> = nodes.iter().map(|n| format!("{n}:{client_port}")).collect();
     assert_eq!(servers, expected);
     assert!(haproxy.contains("option httpchk GET /readyz"));
     assert!(haproxy.contains("check port 9464"));
@@ -626,8 +875,115 @@ fn kubernetes_manifests_fit_the_node() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
 
-    // The grace period covers the preStop pause, the node's drain and a margin for the lease release.
+    // Probes and Prometheus use the admin port (the image's IM_ADMIN_LISTEN), which the Service does not expose.
+    let image = crate::deployment::Image::from_dockerfile();
+    let port_named = |name: &str| -> u64 {
+        container["ports"]
+            .as_sequence()
+            .expect("container ports")
+            .iter()
+            .find(|port| port["name"] == name)
+            .and_then(|port| port["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no container port {name}"))
+    };
+    let image_port = |key: &str| -> u64 {
+        u64::from(
+            image.env[key]
+                .parse::<std::net::SocketAddr>()
+                .expect("an address")
+                .port(),
+        )
+    };
+    assert_eq!(port_named("admin"), image_port("IM_ADMIN_LISTEN"));
+    assert_eq!(port_named("http"), image_port("IM_LISTEN"));
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "admin", "{probe}");
+    }
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"].as_str(),
+        Some(port_named("admin").to_string().as_str())
+    );
+    for port in by_kind["Service/im-node"]["spec"]["ports"]
+        .as_sequence()
+        .expect("service ports")
+    {
+        assert_ne!(
+            port["targetPort"], "admin",
+            "the Service must not expose the admin port"
+        );
+    }
+
+    // The node and its migration Job run as the image runs: its user, a read-only root, only the image's VOLUMEs
+    // writable (emptyDir), no capabilities; the Job runs `node migrate` from the same image, and the nodes leave
+    // migrations to it.
+    let job = &by_kind["Job/im-migrate"];
+    for (what, spec) in [
+        ("deployment", &pod["spec"]),
+        ("job", &job["spec"]["template"]["spec"]),
+    ] {
+        assert_eq!(
+            spec["securityContext"]["runAsUser"].as_u64(),
+            Some(u64::from(image.uid)),
+            "{what}"
+        );
+        assert_eq!(
+            spec["securityContext"]["runAsGroup"].as_u64(),
+            Some(u64::from(image.gid)),
+            "{what}"
+        );
+        let main = &spec["containers"][0];
+        assert_eq!(
+            main["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{what}"
+        );
+        assert_eq!(
+            main["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{what}"
+        );
+        assert_eq!(
+            main["securityContext"]["capabilities"]["drop"][0], "ALL",
+            "{what}"
+        );
+        let mounts: Vec<&str> = main["volumeMounts"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{what}: no volumeMounts"))
+            .iter()
+            .filter_map(|mount| mount["mountPath"].as_str())
+            .collect();
+        assert_eq!(
+            mounts, image.volumes,
+            "{what}: writable paths are the image's VOLUMEs"
+        );
+        for volume in spec["volumes"].as_sequence().expect("volumes") {
+            assert!(
+                volume["emptyDir"].is_mapping(),
+                "{what}: {volume:?} is not an emptyDir"
+            );
+        }
+    }
+    let job_container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(job_container["args"][0], "migrate");
+    assert_eq!(
+        job_container["image"], container["image"],
+        "the Job runs the nodes' image"
+    );
+    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
     let config = &by_kind["ConfigMap/im-node"];
+    assert_eq!(config["data"]["IM_RUN_MIGRATIONS"], "false");
+    let kustomization = yaml("ops/k8s/kustomization.yaml");
+    let image_name = container["image"]
+        .as_str()
+        .and_then(|image| image.rsplit_once(':'))
+        .expect("image:tag")
+        .0;
+    assert_eq!(
+        kustomization["images"][0]["name"].as_str(),
+        Some(image_name)
+    );
+
+    // The grace period covers the preStop pause, the node's drain and a margin for the lease release.
     let drain: u64 = config["data"]["IM_DRAIN_GRACE_SECS"]
         .as_str()
         .expect("IM_DRAIN_GRACE_SECS in the ConfigMap")

@@ -44,13 +44,13 @@ async fn run(program: &str, args: &[&str], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs Node.js/npm and Chromium with apt when they are missing (root only).
-async fn ensure_tools() -> anyhow::Result<()> {
+/// Installs Node.js/npm (and Chromium, for a browser) with apt when they are missing (root only).
+pub(crate) async fn ensure_tools(browser: bool) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if !have("node") || !have("npm") {
         missing.extend(["nodejs", "npm"]);
     }
-    if !Path::new(CHROMIUM).exists() {
+    if browser && !Path::new(CHROMIUM).exists() {
         // The emoji font only makes the screenshots show emoji instead of empty boxes.
         missing.extend(["chromium", "fonts-noto-color-emoji"]);
     }
@@ -68,9 +68,13 @@ async fn ensure_tools() -> anyhow::Result<()> {
     run("apt-get", &args, root).await
 }
 
-/// `npm ci` when the dependencies are missing or stale, the library's unit tests, then a production build into
-/// `out`.
-async fn build_web(out: &Path) -> anyhow::Result<()> {
+/// Serialises npm in `web/` between the tests of this process: `npm ci` rewrites `node_modules`.
+static NPM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `npm ci` when the dependencies are missing or stale, the library's unit tests (when asked), then a production
+/// build into `out`: what the Dockerfile's `web` stage runs.
+pub(crate) async fn build_web(out: &Path, unit_tests: bool) -> anyhow::Result<()> {
+    let _npm = NPM.lock().await;
     let web = workspace().join("web");
     let installed = web.join("node_modules/.package-lock.json");
     let stale = match (
@@ -84,7 +88,9 @@ async fn build_web(out: &Path) -> anyhow::Result<()> {
         run("npm", &["ci", "--no-audit", "--no-fund"], &web).await?;
     }
     // The client library's unit tests (Vitest) run here too, so `cargo test` covers them.
-    run("npm", &["test", "--silent"], &web).await?;
+    if unit_tests {
+        run("npm", &["test", "--silent"], &web).await?;
+    }
     let out = out.display().to_string();
     run(
         "npm",
@@ -110,9 +116,9 @@ async fn get(cluster: &Cluster, index: usize, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn the_web_app_works_in_a_real_browser_across_node_loss() {
-    ensure_tools().await.unwrap();
+    ensure_tools(true).await.unwrap();
     let dist = tests::procs::scratch_dir("web-dist");
-    build_web(&dist).await.unwrap();
+    build_web(&dist, true).await.unwrap();
     let mut cluster = Cluster::start_with(
         2,
         ClusterOptions::default()

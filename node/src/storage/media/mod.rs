@@ -1,6 +1,6 @@
 //! Media bytes: stored once per SHA-256 wherever `--media-store` says (`postgres.rs`: chunks in Postgres, the
 //! default, so any node serves any medium; `local.rs`: a folder), read back as a stream of chunks; and thumbnails
-//! for images.
+//! for images. What Postgres knows about a medium (size, type, who may use it) is `media_meta.rs`'s.
 
 use std::io::Cursor;
 

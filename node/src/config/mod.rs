@@ -4,7 +4,8 @@
 //! the process with a message instead of surfacing later as a strange failure.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+
+mod validate;
 
 use clap::Parser;
 
@@ -15,6 +16,10 @@ use crate::peer::TrustedProxies;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "node", version, about)]
 pub struct Config {
+    /// Without a subcommand the node serves clients.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for clients: REST and WebSocket.
     #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
@@ -30,24 +35,67 @@ pub struct Config {
     pub node_name: String,
 
     /// Redis URL (redis://[user:pass@]host:port/db).
-    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "IM_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Postgres connection string (key=value or postgres:// URL).
     #[arg(
         long,
         env = "IM_POSTGRES_URL",
+        hide_env_values = true,
         default_value = "host=127.0.0.1 port=5432 user=im dbname=im"
     )]
     pub postgres_url: String,
+
+    /// Whether a starting node applies pending migrations. With `false` (migrations run by `node migrate`, e.g. a
+    /// Kubernetes Job) the node waits up to a minute for the schema it needs and then exits with a message.
+    #[arg(long, env = "IM_RUN_MIGRATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_migrations: bool,
+
+    /// Longest a migration waits for a table lock, in seconds; then it fails (and is retried) instead of queueing
+    /// every query of the running nodes behind it.
+    #[arg(long, env = "IM_MIGRATION_LOCK_TIMEOUT_SECS", default_value_t = 10)]
+    pub migration_lock_timeout_secs: u64,
+
+    /// Longest one migration statement may run, in seconds.
+    #[arg(
+        long,
+        env = "IM_MIGRATION_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub migration_statement_timeout_secs: u64,
 
     /// Size of the Postgres connection pool (the writer uses one connection; sync, accounts and hello the rest).
     #[arg(long, env = "IM_POSTGRES_POOL", default_value_t = 16)]
     pub postgres_pool: usize,
 
-    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes.
-    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    /// Secret for signing session tokens; every node of a cluster needs the same one. At least 32 bytes. Needed
+    /// to serve unless `--token-keys` is set; `node migrate` does not need it.
+    #[arg(
+        long,
+        env = "IM_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub token_secret: String,
+
+    /// Token keys with ids, `id:secret,id:secret` (each secret at least 32 bytes): the first signs new tokens,
+    /// every listed key verifies. Rotate by putting a new key first, waiting one token lifetime, then removing the
+    /// old one; nobody is logged out. Replaces `--token-secret` when set.
+    #[arg(
+        long,
+        env = "IM_TOKEN_KEYS",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub token_keys: String,
 
     /// How long a session token stays valid, in seconds.
     #[arg(long, env = "IM_TOKEN_TTL_SECS", default_value_t = 86_400)]
@@ -265,7 +313,12 @@ pub struct Config {
 
     /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
     /// when empty.
-    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "IM_PUSH_WEBHOOK_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub push_webhook_url: String,
 
     /// Most events in one webhook call.
@@ -295,138 +348,13 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-impl Config {
-    /// Checks relations between settings; the error names the flag.
-    pub fn validate(&self) -> Result<(), crate::error::Error> {
-        self.problems().map_err(crate::error::Error::Config)
-    }
-
-    /// The first setting that is out of its rules, described for the operator.
-    fn problems(&self) -> Result<(), String> {
-        if self.token_secret.len() < 32 {
-            return Err("--token-secret must be at least 32 bytes".into());
-        }
-        if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
-            return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
-        }
-        if self.lease_ttl_ms < 1_000 {
-            return Err("--lease-ttl-ms must be at least 1000".into());
-        }
-        if self.max_message_bytes < 64 || self.max_decompressed_bytes < self.max_body_bytes {
-            return Err("--max-message-bytes must be >= 64 and --max-decompressed-bytes >= --max-body-bytes".into());
-        }
-        if self.max_depth < 2 || self.max_collection_len < 16 {
-            return Err("--max-depth must be >= 2 and --max-collection-len >= 16".into());
-        }
-        if self.writers == 0 || self.postgres_pool < self.writers + 2 {
-            return Err(
-                "--writers must be at least 1 and --postgres-pool at least --writers + 2".into(),
-            );
-        }
-        if self.outbound_queue == 0 || self.writer_queue == 0 || self.writer_batch_rows == 0 {
-            return Err("queue sizes and --writer-batch-rows must be positive".into());
-        }
-        if self.ping_interval_secs == 0 || self.idle_timeout_secs <= self.ping_interval_secs {
-            return Err(
-                "--idle-timeout-secs must be greater than --ping-interval-secs (> 0)".into(),
-            );
-        }
-        if self.send_rate <= 0.0 || self.send_burst < 1.0 {
-            return Err("--send-rate must be > 0 and --send-burst >= 1".into());
-        }
-        if self.send_strikes == 0 || self.send_strike_window_secs == 0 {
-            return Err("--send-strikes and --send-strike-window-secs must be positive".into());
-        }
-        if !self.push_webhook_url.is_empty() && !self.push_webhook_url.starts_with("http://") {
-            return Err(
-                "--push-webhook-url must be an http:// URL (put a TLS-terminating proxy in front)"
-                    .into(),
-            );
-        }
-        if self.push_batch == 0 || self.thumbnail_concurrency == 0 {
-            return Err("--push-batch and --thumbnail-concurrency must be positive".into());
-        }
-        if self.max_sync_limit == 0 || self.hello_conversations <= 0 || self.postgres_pool < 2 {
-            return Err(
-                "--max-sync-limit and --hello-conversations must be positive, --postgres-pool >= 2"
-                    .into(),
-            );
-        }
-        if self.login_max_failures_per_user < 1
-            || self.login_max_failures_per_ip < 1
-            || self.login_failure_window_secs == 0
-        {
-            return Err(
-                "--login-max-failures-* and --login-failure-window-secs must be positive".into(),
-            );
-        }
-        if self.handshake_timeout_secs == 0 || self.max_header_bytes < 1024 {
-            return Err(
-                "--handshake-timeout-secs must be positive and --max-header-bytes >= 1024".into(),
-            );
-        }
-        if self.max_conns_per_user == 0 || self.max_connections == 0 {
-            return Err("--max-conns-per-user and --max-connections must be positive".into());
-        }
-        if self.revocation_recheck_secs == 0 {
-            return Err("--revocation-recheck-secs must be positive".into());
-        }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("--tls-cert and --tls-key go together".into());
-        }
-        if self.admin_listen == self.listen {
-            return Err("--admin-listen must differ from --listen".into());
-        }
-        if self.proxy_protocol && self.trusted_proxies.is_empty() {
-            return Err(
-                "--proxy-protocol needs --trusted-proxies (the peers that send the header)".into(),
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether a WebSocket upgrade with this `Origin` may proceed: no `Origin` (native clients), the node's own
-    /// origin (a page this node served, judged by the request's `Host`), or a listed one.
-    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(origin) => {
-                let same_origin = host.is_some_and(|host| {
-                    origin
-                        .strip_prefix("http://")
-                        .or_else(|| origin.strip_prefix("https://"))
-                        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
-                });
-                same_origin
-                    || self
-                        .allowed_origins
-                        .iter()
-                        .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
-            }
-        }
-    }
-
-    pub fn limits(&self) -> common::Limits {
-        common::Limits {
-            max_message_bytes: self.max_message_bytes,
-            max_decompressed_bytes: self.max_decompressed_bytes,
-            max_depth: self.max_depth,
-            max_collection_len: self.max_collection_len,
-        }
-    }
-
-    pub fn send_limits(&self) -> crate::chat::rate_limit::SendLimits {
-        crate::chat::rate_limit::SendLimits {
-            rate: self.send_rate,
-            burst: self.send_burst,
-            strikes: self.send_strikes,
-            strike_window: Duration::from_secs(self.send_strike_window_secs),
-        }
-    }
-
-    pub fn lease_ttl(&self) -> Duration {
-        Duration::from_millis(self.lease_ttl_ms)
-    }
+/// What the binary does besides serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (under `--migration-lock-timeout-secs` and
+    /// `--migration-statement-timeout-secs`) and exit: 0 when the schema is current. Reads the same `IM_*`
+    /// settings as the node; only `IM_POSTGRES_URL` matters.
+    Migrate,
 }
 
 /// Where media bytes live (`--media-store`).
@@ -434,54 +362,4 @@ impl Config {
 pub enum MediaStoreKind {
     Postgres,
     Local,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid_and_secret_is_checked() {
-        let config = Config::parse_from(["node", "--token-secret", &"s".repeat(32)]);
-        assert!(config.validate().is_ok());
-        let short = Config::parse_from(["node", "--token-secret", "short"]);
-        assert!(short.validate().is_err());
-    }
-
-    #[test]
-    fn origins_are_checked_only_when_sent() {
-        let secret = "s".repeat(32);
-        let closed = Config::parse_from(["node", "--token-secret", &secret]);
-        assert!(closed.origin_allowed(None, Some("node.example:7001")));
-        assert!(!closed.origin_allowed(Some("https://evil.example"), Some("node.example:7001")));
-        // A page the node served itself.
-        assert!(closed.origin_allowed(Some("http://node.example:7001"), Some("node.example:7001")));
-        assert!(!closed.origin_allowed(Some("http://node.example:7002"), Some("node.example:7001")));
-        let listed = Config::parse_from([
-            "node",
-            "--token-secret",
-            &secret,
-            "--allowed-origins",
-            "https://chat.example,https://app.example",
-        ]);
-        assert!(listed.origin_allowed(Some("https://APP.example"), None));
-        assert!(!listed.origin_allowed(Some("https://chat.example.evil"), None));
-    }
-
-    #[test]
-    fn proxy_and_admin_settings_are_checked() {
-        let with = |extra: &str| {
-            let args = format!("node --token-secret {} {extra}", "s".repeat(32));
-            Config::try_parse_from(args.split_whitespace())
-        };
-        let behind = with("--trusted-proxies 10.0.0.0/8,192.0.2.7 --proxy-protocol true").unwrap();
-        assert!(behind.validate().is_ok());
-        assert!(behind.trusted_proxies.contains([192, 0, 2, 7].into()));
-        assert!(with("--proxy-protocol true").unwrap().validate().is_err());
-        assert!(with("--trusted-proxies 10.0.0.0/40").is_err());
-        assert!(with("--admin-listen 127.0.0.1:7001")
-            .unwrap()
-            .validate()
-            .is_err());
-    }
 }
