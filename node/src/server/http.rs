@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, patch, post, put};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{any, delete, get, patch, post, put};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -108,6 +110,11 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/v1/media/{hash}/thumb", get(rest::media::get_thumb))
         .route("/v1/media/{hash}/info", get(rest::media::info))
         .route("/v1/ws", get(connection::upgrade::handle))
+        // Answered here, not by the web app's fallback (which would serve its page, 200, and fool a probe pointed
+        // at the wrong port).
+        .route("/healthz", any(on_the_admin_listener))
+        .route("/readyz", any(on_the_admin_listener))
+        .route("/metrics", any(on_the_admin_listener))
         .fallback(move |method, uri| crate::server::web::fallback(web_root.clone(), method, uri))
         .layer(axum::middleware::from_fn(crate::server::web::cors))
         .layer(axum::middleware::from_fn_with_state(
@@ -197,6 +204,15 @@ pub async fn serve(
 struct HeadLimits {
     timeout: Duration,
     max_bytes: usize,
+}
+
+/// 404 for the admin paths on the client listener, naming where they are.
+async fn on_the_admin_listener() -> Response {
+    crate::error::json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "served on the admin listener (IM_ADMIN_LISTEN), not on this port",
+    )
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends or the node stops.

@@ -259,6 +259,11 @@ async fn metrics_are_served_on_the_admin_port_only_and_pass_promtool() {
             client_port.status, 404,
             "{path} on the client port: {client_port:?}"
         );
+        // Not the web app's page either, which would fool a probe pointed at the wrong port.
+        assert!(
+            client_port.body.contains("admin listener"),
+            "{client_port:?}"
+        );
         let admin_port = request(cluster.admin_addr(0), None, b"", "GET", path, &[], None)
             .await
             .unwrap();
