@@ -50,6 +50,9 @@ pub enum BusMessage {
         token: Option<String>,
         not_before_ms: Option<u64>,
     },
+    /// Never published: the subscriber itself reports that this node may have missed messages (it reconnected,
+    /// or its receive buffer overflowed), so every cache kept fresh by invalidations must be dropped.
+    MayHaveMissed,
 }
 
 impl BusMessage {
@@ -160,6 +163,7 @@ pub async fn subscribe(
                 _ = cancel.cancelled() => break,
                 _ = reconnects.recv() => {
                     counter!("im_redis_reconnects_total", "client" => "subscriber").increment(1);
+                    let _ = sink.try_send(BusMessage::MayHaveMissed);
                 }
                 received = messages.recv() => match received {
                     Ok(message) => {
@@ -179,6 +183,7 @@ pub async fn subscribe(
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
                         counter!("im_redis_messages_dropped_total", "why" => "lagged").increment(lost);
+                        let _ = sink.try_send(BusMessage::MayHaveMissed);
                         tracing::warn!(lost, "pub/sub receive buffer overflowed; recipients will resync");
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,

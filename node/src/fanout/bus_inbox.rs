@@ -61,6 +61,10 @@ pub async fn run(
                 crate::fanout::revoked::close_revoked(sessions, user, token, not_before_ms);
             }
             BusMessage::PairChanged { a, b } => pairs.invalidate(a, b),
+            BusMessage::MayHaveMissed => {
+                delivery.members.clear();
+                pairs.clear();
+            }
         }
     }
 }

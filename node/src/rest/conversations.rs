@@ -75,10 +75,17 @@ fn default_history_limit() -> i64 {
     50
 }
 
+/// Whether `user` is in `conv`, as Postgres says now: who may read is never decided by a cache.
 async fn is_member(state: &NodeState, conv: ConvId, user: i64) -> Result<bool, Response> {
-    match state.delivery.members.get(conv).await {
-        Ok(Some(members)) => Ok(members.contains(user)),
-        Ok(None) => Ok(false),
+    match crate::storage::relations::conversation_access(
+        &state.pool,
+        user,
+        conv,
+        state.config.require_friendship,
+    )
+    .await
+    {
+        Ok(access) => Ok(access.is_some_and(|access| access.member)),
         Err(error) => Err(unavailable(error)),
     }
 }

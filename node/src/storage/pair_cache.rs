@@ -75,6 +75,11 @@ impl PairCache {
         );
     }
 
+    /// Forgets every pair (invalidations may have been lost).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Forgets a pair (its friendship or blocking changed); the next send re-checks it in the writer's batch.
     pub fn invalidate(&self, a: UserId, b: UserId) {
         self.lock().remove(&pair(a, b));
