@@ -269,6 +269,13 @@ async fn the_login_throttle_locks_out_one_client_address_through_haproxy_and_not
     .unwrap();
     let proxy_id = reply.header("x-request-id").unwrap().to_string();
     assert_ne!(proxy_id, "chosen-by-client");
+    // HAProxy writes its log line after the reply went out: give it a moment.
+    for _ in 0..50 {
+        if haproxy.logs().contains(&proxy_id) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(
         haproxy.logs().contains(&proxy_id),
         "HAProxy's log lacks {proxy_id}"
