@@ -2,7 +2,7 @@
 //!
 //! `run` wires the pieces — Postgres pool and migrations, Redis lease, location registry and bus, the batched
 //! writer, the router and bus tasks, the HTTP server — and drains them in order when the shutdown token fires:
-//! stop accepting, kick every connection (`draining`), let the writer commit what is queued, let the router
+//! stop accepting, kick every connection (`draining`, in waves over `--drain-spread-secs`), let the writer commit what is queued, let the router
 //! publish it, release the lease, exit.
 
 pub mod chat;
@@ -215,9 +215,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let grace = Duration::from_secs(state.config.drain_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
     state.draining.store(true, Ordering::Release);
-    let kicked = sessions.kick_all(KickReason::Draining);
-    info!(kicked, "draining");
     state.connections.close();
+    let spread = Duration::from_secs(state.config.drain_spread_secs);
+    let kicked =
+        fanout::drain::kick_in_waves(sessions.all_devices(), KickReason::Draining, spread).await;
+    info!(kicked, "draining: every connection asked to move");
     if tokio::time::timeout_at(deadline, state.connections.wait())
         .await
         .is_err()

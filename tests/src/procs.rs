@@ -835,6 +835,9 @@ impl Cluster {
                 // (`policy.rs`, `trust.rs`, the friends tests) turn both back on, as a default server has them.
                 ("require-friendship".to_string(), "false".to_string()),
                 ("group-consent".to_string(), "false".to_string()),
+                // A drain spreads its kicks over 1 s instead of the default 5, so the suite's many drains stay
+                // quick; `failover.rs` measures the spread with a longer one.
+                ("drain-spread-secs".to_string(), "1".to_string()),
                 (
                     "media-dir".to_string(),
                     cluster.dir.join("media").display().to_string(),

@@ -252,6 +252,12 @@ pub struct Config {
     #[arg(long, env = "IM_DRAIN_GRACE_SECS", default_value_t = 10)]
     pub drain_grace_secs: u64,
 
+    /// Seconds over which a draining node closes its connections, in equal slices every 100 ms, so the other nodes
+    /// take the reconnect-and-sync wave a slice at a time. 0 closes them all at once. Must be below
+    /// `--drain-grace-secs` (the rest of the grace lets the writer commit what is queued).
+    #[arg(long, env = "IM_DRAIN_SPREAD_SECS", default_value_t = 5)]
+    pub drain_spread_secs: u64,
+
     /// Serve `GET /v1/echo`, an unauthenticated WebSocket echo for protocol-conformance runs (Autobahn). Never in
     /// production.
     #[arg(long, env = "IM_CONFORMANCE_ECHO", default_value_t = false)]

@@ -85,6 +85,11 @@ impl Config {
                     .into(),
             );
         }
+        if self.drain_spread_secs > 0 && self.drain_spread_secs >= self.drain_grace_secs {
+            return Err(
+                "--drain-spread-secs must be below --drain-grace-secs (the writer flushes in the rest), or 0".into(),
+            );
+        }
         if self.push_batch == 0 || self.thumbnail_concurrency == 0 {
             return Err("--push-batch and --thumbnail-concurrency must be positive".into());
         }

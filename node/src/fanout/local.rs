@@ -180,6 +180,15 @@ impl LocalSessions {
         }
     }
 
+    /// Every connected device's switch, so a drain can close them in waves without holding the lock.
+    pub fn all_devices(&self) -> Vec<Arc<dyn Device>> {
+        self.lock()
+            .values()
+            .flatten()
+            .map(|local| local.outbox.clone())
+            .collect()
+    }
+
     /// Kicks every connection (drain, lease lost).
     pub fn kick_all(&self, reason: KickReason) -> usize {
         let map = self.lock();

@@ -22,6 +22,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("im_node_lease_lapses_total", Counter, "Times the lease was found lapsed (node paused or Redis lost it); every connection is then kicked."),
     // Connections and handshakes.
     ("im_connections_open", Gauge, "Open WebSocket connections on this node."),
+    ("im_drain_kicks_total", Counter, "Connections a draining node asked to move (kick draining), slice by slice over --drain-spread-secs."),
     ("im_connections_max", Gauge, "This node's WebSocket connection limit (--max-connections); upgrades past it are refused."),
     ("im_connections_opened_total", Counter, "WebSocket upgrades completed."),
     ("im_connections_closed_total", Counter, "WebSocket connections closed, by reason."),
