@@ -1040,6 +1040,43 @@ fn kubernetes_manifests_fit_the_node() {
         &by_kind["PodDisruptionBudget/im-node"]["spec"]["selector"]["matchLabels"],
         "pdb",
     );
+    // The NetworkPolicy that makes the broad IM_TRUSTED_PROXIES safe picks the pods and names their ports: the
+    // client port only from the ingress controller, the admin port only from Prometheus.
+    let policy = &by_kind["NetworkPolicy/im-node"]["spec"];
+    selects_pods(&policy["podSelector"]["matchLabels"], "networkpolicy");
+    let container_ports: BTreeSet<&str> = pod["spec"]["containers"][0]["ports"]
+        .as_sequence()
+        .expect("container ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let admitted: Vec<(&str, &str)> = policy["ingress"]
+        .as_sequence()
+        .expect("networkpolicy ingress rules")
+        .iter()
+        .flat_map(|rule| {
+            let from = rule["from"][0]["namespaceSelector"]["matchLabels"]
+                ["kubernetes.io/metadata.name"]
+                .as_str()
+                .expect("every rule names the namespace it admits");
+            rule["ports"]
+                .as_sequence()
+                .expect("every rule names its ports")
+                .iter()
+                .map(move |p| (p["port"].as_str().expect("named port"), from))
+        })
+        .collect();
+    for (port, _) in &admitted {
+        assert!(
+            container_ports.contains(port),
+            "networkpolicy names port {port}, not a container port"
+        );
+    }
+    assert_eq!(
+        admitted,
+        vec![("http", "ingress-nginx"), ("admin", "monitoring")],
+        "networkpolicy admits other peers than the ingress controller and Prometheus"
+    );
     let hpa = &by_kind["HorizontalPodAutoscaler/im-node"];
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "im-node");
     assert!(by_kind.contains_key("Service/redis") && by_kind.contains_key("Service/postgres"));
