@@ -199,12 +199,7 @@ pub async fn friends_of(pool: &Pool, user: UserId) -> Result<Vec<UserId>, StoreE
     let statement = client
         .prepare_cached("SELECT friend_id FROM friendships WHERE user_id = $1")
         .await?;
-    client
-        .query(&statement, &[&user])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
+    super::first_column(&client.query(&statement, &[&user]).await?)
 }
 
 /// The user's friends with their profiles, by username.
@@ -275,10 +270,5 @@ pub async fn blocked_by(pool: &Pool, user: UserId) -> Result<Vec<UserId>, StoreE
     let statement = client
         .prepare_cached("SELECT blocked_id FROM blocks WHERE user_id = $1 ORDER BY blocked_id")
         .await?;
-    client
-        .query(&statement, &[&user])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
+    super::first_column(&client.query(&statement, &[&user]).await?)
 }

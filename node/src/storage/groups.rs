@@ -277,12 +277,7 @@ pub async fn add_members(
              ON CONFLICT DO NOTHING RETURNING user_id",
         )
         .await?;
-    let added = tx
-        .query(&insert, &[&conv, &direct])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect::<Result<Vec<UserId>, StoreError>>()?;
+    let added = super::first_column::<UserId>(&tx.query(&insert, &[&conv, &direct]).await?)?;
     let members = member_ids(&tx, conv).await?;
     if members.len() as i64 > cap {
         return Ok(AddOutcome::Full);

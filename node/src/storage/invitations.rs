@@ -33,12 +33,11 @@ pub(super) async fn invite<C: GenericClient>(
              WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = a.user_id AND b.blocked_id = $2)",
         )
         .await?;
-    client
-        .query(&statement, &[&conv, &inviter, &users, &now_ms()])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
+    super::first_column(
+        &client
+            .query(&statement, &[&conv, &inviter, &users, &now_ms()])
+            .await?,
+    )
 }
 
 /// A pending invitation as its invitee sees it.

@@ -60,10 +60,5 @@ pub(super) async fn member_ids<C: GenericClient>(
     let statement = client
         .prepare_cached("SELECT user_id FROM conversation_members WHERE conv_id = $1")
         .await?;
-    client
-        .query(&statement, &[&conv])
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get(0)?))
-        .collect()
+    super::first_column(&client.query(&statement, &[&conv]).await?)
 }

@@ -60,3 +60,10 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
         .build()
         .map_err(|e| StoreError::Invalid(e.to_string()))
 }
+
+/// The first column of every row: the shape of the id-list queries (friends, blocks, members, invitations).
+pub(crate) fn first_column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    rows: &'a [tokio_postgres::Row],
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+}
