@@ -167,7 +167,9 @@ start_nodes() {
 }
 node_args() {
   local i
-  for i in "${!NODE_PORTS[@]}"; do printf -- '--node 127.0.0.1:%s=%s ' "${NODE_PORTS[$i]}" "${node_pids[$i]}"; done
+  for i in "${!NODE_PORTS[@]}"; do
+    printf -- '--node 127.0.0.1:%s=%s --admin 127.0.0.1:%s ' "${NODE_PORTS[$i]}" "${node_pids[$i]}" "$((NODE_PORTS[$i] + 100))"
+  done
   printf -- '%s --watch postgres=%s' "$redis_watch" "$pg_pid"
 }
 

@@ -88,6 +88,9 @@ struct RunArgs {
     /// Another process tree to report CPU and memory for, as `name=pid` (redis=..., postgres=<postmaster>).
     #[arg(long = "watch")]
     watched: Vec<Watched>,
+    /// A node's admin listener (`/metrics`), for the writer's batch sizes per step. Repeat per node; optional.
+    #[arg(long = "admin")]
+    admins: Vec<std::net::SocketAddr>,
     /// First loopback source address (127.0.0.N) for client sockets.
     #[arg(long, default_value_t = 2)]
     source_first: u8,
@@ -208,6 +211,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         nodes,
         node_pids,
         watched: args.watched,
+        admins: args.admins,
         sources: SourceAddresses::new(args.source_first, args.source_count),
         tag,
     };

@@ -169,7 +169,7 @@ fn verdict_cell(step: &Value) -> String {
 /// The columns every open-loop step shares, after the rate columns.
 fn step_cells(step: &Value) -> String {
     format!(
-        "{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}",
+        "{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}",
         cell(&step["delivered_per_s"]),
         cell(&step["lost"]),
         cell(&step["duplicates"]),
@@ -184,12 +184,15 @@ fn step_cells(step: &Value) -> String {
         cpu_cell(&step["cpu"]),
         cell(&step["cpu"]["machine_busy_pct"]),
         cell(&step["cpu"]["foreign_cpu_pct"]),
+        cell(&step["writer"]["mean_batch_rows"]),
+        cell(&step["writer"]["db_cpu_us_per_message"]),
         verdict_cell(step),
     )
 }
 
-const STEP_HEADER: &str = "delivered/s | lost | dup | p50 ms | p90 | p99 | p99.9 | max | ack p50 | ack p99 | disc | CPU % (per process, 100 = 1 core) | busy % | foreign % | verdict |";
-const STEP_RULE: &str = "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|";
+const STEP_HEADER: &str = "delivered/s | lost | dup | p50 ms | p90 | p99 | p99.9 | max | ack p50 | ack p99 | disc | CPU % (per process, 100 = 1 core) | busy % | foreign % | msgs/tx | db µs/msg | verdict |";
+const STEP_RULE: &str =
+    "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|";
 
 fn dm_table(out: &mut String, title: &str, run: &Value) {
     let _ = writeln!(out, "\n{title}\n");

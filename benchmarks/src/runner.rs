@@ -20,6 +20,7 @@ use crate::hold;
 use crate::load::{self, ConnHandle, Percentiles, Rng, Stats, User};
 use crate::scenario::{Kind, Scenario, Sustainable, Timing};
 use crate::sys::{self, SourceAddresses};
+use crate::writer_stats;
 
 /// Where the cluster is and what to watch.
 pub struct Target {
@@ -29,6 +30,8 @@ pub struct Target {
     pub node_pids: Vec<u32>,
     /// Other processes to report CPU for (Redis, Postgres).
     pub watched: Vec<Watched>,
+    /// The nodes' admin listeners, for the writer's figures per step (may be empty).
+    pub admins: Vec<SocketAddr>,
     pub sources: SourceAddresses,
     /// Prefix of every username of this run, so runs against one database never collide.
     pub tag: String,
@@ -153,6 +156,10 @@ pub struct StepResult {
     /// Group steps: the rate each group got (the step's `target_rate` is the total over all groups).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_per_group: Option<f64>,
+    /// The writers' transactions and batch sizes over the step (warm-up to drain), and the database's CPU per
+    /// message over the window; absent without `--admin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<writer_stats::WriterStep>,
 }
 
 /// Opens the fleet for a scenario's users and fails when any connection failed (a benchmark over a partial fleet
@@ -409,6 +416,7 @@ async fn open_loop_step(
     let window_start = start_us + (timing.warmup_s * 1e6) as u64;
     let window_end = window_start + (timing.window_s * 1e6) as u64;
     stats.reset(window_start, window_end, *next_id);
+    let writer_before = writer_stats::snapshot(&target.admins).await;
     let started = Instant::now();
     let mut sent_total = 0u64;
     let mut sent_in_window = 0u64;
@@ -512,6 +520,7 @@ async fn open_loop_step(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_s = drain_started.elapsed().as_secs_f64();
+    let writer_after = writer_stats::snapshot(&target.admins).await;
     let step = {
         let counters = match stats.counters.lock() {
             Ok(counters) => counters,
@@ -561,6 +570,9 @@ async fn open_loop_step(
             latency_ms: latency,
             ack_ms: Percentiles::of(&counters.ack),
             drain_s: (drain_s * 100.0).round() / 100.0,
+            writer: cpu.as_ref().and_then(|cpu| {
+                writer_stats::step(&writer_before, &writer_after, sent_in_window, cpu)
+            }),
             cpu: cpu.unwrap_or_else(|| CpuMeter::start(&[]).stop()),
             sustainable,
             verdict,

@@ -223,8 +223,8 @@ pub struct Config {
     #[arg(long, env = "IM_SEND_STRIKE_WINDOW_SECS", default_value_t = 10)]
     pub send_strike_window_secs: u64,
 
-    /// Writers committing messages in parallel, each on its own Postgres connection (a sender's messages always go
-    /// to the same one). One writer is one Postgres backend, so one core of the database server.
+    /// Writer transactions in flight at most, each on its own Postgres connection (a sender's messages are never in
+    /// two at once). One transaction is one Postgres backend, so one core of the database server.
     #[arg(long, env = "IM_WRITERS", default_value_t = 4)]
     pub writers: usize,
 
@@ -232,7 +232,8 @@ pub struct Config {
     #[arg(long, env = "IM_WRITER_BATCH_ROWS", default_value_t = 1000)]
     pub writer_batch_rows: usize,
 
-    /// Longest a message waits for its batch to fill before the writer commits, in microseconds.
+    /// Longest a message waits for its batch while another writer transaction is in flight, in microseconds (with
+    /// none in flight a batch leaves at once).
     #[arg(long, env = "IM_WRITER_FLUSH_US", default_value_t = 1000)]
     pub writer_flush_us: u64,
 

@@ -1,12 +1,13 @@
 //! The batched writer: the only code that inserts messages.
 //!
-//! A node runs `--writers` writers, each with its own Postgres connection; a message goes to the writer its sender
-//! hashes to, so one sender's messages are committed in the order they were sent, and the writers' transactions
-//! spread over as many Postgres backends (one writer is one backend: one core). Two writers touching one
+//! A node has one writer queue and up to `--writers` transactions in flight, each on its own pooled Postgres
+//! connection (one transaction is one Postgres backend: one core). Batches form node-wide (`dispatch.rs`): a batch
+//! leaves at once when no commit is in flight, otherwise when its oldest message has waited `--writer-flush-us` or
+//! it is full, so under load batches grow with the rate. A batch never takes a message of a sender who has a batch
+//! in flight, so one sender's messages are committed in the order they were sent. Two transactions touching one
 //! conversation serialize on its row lock exactly as the writers of two nodes do.
 //!
-//! Sessions submit messages over a bounded channel. Each writer commits them many per transaction: it collects up
-//! to `batch_rows` messages or until `flush_interval` has passed since the first, then, in one transaction,
+//! Sessions submit messages over a bounded channel. Each batch is committed in one transaction:
 //! 1. finds `(sender, cid)` pairs already stored (a retried send answers with the stored message),
 //! 2. for 1:1 sends the node has not routed before, checks the pair's policy (blocks, friendship, both users exist)
 //!    and finds or creates the pair's conversation: one statement for the checks and one for the creations of the
@@ -29,8 +30,8 @@
 //! back your own words is always allowed), so a stale cache on any node cannot store a message the pair's policy
 //! refuses now.
 //!
-//! Files: `batch.rs` (a batch's outcome to its senders and to delivery, the split on data errors), `commit.rs` (the
-//! transaction's steps), `directs.rs` (step 2).
+//! Files: `dispatch.rs` (the queue and when a batch leaves), `batch.rs` (a batch's outcome to its senders and to
+//! delivery, the split on data errors), `commit.rs` (the transaction's steps), `directs.rs` (step 2).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 mod batch;
 mod commit;
 mod directs;
+mod dispatch;
 
 use common::frame::{Ack, Attrs, ErrorFrame, Msg};
 use common::ids::{ConvId, Seq, UserId};
@@ -49,6 +51,7 @@ use tracing::{info_span, Instrument};
 use crate::metrics::Metrics;
 use crate::storage::pair_cache::PairCache;
 use batch::commit_batch;
+use dispatch::Dispatch;
 
 /// Where the outcome of one submission goes (the sender's connection).
 pub trait AckSink: Send + Sync {
@@ -91,37 +94,29 @@ pub struct Committed {
     pub committed_at: Instant,
 }
 
-/// The sessions' handle on the writers.
+/// The sessions' handle on the writer.
 #[derive(Clone)]
 pub struct WriterHandle {
-    shards: Arc<[mpsc::Sender<Submission>]>,
+    intake: mpsc::Sender<Submission>,
 }
 
 impl WriterHandle {
-    /// Queues a message with its sender's writer; waits while that queue is full (back-pressure on the sender's
+    /// Queues a message for the node's writer; waits while the queue is full (back-pressure on the sender's
     /// connection). Returns the submission if the writer has stopped.
     pub async fn submit(&self, submission: Submission) -> Result<(), Submission> {
-        // Users ids are sequential, so the remainder spreads them evenly.
-        let shard = submission.sender.unsigned_abs() as usize % self.shards.len().max(1);
-        match self.shards.get(shard) {
-            Some(tx) => tx.send(submission).await.map_err(|e| e.0),
-            None => Err(submission),
-        }
+        self.intake.send(submission).await.map_err(|e| e.0)
     }
 
-    /// Messages waiting in every writer's queue.
+    /// Messages waiting in the writer's queue (not yet taken into a batch).
     pub fn queued(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|tx| tx.max_capacity() - tx.capacity())
-            .sum()
+        self.intake.max_capacity() - self.intake.capacity()
     }
 }
 
 /// Writer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
-    /// How many writers (each one Postgres connection and one transaction at a time).
+    /// Transactions in flight at most (each on one pooled Postgres connection).
     pub writers: usize,
     pub batch_rows: usize,
     pub flush_interval: Duration,
@@ -130,7 +125,7 @@ pub struct WriterSettings {
     pub require_friendship: bool,
 }
 
-/// Starts the writer tasks. The returned task ends once `drain` is cancelled and every queued message has been
+/// Starts the writer. The returned task ends once `drain` is cancelled and every queued message has been
 /// committed or answered.
 pub fn spawn(
     pool: Pool,
@@ -140,83 +135,32 @@ pub fn spawn(
     metrics: Metrics,
     drain: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
-    let writers = settings.writers.max(1);
-    let mut shards = Vec::with_capacity(writers);
-    let mut tasks = Vec::with_capacity(writers);
-    for shard in 0..writers {
-        let (tx, rx) = mpsc::channel(settings.queue.div_ceil(writers).max(1));
-        shards.push(tx);
-        tasks.push(tokio::spawn(
-            run(
-                pool.clone(),
-                pairs.clone(),
-                settings,
-                rx,
-                committed.clone(),
-                metrics.clone(),
-                drain.clone(),
+    let (intake, rx) = mpsc::channel(settings.queue.max(1));
+    let dispatch = Dispatch {
+        slots: settings.writers.max(1),
+        batch_rows: settings.batch_rows.max(1),
+        flush_interval: settings.flush_interval,
+    };
+    let commit = move |batch: Vec<Submission>| {
+        let (pool, pairs, committed, metrics) = (
+            pool.clone(),
+            pairs.clone(),
+            committed.clone(),
+            metrics.clone(),
+        );
+        async move {
+            commit_batch(
+                &pool,
+                &pairs,
+                settings.require_friendship,
+                batch,
+                &committed,
+                &metrics,
             )
-            .instrument(info_span!("writer", shard)),
-        ));
-    }
-    let all = tokio::spawn(async move {
-        for task in tasks {
-            let _ = task.await;
+            .await
         }
-    });
-    (
-        WriterHandle {
-            shards: shards.into(),
-        },
-        all,
-    )
-}
-
-async fn run(
-    pool: Pool,
-    pairs: Arc<PairCache>,
-    settings: WriterSettings,
-    mut rx: mpsc::Receiver<Submission>,
-    committed: mpsc::Sender<Vec<Committed>>,
-    metrics: Metrics,
-    drain: CancellationToken,
-) {
-    let mut draining = false;
-    loop {
-        let first = tokio::select! {
-            next = rx.recv() => next,
-            _ = drain.cancelled(), if !draining => {
-                // Refuse new submissions, keep what is queued.
-                draining = true;
-                rx.close();
-                continue;
-            }
-        };
-        let Some(first) = first else { break };
-        let mut batch = Vec::with_capacity(settings.batch_rows.min(256));
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + settings.flush_interval;
-        while batch.len() < settings.batch_rows {
-            // Take what is already queued without waiting, then wait for more until the deadline.
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(next)) => batch.push(next),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
-        }
-        commit_batch(
-            &pool,
-            &pairs,
-            settings.require_friendship,
-            batch,
-            &committed,
-            &metrics,
-        )
-        .await;
-    }
+        .instrument(info_span!("writer_batch"))
+    };
+    let task = tokio::spawn(dispatch::run(rx, dispatch, commit, drain));
+    (WriterHandle { intake }, task)
 }
