@@ -13,6 +13,10 @@
 #   --redis-cluster  our nodes use a 3-master Redis Cluster (sharded pub/sub) instead of one Redis
 #   --port-offset N  add N to every port below, so a second run can share the box with one already running
 #
+#   IM_BENCH_PG_SETTINGS  extra server settings for the throwaway Postgres, for experiments and profiles, e.g.
+#                         "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on"
+#   IM_* node settings in the environment reach the nodes (e.g. IM_WRITERS, IM_WRITER_FLUSH_US).
+#
 # idle steps past what two nodes may hold (~19,000 connections each: 20,000 file descriptors per process) run on as
 # many nodes as needed, and imbench spreads the clients over several load processes.
 #
@@ -134,7 +138,7 @@ fi
 # fsync and synchronous_commit stay at their defaults: "ack after commit" is what we measure.
 as_pg "$pg/initdb" --no-sync -D "$work/pg" -A trust -U im -E UTF8 >/dev/null
 as_pg "$pg/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w start \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $work -c max_connections=200" >/dev/null
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $work -c max_connections=200 ${IM_BENCH_PG_SETTINGS:-}" >/dev/null
 pg_started=1
 pg_pid="$(head -n 1 "$work/pg/postmaster.pid")"
 psql -h 127.0.0.1 -p "$PG_PORT" -U im -d postgres -qc "CREATE DATABASE im" >/dev/null
