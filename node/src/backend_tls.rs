@@ -74,10 +74,18 @@ pub fn client_config(
     match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => {
             let chain = certificates(backend, cert)?;
-            let key_pem = std::fs::read(key)
-                .map_err(|e| format!("{backend} TLS: reading the client key {}: {e}", key.display()))?;
-            let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| format!("{backend} TLS: parsing the client key {}: {e}", key.display()))?;
+            let key_pem = std::fs::read(key).map_err(|e| {
+                format!(
+                    "{backend} TLS: reading the client key {}: {e}",
+                    key.display()
+                )
+            })?;
+            let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                format!(
+                    "{backend} TLS: parsing the client key {}: {e}",
+                    key.display()
+                )
+            })?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| format!("{backend} TLS: client certificate and key do not fit: {e}"))
@@ -96,7 +104,10 @@ fn roots(backend: &str, ca: Option<&Path>) -> Result<rustls::RootCertStore, Stri
         Some(path) => {
             for cert in certificates(backend, path)? {
                 store.add(cert).map_err(|e| {
-                    format!("{backend} TLS: a certificate in {} is no CA: {e}", path.display())
+                    format!(
+                        "{backend} TLS: a certificate in {} is no CA: {e}",
+                        path.display()
+                    )
                 })?;
             }
         }
@@ -172,13 +183,8 @@ impl ServerCertVerifier for CountingVerifier {
         let Some(inner) = &self.inner else {
             return Ok(ServerCertVerified::assertion());
         };
-        let result = inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
+        let result =
+            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
         match result {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -244,7 +250,10 @@ mod tests {
             ..TlsFiles::default()
         };
         let error = client_config("postgres", &files, Verify::Full).unwrap_err();
-        assert!(error.contains("postgres TLS") && error.contains("/nonexistent/ca.pem"), "{error}");
+        assert!(
+            error.contains("postgres TLS") && error.contains("/nonexistent/ca.pem"),
+            "{error}"
+        );
         let half = TlsFiles {
             cert: Some("c.pem".into()),
             ..TlsFiles::default()

@@ -289,7 +289,9 @@ fn push_queue(config: &Config) -> Result<Option<fanout::push::PushQueue>, Error>
         retries: config.push_retries,
         tls,
     };
-    fanout::push::spawn(settings).map(Some).map_err(Error::Config)
+    fanout::push::spawn(settings)
+        .map(Some)
+        .map_err(Error::Config)
 }
 
 /// Postgres may still be starting (local cluster, container start order), or a lock timeout may have cut a

@@ -62,7 +62,8 @@ pub struct RedisSettings {
 /// Parses the URL and applies the TLS setting. fred would build its own rustls configuration (system roots only)
 /// for `rediss`; the URL is parsed as plain and ours is set instead, so the CA file and client certificate apply.
 fn fred_config(settings: &RedisSettings) -> Result<Config, RouterError> {
-    let tls_scheme = settings.url.starts_with("rediss://") || settings.url.starts_with("rediss-cluster://");
+    let tls_scheme =
+        settings.url.starts_with("rediss://") || settings.url.starts_with("rediss-cluster://");
     let plain_url = if tls_scheme {
         settings.url.replacen("rediss", "redis", 1)
     } else {
@@ -83,9 +84,15 @@ fn fred_config(settings: &RedisSettings) -> Result<Config, RouterError> {
             });
         }
         (None, false) => {}
-        (None, true) => return Err(RouterError::Url("a rediss:// URL needs a TLS configuration".into())),
+        (None, true) => {
+            return Err(RouterError::Url(
+                "a rediss:// URL needs a TLS configuration".into(),
+            ))
+        }
         (Some(_), false) => {
-            return Err(RouterError::Url("TLS is configured but the URL is not rediss://".into()))
+            return Err(RouterError::Url(
+                "TLS is configured but the URL is not rediss://".into(),
+            ))
         }
     }
     Ok(config)
@@ -95,16 +102,19 @@ fn fred_config(settings: &RedisSettings) -> Result<Config, RouterError> {
 /// start at once with the reason (fred would only log it and retry). A server that does not accept TCP yet is left
 /// to the retries.
 async fn check_tls(config: &Config, settings: &RedisSettings) -> Result<(), RouterError> {
-    let Some(tls) = &settings.tls else { return Ok(()) };
-    let Some(server) = config.server.hosts().into_iter().next() else { return Ok(()) };
+    let Some(tls) = &settings.tls else {
+        return Ok(());
+    };
+    let Some(server) = config.server.hosts().into_iter().next() else {
+        return Ok(());
+    };
     let address = format!("{}:{}", server.host, server.port);
     let connect = tokio::net::TcpStream::connect(address.as_str());
     let Ok(Ok(tcp)) = tokio::time::timeout(settings.command_timeout, connect).await else {
         return Ok(());
     };
-    let name = rustls::pki_types::ServerName::try_from(server.host.to_string()).map_err(|e| {
-        RouterError::Url(format!("{} is no TLS server name: {e}", server.host))
-    })?;
+    let name = rustls::pki_types::ServerName::try_from(server.host.to_string())
+        .map_err(|e| RouterError::Url(format!("{} is no TLS server name: {e}", server.host)))?;
     let handshake = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp);
     match tokio::time::timeout(settings.command_timeout, handshake).await {
         Ok(Ok(_stream)) => Ok(()),

@@ -215,9 +215,21 @@ mod tests {
         };
         assert!(with(&["--push-webhook-url", "https://push.example/hook"]).is_ok());
         assert!(with(&["--push-webhook-url", "ftp://push.example/hook"]).is_err());
-        assert!(with(&["--redis-ca-file", "ca.pem"]).is_err(), "CA file with redis://");
-        assert!(with(&["--redis-url", "rediss://r:6379", "--redis-ca-file", "ca.pem"]).is_ok());
-        assert!(with(&["--postgres-client-cert", "c.pem"]).is_err(), "cert without key");
+        assert!(
+            with(&["--redis-ca-file", "ca.pem"]).is_err(),
+            "CA file with redis://"
+        );
+        assert!(with(&[
+            "--redis-url",
+            "rediss://r:6379",
+            "--redis-ca-file",
+            "ca.pem"
+        ])
+        .is_ok());
+        assert!(
+            with(&["--postgres-client-cert", "c.pem"]).is_err(),
+            "cert without key"
+        );
     }
 
     #[test]

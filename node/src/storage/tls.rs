@@ -71,7 +71,9 @@ fn rewrite_verify_modes(url: &str) -> (String, Option<SslMode>) {
                 continue;
             }
             let rest = url[search..].trim_start();
-            let Some(rest) = rest.strip_prefix('=') else { continue };
+            let Some(rest) = rest.strip_prefix('=') else {
+                continue;
+            };
             let rest = rest.trim_start();
             let quoted = rest.starts_with('\'');
             let rest = if quoted { &rest[1..] } else { rest };
@@ -132,7 +134,10 @@ mod tests {
             "host=db sslmode=verify-fuller",
             "host=db sslmode=require",
         ] {
-            assert_eq!(rewrite_verify_modes(untouched), (untouched.to_string(), None));
+            assert_eq!(
+                rewrite_verify_modes(untouched),
+                (untouched.to_string(), None)
+            );
         }
     }
 
@@ -144,7 +149,10 @@ mod tests {
         assert!(tls.is_none());
         let (config, mode, _) = settings("host=db sslmode=require", &files).unwrap();
         assert_eq!(mode, SslMode::Require);
-        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
         let (_, mode, _) = settings("host=db", &files).unwrap();
         assert_eq!(mode, SslMode::Prefer);
         assert!(settings("host=db sslmode=bogus", &files).is_err());
