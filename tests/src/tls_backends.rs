@@ -336,10 +336,8 @@ impl HttpsReceiver {
                             async move {
                                 let body =
                                     request.into_body().collect().await.map(|b| b.to_bytes());
-                                if let Ok(value) = body.map(|b| serde_json::from_slice(&b)) {
-                                    if let Ok(value) = value {
-                                        let _ = tx.send(value);
-                                    }
+                                if let Ok(Ok(value)) = body.map(|b| serde_json::from_slice(&b)) {
+                                    let _ = tx.send(value);
                                 }
                                 Ok::<_, Infallible>(hyper::Response::new(Full::new(
                                     Bytes::from_static(b"{}"),

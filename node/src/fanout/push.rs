@@ -176,7 +176,7 @@ async fn send(
     connection: &mut Option<SendRequest<Full<Bytes>>>,
     request: Request<Full<Bytes>>,
 ) -> Result<hyper::StatusCode, String> {
-    if !connection.as_ref().is_some_and(|c| !c.is_closed()) {
+    if connection.as_ref().is_none_or(|c| c.is_closed()) {
         *connection = Some(target.connect().await?);
     }
     let Some(sender) = connection.as_mut() else {
