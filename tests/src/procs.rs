@@ -441,7 +441,7 @@ pub struct RedisCluster {
 }
 
 /// A port whose cluster bus port (+10000) is free too.
-fn free_cluster_port() -> u16 {
+pub(crate) fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
         if port > 1024 && port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {

@@ -1,7 +1,8 @@
 //! Backends that speak only TLS, for the tests of the node's own TLS connections: a throwaway PKI (a CA, a server
-//! certificate for localhost and 127.0.0.1, a client certificate for the database user `im`; made with the
+//! certificate for localhost and 127.0.0.1 (also a client one: cluster masters present it to each other), a client
+//! certificate for the database user `im`; made with the
 //! `openssl` command line), a Postgres that accepts TCP only over TLS with a client certificate, a Redis whose only
-//! port is TLS (`--port 0`), and an `https://` receiver for the push webhook.
+//! port is TLS (`--port 0`; also as a three-master Redis Cluster), and an `https://` receiver for the push webhook.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,8 +21,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::procs::{
-    free_port, harden, init_data_dir, postgres_bin_dir, postgres_command, postgres_ids,
-    scratch_dir, wait_for_port,
+    free_cluster_port, free_port, harden, init_data_dir, postgres_bin_dir, postgres_command,
+    postgres_ids, scratch_dir, wait_for_port,
 };
 
 /// The files of a test PKI.
@@ -82,7 +83,7 @@ impl TestPki {
                 "server",
                 "/CN=localhost",
                 "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n\
-                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
             ),
             (
                 "client",
@@ -295,6 +296,133 @@ impl TlsRedis {
 impl Drop for TlsRedis {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Redis Cluster of three masters whose only listeners, client and cluster bus, are TLS (`--port 0
+/// --tls-port … --tls-cluster yes`).
+pub struct TlsRedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+}
+
+impl TlsRedisCluster {
+    pub fn start(pki: &TestPki) -> anyhow::Result<TlsRedisCluster> {
+        let dir = scratch_dir("redis-cluster-tls");
+        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+        let mut cluster = TlsRedisCluster {
+            ports: ports.clone(),
+            children: Vec::new(),
+        };
+        for port in &ports {
+            let mut command = Command::new("redis-server");
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args(["--tls-cluster", "yes", "--cluster-enabled", "yes"])
+                .args(["--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--tls-cert-file")
+                .arg(&pki.server_cert)
+                .arg("--tls-key-file")
+                .arg(&pki.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            harden(&mut command, None);
+            cluster.children.push(
+                command
+                    .spawn()
+                    .context("starting redis-server in cluster mode with TLS")?,
+            );
+            wait_for_port(*port, Duration::from_secs(10))?;
+        }
+        let mut create = cluster.cli(pki);
+        create.args(["--cluster", "create"]);
+        for port in &ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        // redis-cli waits for the masters to meet without end: bounded here.
+        let mut creating = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = creating.try_wait()? {
+                if !status.success() {
+                    bail!("redis-cli --tls --cluster create failed: {status}");
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = creating.kill();
+                let _ = creating.wait();
+                bail!("redis-cli --tls --cluster create did not finish in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all_ok = ports.iter().all(|port| {
+                cluster
+                    .cli(pki)
+                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if all_ok {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                bail!("TLS redis cluster not ok within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cli` speaking TLS with the test CA and the client certificate.
+    pub fn cli(&self, pki: &TestPki) -> Command {
+        let mut command = Command::new("redis-cli");
+        command
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key);
+        command
+    }
+
+    pub fn url(&self) -> String {
+        let mut url = format!("rediss-cluster://127.0.0.1:{}", self.ports[0]);
+        for (i, port) in self.ports.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{port}"));
+        }
+        url
+    }
+}
+
+impl Drop for TlsRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }

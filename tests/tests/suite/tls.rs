@@ -5,14 +5,16 @@
 use std::time::{Duration, Instant};
 
 use tests::client::WAIT;
-use tests::tls_backends::{HttpsReceiver, TestPki, TlsPostgres, TlsRedis};
+use tests::tls_backends::{HttpsReceiver, TestPki, TlsPostgres, TlsRedis, TlsRedisCluster};
 use tests::{Cluster, ClusterOptions};
 
-fn options(postgres: &TlsPostgres, redis: &TlsRedis, pki: &TestPki) -> ClusterOptions {
+/// Nodes on these backends (a `rediss://` or `rediss-cluster://` URL), trusting the test CA and presenting its
+/// client certificate.
+fn options(postgres: &TlsPostgres, redis_url: String, pki: &TestPki) -> ClusterOptions {
     let mut options = ClusterOptions::default()
         .single_redis()
         .arg("postgres-url", postgres.url())
-        .arg("redis-url", redis.url());
+        .arg("redis-url", redis_url);
     for (key, value) in pki.node_args() {
         options = options.arg(&key, value);
     }
@@ -47,7 +49,7 @@ async fn nodes_reach_postgres_redis_and_the_webhook_over_verified_tls() {
         "node migrate over TLS failed: {}",
         String::from_utf8_lossy(&migrated.stderr)
     );
-    let options = options(&postgres, &redis, &pki)
+    let options = options(&postgres, redis.url(), &pki)
         .arg("run-migrations", "false")
         .arg("push-webhook-url", receiver.url())
         .arg("push-ca-file", pki.ca.display());
@@ -108,6 +110,49 @@ async fn nodes_reach_postgres_redis_and_the_webhook_over_verified_tls() {
 }
 
 #[tokio::test]
+async fn nodes_use_a_redis_cluster_over_tls() {
+    let pki = TestPki::create("backend-tls-cluster").unwrap();
+    let postgres = TlsPostgres::start(&pki).unwrap();
+    let redis = TlsRedisCluster::start(&pki).unwrap();
+    let cluster = Cluster::start_with(2, options(&postgres, redis.url(), &pki))
+        .await
+        .unwrap();
+
+    // Cross-node delivery goes through sharded pub/sub on the TLS-only shards.
+    let alice = cluster.user("tls-shard-a").await.unwrap();
+    let bob = cluster.user("tls-shard-b").await.unwrap();
+    let mut a = cluster.connect(0, &alice, "phone").await.unwrap();
+    let mut b = cluster.connect(1, &bob, "phone").await.unwrap();
+    for round in 0..5 {
+        let ack = a
+            .send_and_ack(bob.id, &format!("shard-{round}"), "over TLS shards")
+            .await
+            .unwrap();
+        b.wait_messages(ack.conv, round + 1, WAIT).await.unwrap();
+    }
+    // Both nodes' leases and the users' locations are on the shards (read through TLS too).
+    let keys: usize = redis
+        .ports
+        .iter()
+        .map(|port| {
+            let output = redis
+                .cli(&pki)
+                .args(["-p", &port.to_string(), "DBSIZE"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        keys >= 3,
+        "expected the lease set and two locations, found {keys} keys"
+    );
+}
+
+#[tokio::test]
 async fn a_node_that_does_not_trust_a_backend_stops_at_once_naming_it() {
     let pki = TestPki::create("backend-tls-right").unwrap();
     let other = TestPki::create("backend-tls-wrong").unwrap();
@@ -118,7 +163,7 @@ async fn a_node_that_does_not_trust_a_backend_stops_at_once_naming_it() {
     let started = Instant::now();
     let error = Cluster::start_with(
         1,
-        options(&postgres, &redis, &pki).arg("postgres-ca-file", other.ca.display()),
+        options(&postgres, redis.url(), &pki).arg("postgres-ca-file", other.ca.display()),
     )
     .await
     .err()
@@ -143,7 +188,7 @@ async fn a_node_that_does_not_trust_a_backend_stops_at_once_naming_it() {
     let started = Instant::now();
     let error = Cluster::start_with(
         1,
-        options(&postgres, &redis, &pki).arg("redis-ca-file", other.ca.display()),
+        options(&postgres, redis.url(), &pki).arg("redis-ca-file", other.ca.display()),
     )
     .await
     .err()
