@@ -50,7 +50,13 @@ pub fn pool(
     size: usize,
     tls: &crate::backend_tls::TlsFiles,
 ) -> Result<Pool, StoreError> {
-    let (config, _mode, connector) = tls::settings(url, tls)?;
+    let (config, mode, connector) = tls::settings(url, tls)?;
+    tracing::info!(
+        sslmode = ?mode,
+        ca_file = tls.ca.is_some(),
+        client_cert = tls.cert.is_some(),
+        "postgres connection settings"
+    );
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };

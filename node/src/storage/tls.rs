@@ -108,9 +108,15 @@ pub fn tls_failure(error: &StoreError) -> Option<String> {
     if let Some(reason) = backend_tls::tls_failure(postgres) {
         return Some(reason);
     }
-    // "error performing TLS handshake: server does not support TLS"
+    // "error performing TLS handshake: server does not support TLS" (`require` against a server without TLS).
     let text = postgres.to_string();
-    text.contains("TLS").then_some(text)
+    if !text.starts_with("error performing TLS handshake") {
+        return None;
+    }
+    match std::error::Error::source(postgres) {
+        Some(cause) => Some(format!("{text}: {cause}")),
+        None => Some(text),
+    }
 }
 
 #[cfg(test)]

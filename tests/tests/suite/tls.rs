@@ -204,4 +204,31 @@ async fn a_node_that_does_not_trust_a_backend_stops_at_once_naming_it() {
             && text.contains("UnknownIssuer"),
         "{text}"
     );
+
+    // `sslmode=require` against a Postgres without TLS (the shared test server): refused at once, not retried.
+    let shared = tokio::task::spawn_blocking(tests::procs::Postgres::shared)
+        .await
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    let error = Cluster::start_with(
+        1,
+        ClusterOptions::default().arg(
+            "postgres-url",
+            format!("{} sslmode=require", shared.url("postgres")),
+        ),
+    )
+    .await
+    .err()
+    .expect("a node requiring TLS from a Postgres without it started");
+    let text = format!("{error:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}: {text}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains("connecting to postgres: TLS handshake failed: error performing TLS handshake: server does not support TLS"),
+        "{text}"
+    );
 }
