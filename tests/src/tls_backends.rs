@@ -429,7 +429,8 @@ impl Drop for TlsRedisCluster {
     }
 }
 
-/// An `https://` receiver for the push webhook: every POST body (JSON) is sent on `bodies`, answered 200.
+/// An `https://` (or plain) receiver for the push webhook: every POST body (JSON) is sent on `bodies`, answered
+/// 200.
 pub struct HttpsReceiver {
     pub addr: SocketAddr,
     pub bodies: mpsc::UnboundedReceiver<serde_json::Value>,
@@ -446,7 +447,15 @@ impl HttpsReceiver {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    /// The same receiver over plain HTTP (`url_plain`).
+    pub async fn start_plain() -> anyhow::Result<HttpsReceiver> {
+        Self::serve(None).await
+    }
+
+    async fn serve(acceptor: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<HttpsReceiver> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, bodies) = mpsc::unbounded_channel();
@@ -454,10 +463,6 @@ impl HttpsReceiver {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    // A client that refuses the certificate ends here.
-                    let Ok(stream) = acceptor.accept(tcp).await else {
-                        return;
-                    };
                     let service = hyper::service::service_fn(
                         move |request: hyper::Request<hyper::body::Incoming>| {
                             let tx = tx.clone();
@@ -473,13 +478,43 @@ impl HttpsReceiver {
                             }
                         },
                     );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        // A client that refuses the certificate ends at `accept`.
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
                 });
             }
         });
         Ok(HttpsReceiver { addr, bodies, task })
+    }
+
+    /// The webhook URL of a plain receiver.
+    pub fn url_plain(&self) -> String {
+        format!("http://127.0.0.1:{}/push", self.addr.port())
+    }
+
+    /// The next event for `user`, waiting up to `limit`.
+    pub async fn event_for(&mut self, user: i64, limit: Duration) -> Option<serde_json::Value> {
+        tokio::time::timeout(limit, async {
+            loop {
+                let body = self.bodies.recv().await?;
+                let events = body["events"].as_array().cloned().unwrap_or_default();
+                if let Some(event) = events.into_iter().find(|e| e["user"] == user) {
+                    return Some(event);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The webhook URL for a node (the certificate names localhost).

@@ -88,17 +88,10 @@ async fn nodes_reach_postgres_redis_and_the_webhook_over_verified_tls() {
         .send_and_ack(carol.id, "tls-3", "you are offline")
         .await
         .unwrap();
-    let pushed = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let body = receiver.bodies.recv().await.unwrap();
-            let events = body["events"].as_array().cloned().unwrap_or_default();
-            if let Some(event) = events.into_iter().find(|e| e["user"] == carol.id) {
-                return event;
-            }
-        }
-    })
-    .await
-    .expect("no push for the offline user over https");
+    let pushed = receiver
+        .event_for(carol.id, Duration::from_secs(15))
+        .await
+        .expect("no push for the offline user over https");
     assert_eq!(pushed["seq"], ack.seq);
     assert_eq!(pushed["preview"], "you are offline");
     for index in 0..2 {
@@ -106,6 +99,35 @@ async fn nodes_reach_postgres_redis_and_the_webhook_over_verified_tls() {
             tests::probe::metric(cluster.admin_addr(index), "im_backend_tls_failures_total").await,
             0.0
         );
+    }
+}
+
+#[tokio::test]
+async fn an_http_webhook_still_works_and_is_warned_about() {
+    let mut receiver = HttpsReceiver::start_plain().await.unwrap();
+    let options = ClusterOptions::default().arg("push-webhook-url", receiver.url_plain());
+    let cluster = Cluster::start_with(1, options).await.unwrap();
+    assert!(
+        cluster.nodes[0]
+            .logs()
+            .contains("--push-webhook-url is http://: message previews are sent unencrypted"),
+        "{}",
+        cluster.nodes[0].logs()
+    );
+    let alice = cluster.user("plain-push-a").await.unwrap();
+    let carol = cluster.user("plain-push-c").await.unwrap();
+    let mut a = cluster.connect(0, &alice, "phone").await.unwrap();
+    // Two messages some time apart: the second reuses the kept connection (or opens a new one).
+    for round in 0..2 {
+        let ack = a
+            .send_and_ack(carol.id, &format!("plain-{round}"), "in the clear")
+            .await
+            .unwrap();
+        let pushed = receiver
+            .event_for(carol.id, Duration::from_secs(15))
+            .await
+            .expect("no push over http");
+        assert_eq!(pushed["seq"], ack.seq);
     }
 }
 
