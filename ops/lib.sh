@@ -3,7 +3,8 @@
 # Prints a message to stderr.
 say() { printf '[im] %s\n' "$*" >&2; }
 
-# Installs (as root, via apt) or asks for the system packages the cluster needs: redis-server and Postgres.
+# Installs (as root, via apt) or asks for the system packages the cluster needs: redis-server (Debian's is built
+# with TLS, which the suite's tls:: tests use) and Postgres; openssl makes the tests' certificates.
 ensure_system_deps() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -12,6 +13,7 @@ ensure_system_deps() {
   fi
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${missing[*]} (apt-get)"

@@ -14,6 +14,7 @@ pub mod procs;
 pub mod proxy;
 pub mod resp;
 pub mod tls;
+pub mod tls_backends;
 pub mod traffic;
 
 pub use client::TestClient;

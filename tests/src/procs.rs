@@ -27,7 +27,7 @@ fn is_root() -> bool {
 }
 
 /// The uid/gid of the `postgres` system user, when running as root (Postgres refuses to run as root).
-fn postgres_ids() -> Option<(u32, u32)> {
+pub(crate) fn postgres_ids() -> Option<(u32, u32)> {
     if !is_root() {
         return None;
     }
@@ -61,7 +61,7 @@ pub(crate) fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
     }
 }
 
-fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("IM_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
@@ -176,7 +176,11 @@ impl Postgres {
 }
 
 /// Runs initdb in `dir/data` (as the `postgres` user when root) and returns the data directory.
-fn init_data_dir(bin: &Path, dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+pub(crate) fn init_data_dir(
+    bin: &Path,
+    dir: &Path,
+    ids: Option<(u32, u32)>,
+) -> anyhow::Result<PathBuf> {
     let data = dir.join("data");
     if let Some((uid, gid)) = ids {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
@@ -196,7 +200,7 @@ fn init_data_dir(bin: &Path, dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Res
 }
 
 /// The `postgres` server command for `data` on `port`, logging to `dir/postgres.log`.
-fn postgres_command(
+pub(crate) fn postgres_command(
     bin: &Path,
     data: &Path,
     port: u16,
@@ -327,7 +331,7 @@ impl Drop for PrivatePostgres {
     }
 }
 
-fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -437,7 +441,7 @@ pub struct RedisCluster {
 }
 
 /// A port whose cluster bus port (+10000) is free too.
-fn free_cluster_port() -> u16 {
+pub(crate) fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
         if port > 1024 && port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
@@ -563,7 +567,7 @@ pub fn redis_cluster_mode() -> bool {
 }
 
 /// Path of the node binary, built once per test process.
-fn node_binary() -> anyhow::Result<PathBuf> {
+pub fn node_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
         .get_or_init(|| {

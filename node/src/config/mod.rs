@@ -5,7 +5,10 @@
 
 use std::net::SocketAddr;
 
+mod backend_tls;
 mod validate;
+
+pub use backend_tls::BackendTlsArgs;
 
 use clap::Parser;
 
@@ -34,7 +37,8 @@ pub struct Config {
     #[arg(long, env = "IM_NODE_NAME", default_value = "node")]
     pub node_name: String,
 
-    /// Redis URL (redis://[user:pass@]host:port/db).
+    /// Redis URL (redis://[user:pass@]host:port/db); `rediss://` for TLS (see `--redis-ca-file`), and
+    /// `redis-cluster://` / `rediss-cluster://` for a Redis Cluster.
     #[arg(
         long,
         env = "IM_REDIS_URL",
@@ -43,7 +47,9 @@ pub struct Config {
     )]
     pub redis_url: String,
 
-    /// Postgres connection string (key=value or postgres:// URL).
+    /// Postgres connection string (key=value or postgres:// URL). Its `sslmode` (`disable`, `prefer` (default),
+    /// `require`, `verify-ca`, `verify-full`) says whether TLS is used and what is checked; see
+    /// `--postgres-ca-file`.
     #[arg(
         long,
         env = "IM_POSTGRES_URL",
@@ -194,6 +200,10 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// TLS to Postgres, Redis and the push webhook: CA files and client certificates.
+    #[command(flatten)]
+    pub backend_tls: BackendTlsArgs,
+
     /// Proxies whose word on the client's address is believed, comma-separated IP addresses or CIDR networks (e.g.
     /// `10.0.0.0/8,192.0.2.7`): their `X-Forwarded-For` (walked from the right, up to the first untrusted hop),
     /// their PROXY v2 header (with `--proxy-protocol`) and their `X-Request-Id`. Empty: every peer is a client.
@@ -318,8 +328,9 @@ pub struct Config {
     #[arg(long, env = "IM_THUMBNAIL_CONCURRENCY", default_value_t = 2)]
     pub thumbnail_concurrency: usize,
 
-    /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
-    /// when empty.
+    /// Offline push webhook (`https://…`, checked against `--push-ca-file` or the system's trust store; `http://`
+    /// works but sends message previews in the clear, and is warned about at start): called with batches of JSON
+    /// when a recipient has no online device. Off when empty.
     #[arg(
         long,
         env = "IM_PUSH_WEBHOOK_URL",

@@ -8,6 +8,7 @@ use super::Config;
 impl Config {
     /// Checks the settings `node migrate` uses.
     pub fn validate_migrate(&self) -> Result<(), String> {
+        self.backend_tls.problems()?;
         if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
             return Err(
                 "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
@@ -79,9 +80,20 @@ impl Config {
         if self.send_strikes == 0 || self.send_strike_window_secs == 0 {
             return Err("--send-strikes and --send-strike-window-secs must be positive".into());
         }
-        if !self.push_webhook_url.is_empty() && !self.push_webhook_url.starts_with("http://") {
+        if !self.push_webhook_url.is_empty()
+            && !self.push_webhook_url.starts_with("http://")
+            && !self.push_webhook_url.starts_with("https://")
+        {
+            return Err("--push-webhook-url must be an https:// (or http://) URL".into());
+        }
+        let redis_tls = self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("rediss-cluster://");
+        let redis_files = &self.backend_tls;
+        if !redis_tls
+            && (redis_files.redis_ca_file.is_some() || redis_files.redis_client_cert.is_some())
+        {
             return Err(
-                "--push-webhook-url must be an http:// URL (put a TLS-terminating proxy in front)"
+                "--redis-ca-file / --redis-client-cert need a rediss:// (or rediss-cluster://) --redis-url"
                     .into(),
             );
         }
@@ -196,6 +208,33 @@ mod tests {
         assert!(config.validate().is_err());
         let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
         assert!(stuck.validate_migrate().is_err());
+    }
+
+    #[test]
+    fn backend_tls_settings_are_checked() {
+        let secret = "s".repeat(32);
+        let with = |extra: &[&str]| {
+            let mut args = vec!["node", "--token-secret", &secret];
+            args.extend_from_slice(extra);
+            Config::parse_from(args).validate()
+        };
+        assert!(with(&["--push-webhook-url", "https://push.example/hook"]).is_ok());
+        assert!(with(&["--push-webhook-url", "ftp://push.example/hook"]).is_err());
+        assert!(
+            with(&["--redis-ca-file", "ca.pem"]).is_err(),
+            "CA file with redis://"
+        );
+        assert!(with(&[
+            "--redis-url",
+            "rediss://r:6379",
+            "--redis-ca-file",
+            "ca.pem"
+        ])
+        .is_ok());
+        assert!(
+            with(&["--postgres-client-cert", "c.pem"]).is_err(),
+            "cert without key"
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("im_proxy_protocol_errors_total", Counter, "Connections from trusted proxies closed for a missing or bad PROXY v2 header, by kind."),
     ("im_tls_handshakes_total", Counter, "TLS handshakes on the client listener, by result."),
     ("im_tls_handshake_seconds", Histogram, "Duration of successful TLS handshakes."),
+    ("im_backend_tls_failures_total", Counter, "Server certificates refused on the node's own TLS connections (to Postgres, Redis, the push webhook), by backend."),
     ("im_ws_writer_aborted_total", Counter, "Connection writers aborted because the peer stopped reading past the close deadline."),
     ("im_conformance_echo_connections_total", Counter, "Connections to the conformance echo route (only with --conformance-echo)."),
     ("im_conformance_echo_messages_total", Counter, "Messages echoed by the conformance echo route."),

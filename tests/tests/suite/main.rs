@@ -20,5 +20,6 @@ mod proxy;
 mod redis_cluster;
 mod rotation;
 mod security;
+mod tls;
 mod trust;
 mod web;
