@@ -261,7 +261,7 @@ async fn open_media_store(
                 .map_err(|error| Error::io("preparing the media folder", error))?,
         ),
         config::MediaStoreKind::S3 => MediaBytes::S3(
-            S3Media::new(&config.s3)
+            S3Media::new(&config.s3.target())
                 .map_err(|error| Error::io("preparing the S3 client", error))?,
         ),
     })

@@ -58,8 +58,19 @@ impl S3Settings {
         std::env::var(SECRET_ENV).unwrap_or_default()
     }
 
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.s3_timeout_ms)
+    /// The storage room's view of these settings.
+    pub fn target(&self) -> crate::storage::media::S3Target {
+        crate::storage::media::S3Target {
+            endpoint: self.s3_endpoint.clone(),
+            bucket: self.s3_bucket.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            prefix: self.s3_prefix.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.secret_access_key(),
+            part_bytes: self.s3_part_bytes,
+            timeout: Duration::from_millis(self.s3_timeout_ms),
+        }
     }
 
     /// The first rule the settings break; the message names the flag and never a value of the secret.

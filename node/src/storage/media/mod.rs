@@ -19,7 +19,7 @@ mod s3;
 
 pub use local::LocalMediaStore;
 pub use postgres::PostgresMedia;
-pub use s3::S3Media;
+pub use s3::{S3Media, S3Target};
 
 /// Longest edge of a thumbnail, in pixels.
 pub const THUMB_EDGE: u32 = 256;

@@ -23,7 +23,20 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tokio::io::AsyncRead;
 
 use super::{read_part, ByteStream};
-use crate::config::S3Settings;
+
+/// Where and how to reach the bucket (from the `--s3-*` settings).
+#[derive(Clone)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    pub prefix: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub part_bytes: usize,
+    pub timeout: Duration,
+}
 
 /// How long a signed request URL stays valid: long enough for a slow start, short enough to be useless if logged.
 const SIGNED_FOR: Duration = Duration::from_secs(300);
@@ -55,10 +68,10 @@ fn other(what: &str, error: impl std::fmt::Display) -> io::Error {
 
 impl S3Media {
     /// Checks the endpoint and builds the client; contacts nothing.
-    pub fn new(settings: &S3Settings) -> io::Result<Self> {
-        let endpoint = url::Url::parse(&settings.s3_endpoint)
-            .map_err(|error| other("--s3-endpoint", error))?;
-        let style = if settings.s3_path_style {
+    pub fn new(settings: &S3Target) -> io::Result<Self> {
+        let endpoint =
+            url::Url::parse(&settings.endpoint).map_err(|error| other("--s3-endpoint", error))?;
+        let style = if settings.path_style {
             UrlStyle::Path
         } else {
             UrlStyle::VirtualHost
@@ -66,13 +79,13 @@ impl S3Media {
         let bucket = Bucket::new(
             endpoint,
             style,
-            settings.s3_bucket.clone(),
-            settings.s3_region.clone(),
+            settings.bucket.clone(),
+            settings.region.clone(),
         )
         .map_err(|error| other("--s3-endpoint and --s3-bucket", format!("{error:?}")))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = if settings.s3_endpoint.starts_with("https://") {
+        let builder = if settings.endpoint.starts_with("https://") {
             builder
                 .with_provider_and_native_roots(provider)
                 .map_err(|error| other("loading the system's CA certificates", error))?
@@ -90,13 +103,13 @@ impl S3Media {
             inner: Arc::new(Inner {
                 bucket,
                 credentials: Credentials::new(
-                    settings.s3_access_key_id.clone(),
-                    settings.secret_access_key(),
+                    settings.access_key_id.clone(),
+                    settings.secret_access_key.clone(),
                 ),
                 client: Client::builder(TokioExecutor::new()).build(connector),
-                prefix: settings.s3_prefix.clone(),
-                part_bytes: settings.s3_part_bytes,
-                timeout: settings.timeout(),
+                prefix: settings.prefix.clone(),
+                part_bytes: settings.part_bytes,
+                timeout: settings.timeout,
             }),
         })
     }
