@@ -313,14 +313,31 @@ impl S3Media {
         Self::expect_success(response, "GET").await
     }
 
-    /// The object's body as it arrives from the store.
+    /// The object's body as it arrives from the store; a store silent for `--s3-timeout-ms` mid-body ends the
+    /// stream with an error (the download is cut, not left hanging).
     pub async fn stream(&self, hash: &str) -> io::Result<ByteStream> {
         let response = self.get(&self.key(hash, "")).await?;
         let body = response
             .into_body()
             .into_data_stream()
             .map_err(|error| other("reading an object", error));
-        Ok(Box::pin(body))
+        let timeout = self.inner.timeout;
+        let guarded = futures::stream::unfold(Some(body), move |body| async move {
+            let mut body = body?;
+            match tokio::time::timeout(timeout, body.try_next()).await {
+                Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Ok(None)) => None,
+                Ok(Err(error)) => Some((Err(error), None)),
+                Err(_) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "object store: the body stalled for --s3-timeout-ms",
+                    )),
+                    None,
+                )),
+            }
+        });
+        Ok(Box::pin(guarded))
     }
 
     pub async fn get_thumb(&self, hash: &str) -> io::Result<Vec<u8>> {
