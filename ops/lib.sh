@@ -68,6 +68,21 @@ ensure_kosoku() {
   "$venv/bin/pip" install -q "kosoku==$KOSOKU_VERSION"
 }
 
+# The S3-compatible server the media tests store into (tests/src/s3.rs): s3s-fs from crates.io, a real S3
+# implementation (SigV4, multipart uploads) over a folder, built once into target/s3s-fs where the harness finds it
+# (a few minutes on two cores; a debug build: the tests move a few MiB, and optimising it would cost CI several
+# more minutes). Pinned: 0.14.1 is the newest whose rust-version this toolchain meets.
+S3S_FS_VERSION=0.14.1
+ensure_s3s_fs() {
+  local root=target/s3s-fs
+  if [ -x "$root/bin/s3s-fs" ] && [ "$("$root/bin/s3s-fs" --version 2>/dev/null)" = "s3s-fs $S3S_FS_VERSION" ]; then
+    return 0
+  fi
+  say "installing s3s-fs $S3S_FS_VERSION into $root (cargo install)"
+  mkdir -p target
+  cargo install --quiet --debug --locked --features binary --version "$S3S_FS_VERSION" --root "$root" s3s-fs
+}
+
 # Installs (as root, via apt) the tools ops/check-ops.sh and ops/cluster.sh --prometheus need: promtool and
 # prometheus (Debian package prometheus), amtool (prometheus-alertmanager, to check ops/alertmanager), haproxy (to
 # check ops/haproxy/haproxy.cfg) and python3-venv.

@@ -104,16 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         sessions.clone(),
         stop_background.clone(),
     ));
-    let media = match config.media_store {
-        config::MediaStoreKind::Postgres => storage::media::MediaBytes::Postgres(
-            storage::media::PostgresMedia::new(pool.clone(), config.media_chunk_bytes),
-        ),
-        config::MediaStoreKind::Local => storage::media::MediaBytes::Local(
-            storage::media::LocalMediaStore::new(config.media_dir.clone())
-                .await
-                .map_err(|error| Error::io("preparing the media folder", error))?,
-        ),
-    };
+    let media = open_media_store(&config, &pool).await?;
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
@@ -294,6 +285,44 @@ fn push_queue(config: &Config) -> Result<Option<fanout::push::PushQueue>, Error>
     fanout::push::spawn(settings)
         .map(Some)
         .map_err(Error::Config)
+}
+
+/// The media store `--media-store` names. Contacts nothing but the local folder.
+async fn open_media_store(
+    config: &Config,
+    pool: &deadpool_postgres::Pool,
+) -> Result<storage::media::MediaBytes, Error> {
+    use storage::media::{LocalMediaStore, MediaBytes, PostgresMedia, S3Media};
+    Ok(match config.media_store {
+        config::MediaStoreKind::Postgres => {
+            MediaBytes::Postgres(PostgresMedia::new(pool.clone(), config.media_chunk_bytes))
+        }
+        config::MediaStoreKind::Local => MediaBytes::Local(
+            LocalMediaStore::new(config.media_dir.clone())
+                .await
+                .map_err(|error| Error::io("preparing the media folder", error))?,
+        ),
+        config::MediaStoreKind::S3 => MediaBytes::S3(
+            S3Media::new(&config.s3.target())
+                .map_err(|error| Error::io("preparing the S3 client", error))?,
+        ),
+    })
+}
+
+/// `node media import --from <dir>`: copies an old local media folder into the configured store (see
+/// `storage::media::import`). The schema must be current.
+pub async fn media_import(
+    config: &Config,
+    from: &std::path::Path,
+) -> Result<storage::media::import::ImportCounts, Error> {
+    config.validate_media().map_err(Error::Config)?;
+    let pool = postgres_pool(config, 2)?;
+    wait_for_schema(&pool).await?;
+    let store = open_media_store(config, &pool).await?;
+    info!(store = store.name(), from = %from.display(), "importing media");
+    storage::media::import::import(&pool, &store, from)
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))
 }
 
 /// Postgres may still be starting (local cluster, container start order), or a lock timeout may have cut a

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod procs;
 pub mod proxy;
 pub mod resp;
+pub mod s3;
 pub mod tls;
 pub mod tls_backends;
 pub mod traffic;

@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 
 mod backend_tls;
+mod s3;
 mod validate;
 
 pub use backend_tls::BackendTlsArgs;
+pub use s3::S3Settings;
 
 use clap::Parser;
 
@@ -308,7 +310,8 @@ pub struct Config {
     pub group_member_cap: i64,
 
     /// Where media bytes are stored: `postgres` (chunks in the database every node uses, so any node serves any
-    /// medium) or `local` (the folder `--media-dir`, right only for one node or a folder all nodes share).
+    /// medium), `s3` (an S3-compatible object store, the `--s3-*` settings) or `local` (the folder `--media-dir`,
+    /// right only for one node or a folder all nodes share).
     #[arg(long, env = "IM_MEDIA_STORE", value_enum, default_value_t = MediaStoreKind::Postgres)]
     pub media_store: MediaStoreKind,
 
@@ -319,6 +322,9 @@ pub struct Config {
     /// Folder of the `local` media store (content-addressed by SHA-256); unused by the `postgres` store.
     #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
     pub media_dir: std::path::PathBuf,
+
+    #[command(flatten)]
+    pub s3: S3Settings,
 
     /// Largest accepted upload, in bytes.
     #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
@@ -367,12 +373,28 @@ pub struct Config {
 }
 
 /// What the binary does besides serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Apply pending database migrations (under `--migration-lock-timeout-secs` and
     /// `--migration-statement-timeout-secs`) and exit: 0 when the schema is current. Reads the same `IM_*`
     /// settings as the node; only `IM_POSTGRES_URL` matters.
     Migrate,
+    /// Media maintenance.
+    #[command(subcommand)]
+    Media(MediaCommand),
+}
+
+/// `node media …`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum MediaCommand {
+    /// Copy the media of an old `local` media folder into the configured store (`--media-store` and its
+    /// settings, read like the node's), checking each file's SHA-256 and size against Postgres' record of it.
+    /// Idempotent: what the store already holds is skipped. Prints the counts; exits 1 if any file did not match.
+    Import {
+        /// The `local` store's folder (`<dir>/<2 hex digits>/<hash>`, thumbnails as `<hash>.thumb.png`).
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
 }
 
 /// Where media bytes live (`--media-store`).
@@ -380,4 +402,5 @@ pub enum Command {
 pub enum MediaStoreKind {
     Postgres,
     Local,
+    S3,
 }

@@ -18,6 +18,19 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the settings of the media store (the node's and `node media import`'s).
+    pub fn validate_media(&self) -> Result<(), String> {
+        if self.max_media_bytes == 0 || self.media_chunk_bytes < 1024 {
+            return Err(
+                "--max-media-bytes must be positive and --media-chunk-bytes at least 1024".into(),
+            );
+        }
+        if self.media_store == super::MediaStoreKind::S3 {
+            self.s3.problems()?;
+        }
+        Ok(())
+    }
+
     /// The timeouts every migration transaction runs under.
     pub fn migration_timeouts(&self) -> crate::storage::schema::MigrationTimeouts {
         crate::storage::schema::MigrationTimeouts {
@@ -136,6 +149,7 @@ impl Config {
         if self.admin_listen == self.listen {
             return Err("--admin-listen must differ from --listen".into());
         }
+        self.validate_media()?;
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err(
                 "--proxy-protocol needs --trusted-proxies (the peers that send the header)".into(),

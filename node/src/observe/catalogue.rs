@@ -98,6 +98,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("im_media_bytes_total", Counter, "Bytes of newly stored media."),
     ("im_media_downloads_total", Counter, "Media and thumbnails served."),
     ("im_media_thumbnail_seconds", Histogram, "Decoding an uploaded image and making its thumbnail."),
+    ("im_media_store_errors_total", Counter, "Media store operations that failed (answered 503), by store and op."),
     ("im_push_events_total", Counter, "Offline push events posted to the webhook, by result."),
     ("im_push_dropped_total", Counter, "Offline push events dropped because the webhook queue was full."),
 ];
