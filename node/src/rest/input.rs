@@ -59,6 +59,26 @@ pub fn device_id(raw: Option<&str>) -> Result<&str, Rejected> {
     }
 }
 
+/// The `platform` of a WebSocket upgrade: one of `common::ids::PLATFORMS`; `other` when absent.
+pub fn platform(raw: Option<&str>) -> Result<&'static str, Rejected> {
+    let Some(raw) = raw else {
+        return Ok("other");
+    };
+    common::ids::PLATFORMS
+        .iter()
+        .find(|p| **p == raw)
+        .copied()
+        .ok_or_else(|| {
+            Rejected::bad_request(
+                "bad_platform",
+                format!(
+                    "query parameter `platform` must be one of {}",
+                    common::ids::PLATFORMS.join(", ")
+                ),
+            )
+        })
+}
+
 /// The media type of an upload from its `Content-Type` (parameters dropped, case folded), if it is one we accept.
 pub fn upload_media_type(content_type: Option<&[u8]>) -> Result<&'static str, Rejected> {
     let declared = content_type

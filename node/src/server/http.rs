@@ -50,6 +50,9 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/auth/logout", post(accounts::logout))
         .route("/v1/auth/logout-all", post(accounts::logout_all))
+        .route("/v1/devices", get(rest::devices::list))
+        .route("/v1/devices/policy", put(rest::devices::set_policy))
+        .route("/v1/devices/{device}", delete(rest::devices::revoke))
         .route("/v1/friends", get(rest::friends::list))
         .route("/v1/friends/{user}", delete(rest::friends::remove))
         .route(
