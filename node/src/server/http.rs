@@ -118,7 +118,9 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/healthz", any(on_the_admin_listener))
         .route("/readyz", any(on_the_admin_listener))
         .route("/metrics", any(on_the_admin_listener))
-        .fallback(move |method, uri| crate::server::web::fallback(web_root.clone(), method, uri))
+        .fallback(move |method, uri, headers| {
+            crate::server::web::fallback(web_root.clone(), method, uri, headers)
+        })
         .layer(axum::middleware::from_fn(crate::server::web::cors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
