@@ -511,6 +511,23 @@ try {
   await a.keyboard.press("Escape");
   await gone(a.getByTestId("dialog"), "Escape closes the dialog");
   await hasText(a.getByTestId("messages"), `removed ${carol}`, "the timeline shows the removal");
+  // Carol still has the group open: what she sends now is refused (not a member), shown failed with Retry and
+  // Delete, and survives a reload until she deletes it.
+  await c.getByTestId("composer").fill("am I still in?");
+  await c.getByTestId("composer").press("Enter");
+  const refused = c.locator('[data-testid=pending][data-failed=true][data-body="am I still in?"]');
+  await visible(refused, "carol's message is shown as not sent");
+  await hasText(refused, "not in this group", "with the reason");
+  await visible(refused.getByTestId("retry"), "and a Retry button");
+  await shot(c, "19b-failed-send");
+  await c.reload();
+  await c.getByTestId("tab-chats").click();
+  await visible(refused, "the failed message survives a reload");
+  await refused.getByTestId("retry").click();
+  await c.waitForTimeout(700);
+  await visible(refused, "a retry that the server refuses again shows it failed again");
+  await refused.getByTestId("delete-unsent").click();
+  await gone(refused, "Delete removes it");
   await convItem(b1, "Dinner crew").click();
   await b1.getByTestId("group-info").click();
   await b1.getByTestId("group-invite-input").fill(carol);

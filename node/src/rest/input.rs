@@ -178,6 +178,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn platforms_are_from_the_list() {
+        assert_eq!(platform(None), Ok("other"));
+        assert_eq!(platform(Some("android")), Ok("android"));
+        assert_eq!(platform(Some("web")), Ok("web"));
+        for bad in ["", "Android", "toaster", "web ", "ios\0"] {
+            assert_eq!(platform(Some(bad)).map_err(|r| r.code), Err("bad_platform"));
+        }
+    }
+
+    #[test]
     fn headers_and_segments() {
         assert_eq!(bearer_token(Some(b"Bearer abc")), Some("abc"));
         assert_eq!(bearer_token(Some(b"Bearer ")), None);

@@ -299,7 +299,12 @@ export class ChatClient {
     this.syncRids.clear();
     for (const track of this.convs.values()) track.syncing = false;
     for (const out of this.outbox.values()) clearTimeout(out.timer);
-    if (this.stopped || this.status === "replaced") return;
+    if (this.stopped) return;
+    if (this.status === "replaced") {
+      // The kick came first; tell listeners the connection is now gone too.
+      this.setStatus("replaced", { reason });
+      return;
+    }
     if (code === 4001) {
       this.setStatus("replaced", { reason });
       return;
