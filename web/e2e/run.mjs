@@ -434,6 +434,19 @@ try {
   if ((await link.first().getAttribute("rel")) !== "noopener noreferrer") throw new Error("links must open without access to the page");
   if (await b1.locator('a[href^="javascript:"]').count()) throw new Error("a javascript: link was made");
 
+  step("an image pasted into the composer is uploaded and sent");
+  const thumbsBefore = await b1.locator("img[data-testid=thumb]").count();
+  const pasted = await a.evaluateHandle((bytes) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(bytes)], "pasted.png", { type: "image/png" }));
+    return dt;
+  }, [...png(40, 30)]);
+  await a.getByTestId("composer").evaluate((el, dt) => el.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true })), pasted);
+  await expect("bob gets the pasted image", () =>
+    b1.waitForFunction((n) => [...document.querySelectorAll("img[data-testid=thumb]")].filter((img) => img.naturalWidth > 0).length > n, thumbsBefore, { timeout: WAIT }),
+  );
+  if (/node/i.test(await a.locator(".me-node").innerText())) throw new Error("users are shown internal node names");
+
   step("a file dropped on the chat is uploaded and sent; bob downloads it");
   const dataTransfer = await a.evaluateHandle(() => {
     const dt = new DataTransfer();
