@@ -553,6 +553,7 @@ try {
   await shot(c, "20-group-invitation");
   await invitation.getByTestId("accept-invitation").click();
   await hasText(c.getByTestId("chat-title"), "Dinner crew", "carol joined and the group opens");
+  await hasText(a.getByTestId("messages"), `${carol} joined`, "alice's timeline says carol joined");
   await say(a, "who read this?");
   await visible(message(b1, "who read this?"), "bob sees the question");
   await visible(message(c, "who read this?"), "carol sees the question");

@@ -479,7 +479,8 @@ function systemText(store: Store, msg: Message): string {
     case "created":
       return `${who} created the group “${msg.attrs?.title ?? ""}”`;
     case "members_added":
-      return `${who} added ${users}`;
+      // Accepting an invitation records the invitee adding themselves: they joined.
+      return msg.attrs?.users?.length === 1 && msg.attrs.users[0] === msg.from ? `${who} joined` : `${who} added ${users}`;
     case "member_removed":
       return `${who} removed ${users}`;
     case "member_left":
