@@ -253,6 +253,18 @@ pub struct Config {
     #[arg(long, env = "IM_WRITER_QUEUE", default_value_t = 20_000)]
     pub writer_queue: usize,
 
+    /// Platforms on which a user keeps one login at a time ("one session per platform"): a device connecting with
+    /// a new login moves the user's devices of an older login on the same platform out (`kick{replaced}`, and that
+    /// login's token is revoked). Comma-separated among web, desktop, android, ios, other; empty: off. Each user
+    /// may override it (`PUT /v1/devices/policy`).
+    #[arg(
+        long,
+        env = "IM_ONE_SESSION_PLATFORMS",
+        value_delimiter = ',',
+        default_value = "android,ios"
+    )]
+    pub one_session_platforms: Vec<String>,
+
     /// Most conversations listed in the `hello` frame.
     #[arg(long, env = "IM_HELLO_CONVERSATIONS", default_value_t = 1000)]
     pub hello_conversations: i64,

@@ -65,6 +65,16 @@ impl Config {
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
+        if let Some(bad) = self
+            .one_session_platforms
+            .iter()
+            .find(|p| !p.is_empty() && !common::ids::PLATFORMS.contains(&p.as_str()))
+        {
+            return Err(format!(
+                "--one-session-platforms: unknown platform {bad:?} (known: {})",
+                common::ids::PLATFORMS.join(", ")
+            ));
+        }
         if self.lease_ttl_ms < 1_000 {
             return Err("--lease-ttl-ms must be at least 1000".into());
         }
@@ -185,6 +195,27 @@ impl Config {
             max_decompressed_bytes: self.max_decompressed_bytes,
             max_depth: self.max_depth,
             max_collection_len: self.max_collection_len,
+        }
+    }
+
+    /// Whether a platform keeps one login per user, given the user's own choice (`None`: this server's setting;
+    /// `Some(true)`: every platform but `web`, whose tabs come and go; `Some(false)`: none).
+    pub fn one_session_on(&self, platform: &str, user_choice: Option<bool>) -> bool {
+        match user_choice {
+            None => self.one_session_platforms.iter().any(|p| p == platform),
+            Some(true) => platform != "web",
+            Some(false) => false,
+        }
+    }
+
+    /// The size limits clients are told in `hello`.
+    pub fn client_limits(&self) -> common::frame::ClientLimits {
+        common::frame::ClientLimits {
+            message_bytes: self.max_message_bytes as u64,
+            body_bytes: self.max_body_bytes as u64,
+            caption_bytes: crate::chat::content::MAX_CAPTION_BYTES as u64,
+            emoji_bytes: crate::chat::content::MAX_EMOJI_BYTES as u64,
+            media_bytes: self.max_media_bytes as u64,
         }
     }
 

@@ -40,7 +40,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     // Tokens and revocation.
     ("im_token_checks_total", Counter, "Revocation checks of presented tokens, by where the answer came from."),
     ("im_token_check_seconds", Histogram, "Duration of a revocation check that went to Redis."),
-    ("im_tokens_revoked_total", Counter, "Revocations made on this node (logout, logout-all), by scope."),
+    ("im_tokens_revoked_total", Counter, "Revocations made on this node (logout, logout-all, device logout, platform policy), by scope."),
     ("im_revoked_disconnects_total", Counter, "Connections closed because their token was revoked."),
     ("im_revocation_rechecks_total", Counter, "Periodic re-checks of every live connection's token."),
     ("im_revocation_recheck_seconds", Histogram, "Duration of one periodic revocation re-check."),

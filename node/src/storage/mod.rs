@@ -10,12 +10,13 @@
 //! Files: `schema.rs` (migrations), `writer/` (the only code that inserts messages), `queries.rs` (accounts, the
 //! `hello` list, `sync`), `chat.rs` (read cursors, recall targets), `relations.rs` (the facts the chat policy
 //! decides on), `members.rs` (who is in a conversation), `conversations.rs` (REST list, history, read receipts),
-//! `groups.rs`, `invitations.rs`, `friends.rs` (requests, friendships, blocks), `profiles.rs`, `media_meta.rs`
+//! `devices.rs` (where each user is logged in), `groups.rs`, `invitations.rs`, `friends.rs` (requests, friendships, blocks), `profiles.rs`, `media_meta.rs`
 //! (what Postgres knows about media) and `media/` (the bytes: chunks in Postgres or a local folder),
 //! `pair_cache.rs` (allowed 1:1 pairs the writer found), `tls.rs` (`sslmode` and the TLS connector).
 
 pub mod chat;
 pub mod conversations;
+pub mod devices;
 pub mod friends;
 pub mod groups;
 pub mod invitations;

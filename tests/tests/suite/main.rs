@@ -4,6 +4,7 @@ mod abuse;
 mod chat;
 mod conformance;
 mod deployment;
+mod devices;
 mod failover;
 mod faults;
 mod handshake;
