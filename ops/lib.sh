@@ -3,7 +3,8 @@
 # Prints a message to stderr.
 say() { printf '[im] %s\n' "$*" >&2; }
 
-# Installs (as root, via apt) or asks for the system packages the cluster needs: redis-server and Postgres.
+# Installs (as root, via apt) or asks for the system packages the cluster needs: redis-server (Debian's is built
+# with TLS, which the suite's tls:: tests use) and Postgres; openssl makes the tests' certificates.
 ensure_system_deps() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -12,6 +13,7 @@ ensure_system_deps() {
   fi
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${missing[*]} (apt-get)"
@@ -64,6 +66,21 @@ ensure_kosoku() {
   mkdir -p target
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "kosoku==$KOSOKU_VERSION"
+}
+
+# The S3-compatible server the media tests store into (tests/src/s3.rs): s3s-fs from crates.io, a real S3
+# implementation (SigV4, multipart uploads) over a folder, built once into target/s3s-fs where the harness finds it
+# (a few minutes on two cores; a debug build: the tests move a few MiB, and optimising it would cost CI several
+# more minutes). Pinned: 0.14.1 is the newest whose rust-version this toolchain meets.
+S3S_FS_VERSION=0.14.1
+ensure_s3s_fs() {
+  local root=target/s3s-fs
+  if [ -x "$root/bin/s3s-fs" ] && [ "$("$root/bin/s3s-fs" --version 2>/dev/null)" = "s3s-fs $S3S_FS_VERSION" ]; then
+    return 0
+  fi
+  say "installing s3s-fs $S3S_FS_VERSION into $root (cargo install)"
+  mkdir -p target
+  cargo install --quiet --debug --locked --features binary --version "$S3S_FS_VERSION" --root "$root" s3s-fs
 }
 
 # Installs (as root, via apt) the tools ops/check-ops.sh and ops/cluster.sh --prometheus need: promtool and

@@ -2,7 +2,7 @@
 # The whole test suite: unit, property and multi-process tests against real Redis, Postgres and node processes,
 # plus formatting and lints, the offline checks of the deployment files (ops/check-ops.sh) and an end-to-end run of
 # the local-cluster scripts (ops/check-local-cluster.sh). Installs Redis, Postgres, Prometheus (promtool) and
-# HAProxy first if they are missing (as root, via apt).
+# HAProxy first if they are missing (as root, via apt), and s3s-fs (cargo install) for the S3 media tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/lib.sh
@@ -11,6 +11,8 @@ ensure_system_deps
 # promtool and haproxy: the suite checks a live node's /metrics with promtool and runs HAProxy in front of nodes.
 ensure_ops_deps
 ensure_kosoku
+# s3s-fs: the real S3-compatible server the media tests run the s3 store against.
+ensure_s3s_fs
 say "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -78,7 +78,8 @@ impl ErrorCode {
 pub enum KickReason {
     /// The node is shutting down: reconnect (to any node) and sync.
     Draining,
-    /// The same user and device connected again elsewhere; this connection is superseded. Do not reconnect blindly.
+    /// The same user and device connected again elsewhere, or a newer login on the same platform moved this one out
+    /// (one session per platform); this connection is superseded. Do not reconnect blindly.
     Replaced,
     /// The client did not read fast enough and its outbound queue filled up: reconnect and sync.
     SlowConsumer,

@@ -198,6 +198,25 @@ pub struct Hello {
     pub idle: u32,
     /// The user's conversations, most recently active first (at most the node's configured cap).
     pub convs: Vec<ConvState>,
+    /// The node's size limits, for clients to check before sending (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ClientLimits>,
+}
+
+/// The size limits a client checks before sending, so nothing it sends is refused (or closes the connection) for
+/// size. All in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// Largest WebSocket message (a bigger one closes the connection with 1009).
+    pub message_bytes: u64,
+    /// Longest `send.body` of a text or custom message (UTF-8).
+    pub body_bytes: u64,
+    /// Longest caption of an image or file message.
+    pub caption_bytes: u64,
+    /// Longest emoji code.
+    pub emoji_bytes: u64,
+    /// Largest upload (`POST /v1/media`).
+    pub media_bytes: u64,
 }
 
 /// Where one conversation stands for the connecting user.

@@ -24,6 +24,9 @@ pub fn is_valid_device_id(device: &str) -> bool {
     is_token_like(device, MAX_DEVICE_ID_LEN)
 }
 
+/// The platforms a device may name when it connects (`platform=` on `/v1/ws`); anything else is refused.
+pub const PLATFORMS: &[&str] = &["web", "desktop", "android", "ios", "other"];
+
 /// A `cid` follows the same alphabet as a device id (UUIDs, ULIDs and decimal counters all fit).
 pub fn is_valid_cid(cid: &str) -> bool {
     is_token_like(cid, MAX_CID_LEN)

@@ -49,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(device) = input::device_id(Some(&text)) {
                 assert!(common::ids::is_valid_device_id(device));
             }
+            if let Ok(platform) = input::platform(Some(&text)) {
+                assert!(common::ids::PLATFORMS.contains(&platform));
+            }
             assert!(input::user_list(&text, 500).len() <= 500);
         }
         1 => {

@@ -5,6 +5,7 @@
 //! stop accepting, kick every connection (`draining`, in waves over `--drain-spread-secs`), let the writer commit what is queued, let the router
 //! publish it, release the lease, exit.
 
+pub mod backend_tls;
 pub mod chat;
 pub mod clock;
 pub mod config;
@@ -50,8 +51,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     // The connection-limit alert compares im_connections_open with this.
     ::metrics::gauge!("im_connections_max").set(config.max_connections as f64);
 
-    let pool = storage::pool(&config.postgres_url, config.postgres_pool)
-        .during("postgres configuration")?;
+    let pool = postgres_pool(&config, config.postgres_pool)?;
     if config.run_migrations {
         let applied = migrate_with_retry(&pool, config.migration_timeouts()).await?;
         info!(applied, "migrations applied");
@@ -63,6 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         url: config.redis_url.clone(),
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
         pubsub_buffer: config.pubsub_buffer,
+        tls: redis_tls(&config)?,
     };
     let redis = router::connect(&settings)
         .await
@@ -85,14 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         members: Arc::new(fanout::members::MemberCache::new(pool.clone())),
         node_id: node_id.clone(),
         metrics: metrics.clone(),
-        push: (!config.push_webhook_url.is_empty()).then(|| {
-            fanout::push::spawn(fanout::push::PushSettings {
-                url: config.push_webhook_url.clone(),
-                batch: config.push_batch,
-                timeout: Duration::from_millis(config.push_timeout_ms),
-                retries: config.push_retries,
-            })
-        }),
+        push: push_queue(&config)?,
     };
     let pairs = Arc::new(storage::pair_cache::PairCache::new());
     let revocations = Arc::new(identity::revocation::Revocations::new(
@@ -110,16 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         sessions.clone(),
         stop_background.clone(),
     ));
-    let media = match config.media_store {
-        config::MediaStoreKind::Postgres => storage::media::MediaBytes::Postgres(
-            storage::media::PostgresMedia::new(pool.clone(), config.media_chunk_bytes),
-        ),
-        config::MediaStoreKind::Local => storage::media::MediaBytes::Local(
-            storage::media::LocalMediaStore::new(config.media_dir.clone())
-                .await
-                .map_err(|error| Error::io("preparing the media folder", error))?,
-        ),
-    };
+    let media = open_media_store(&config, &pool).await?;
 
     let (committed_tx, committed_rx) = mpsc::channel(1024);
     let drain_writer = CancellationToken::new();
@@ -252,8 +237,92 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 /// `node migrate`: applies pending migrations and returns how many it applied.
 pub async fn migrate(config: &Config) -> Result<usize, Error> {
     config.validate_migrate().map_err(Error::Config)?;
-    let pool = storage::pool(&config.postgres_url, 1).during("postgres configuration")?;
+    let pool = postgres_pool(config, 1)?;
     migrate_with_retry(&pool, config.migration_timeouts()).await
+}
+
+/// The Postgres pool with the TLS the URL's `sslmode` and `--postgres-ca-file` etc. ask for.
+fn postgres_pool(config: &Config, size: usize) -> Result<deadpool_postgres::Pool, Error> {
+    storage::pool(&config.postgres_url, size, &config.backend_tls.postgres())
+        .during("postgres configuration")
+}
+
+/// The rustls configuration for a `rediss://` URL (chain and host name checked), none for `redis://`.
+fn redis_tls(config: &Config) -> Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, Error> {
+    let tls = config.redis_url.starts_with("rediss://")
+        || config.redis_url.starts_with("rediss-cluster://");
+    if !tls {
+        return Ok(None);
+    }
+    let files = config.backend_tls.redis();
+    let client = backend_tls::client_config("redis", &files, backend_tls::Verify::Full)
+        .map_err(Error::Config)?;
+    Ok(Some(Arc::new(client)))
+}
+
+/// The offline push webhook's queue, if one is configured. Over `http://` the previews travel in the clear: said
+/// once at start.
+fn push_queue(config: &Config) -> Result<Option<fanout::push::PushQueue>, Error> {
+    if config.push_webhook_url.is_empty() {
+        return Ok(None);
+    }
+    let tls = if config.push_webhook_url.starts_with("https://") {
+        let files = config.backend_tls.push();
+        let client = backend_tls::client_config("push", &files, backend_tls::Verify::Full)
+            .map_err(Error::Config)?;
+        Some(Arc::new(client))
+    } else {
+        warn!("--push-webhook-url is http://: message previews are sent unencrypted; use https://");
+        None
+    };
+    let settings = fanout::push::PushSettings {
+        url: config.push_webhook_url.clone(),
+        batch: config.push_batch,
+        timeout: Duration::from_millis(config.push_timeout_ms),
+        retries: config.push_retries,
+        tls,
+    };
+    fanout::push::spawn(settings)
+        .map(Some)
+        .map_err(Error::Config)
+}
+
+/// The media store `--media-store` names. Contacts nothing but the local folder.
+async fn open_media_store(
+    config: &Config,
+    pool: &deadpool_postgres::Pool,
+) -> Result<storage::media::MediaBytes, Error> {
+    use storage::media::{LocalMediaStore, MediaBytes, PostgresMedia, S3Media};
+    Ok(match config.media_store {
+        config::MediaStoreKind::Postgres => {
+            MediaBytes::Postgres(PostgresMedia::new(pool.clone(), config.media_chunk_bytes))
+        }
+        config::MediaStoreKind::Local => MediaBytes::Local(
+            LocalMediaStore::new(config.media_dir.clone())
+                .await
+                .map_err(|error| Error::io("preparing the media folder", error))?,
+        ),
+        config::MediaStoreKind::S3 => MediaBytes::S3(
+            S3Media::new(&config.s3.target())
+                .map_err(|error| Error::io("preparing the S3 client", error))?,
+        ),
+    })
+}
+
+/// `node media import --from <dir>`: copies an old local media folder into the configured store (see
+/// `storage::media::import`). The schema must be current.
+pub async fn media_import(
+    config: &Config,
+    from: &std::path::Path,
+) -> Result<storage::media::import::ImportCounts, Error> {
+    config.validate_media().map_err(Error::Config)?;
+    let pool = postgres_pool(config, 2)?;
+    wait_for_schema(&pool).await?;
+    let store = open_media_store(config, &pool).await?;
+    info!(store = store.name(), from = %from.display(), "importing media");
+    storage::media::import::import(&pool, &store, from)
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))
 }
 
 /// Postgres may still be starting (local cluster, container start order), or a lock timeout may have cut a
@@ -266,12 +335,27 @@ async fn migrate_with_retry(
     loop {
         match storage::schema::migrate(pool, timeouts).await {
             Ok(applied) => return Ok(applied),
+            Err(error) if storage::tls::tls_failure(&error).is_some() => {
+                return Err(postgres_tls_error(&error));
+            }
             Err(error) if tokio::time::Instant::now() < deadline => {
                 warn!(%error, "postgres not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(error) => return Err(error).during("applying migrations"),
         }
+    }
+}
+
+/// A failed TLS handshake with Postgres, named as such: no retry mends a refused certificate or a server without
+/// TLS under `require`, so start-up stops at once.
+fn postgres_tls_error(error: &storage::StoreError) -> Error {
+    let reason = storage::tls::tls_failure(error).unwrap_or_default();
+    Error::Startup {
+        what: "connecting to postgres".into(),
+        source: Box::new(Error::Store(storage::StoreError::Invalid(format!(
+            "TLS handshake failed: {reason}"
+        )))),
     }
 }
 
@@ -283,6 +367,9 @@ async fn wait_for_schema(pool: &deadpool_postgres::Pool) -> Result<(), Error> {
         let problem = match storage::schema::pending(pool).await {
             Ok(pending) if pending.is_empty() => return Ok(()),
             Ok(pending) => format!("migrations {pending:?} not applied yet (run `node migrate`)"),
+            Err(error) if storage::tls::tls_failure(&error).is_some() => {
+                return Err(postgres_tls_error(&error));
+            }
             Err(error) => format!("postgres not ready: {error}"),
         };
         if tokio::time::Instant::now() >= deadline {

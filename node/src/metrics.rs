@@ -156,6 +156,10 @@ fn register_rare_events() {
     for kind in ["closed", "invalid", "timeout"] {
         counter!("im_proxy_protocol_errors_total", "kind" => kind).increment(0);
     }
+    // ImBackendTlsRefused (it moves only with TLS to that backend).
+    for backend in ["postgres", "redis", "push"] {
+        counter!("im_backend_tls_failures_total", "backend" => backend).increment(0);
+    }
 }
 
 /// Counts a connection closed, labelled by why.

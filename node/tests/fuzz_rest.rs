@@ -178,6 +178,9 @@ fn parse_every_query(uri: &Uri) -> Result<(), TestCaseError> {
         if let Ok(device) = input::device_id(params.get("device").map(String::as_str)) {
             prop_assert!(common::ids::is_valid_device_id(device));
         }
+        if let Ok(platform) = input::platform(params.get("platform").map(String::as_str)) {
+            prop_assert!(common::ids::PLATFORMS.contains(&platform));
+        }
     }
     quick(started, "query strings")
 }
@@ -230,6 +233,9 @@ proptest! {
         }
         if let Ok(device) = input::device_id(Some(&text)) {
             prop_assert!(!device.is_empty() && device.len() <= 64);
+        }
+        if let Ok(platform) = input::platform(Some(&text)) {
+            prop_assert!(common::ids::PLATFORMS.contains(&platform) && platform == text);
         }
         prop_assert!(input::user_list(&text, 5).len() <= 5);
         quick(started, "header and path parsers")?;

@@ -28,7 +28,8 @@ pub enum BusMessage {
         #[serde(with = "serde_bytes")]
         frame: Vec<u8>,
     },
-    /// Close the local connection of this device: it connected again elsewhere.
+    /// Close the local connection of this device with `kick{replaced}`: it connected again elsewhere, or a newer
+    /// login on its platform moved it out.
     KickDevice { user: UserId, device: String },
     /// Push `frame` to every local device of every member of `conv` (except `skip`). Sent to every live node for
     /// large conversations, so the cost is one publish per node whatever the member count.

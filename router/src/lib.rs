@@ -19,9 +19,12 @@ pub mod locations;
 pub mod revocations;
 pub mod throttle;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::config::{TlsConfig, TlsConnector, TlsHostMapping};
+use tokio_rustls::rustls;
 
 pub use bus::{Bus, BusMessage};
 pub use lease::NodeLease;
@@ -36,6 +39,12 @@ pub enum RouterError {
     Redis(#[from] fred::error::Error),
     #[error("bus message: {0}")]
     Envelope(String),
+    /// The TLS handshake with Redis failed (a refused certificate, no TLS on that port): a setting to fix, not
+    /// something a retry mends.
+    #[error("TLS handshake with redis at {server} failed: {reason}")]
+    Tls { server: String, reason: String },
+    #[error("redis URL: {0}")]
+    Url(String),
 }
 
 /// How to reach Redis.
@@ -46,12 +55,84 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Capacity of the pub/sub receive buffer; fred's default of 32 drops messages under load.
     pub pubsub_buffer: usize,
+    /// The TLS client configuration for a `rediss://` URL (required with one, refused without).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Parses the URL and applies the TLS setting. fred would build its own rustls configuration (system roots only)
+/// for `rediss`; the URL is parsed as plain and ours is set instead, so the CA file and client certificate apply.
+fn fred_config(settings: &RedisSettings) -> Result<Config, RouterError> {
+    let tls_scheme =
+        settings.url.starts_with("rediss://") || settings.url.starts_with("rediss-cluster://");
+    let plain_url = if tls_scheme {
+        settings.url.replacen("rediss", "redis", 1)
+    } else {
+        settings.url.clone()
+    };
+    let mut config = Config::from_url(&plain_url)?;
+    match (&settings.tls, tls_scheme) {
+        (Some(tls), true) => {
+            config.tls = Some(TlsConfig {
+                connector: TlsConnector::Rustls(tokio_rustls::TlsConnector::from(tls.clone())),
+                // A cluster answers CLUSTER SLOTS with addresses; check each node's certificate for the name the
+                // URL used (or the hostname the cluster announces), as a shared cluster certificate names them.
+                hostnames: if config.server.is_clustered() {
+                    TlsHostMapping::DefaultHost
+                } else {
+                    TlsHostMapping::None
+                },
+            });
+        }
+        (None, false) => {}
+        (None, true) => {
+            return Err(RouterError::Url(
+                "a rediss:// URL needs a TLS configuration".into(),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(RouterError::Url(
+                "TLS is configured but the URL is not rediss://".into(),
+            ))
+        }
+    }
+    Ok(config)
+}
+
+/// With TLS, one handshake with the first server before fred connects: a refused certificate then stops the
+/// start at once with the reason (fred would only log it and retry). A server that does not accept TCP yet is left
+/// to the retries.
+async fn check_tls(config: &Config, settings: &RedisSettings) -> Result<(), RouterError> {
+    let Some(tls) = &settings.tls else {
+        return Ok(());
+    };
+    let Some(server) = config.server.hosts().into_iter().next() else {
+        return Ok(());
+    };
+    let address = format!("{}:{}", server.host, server.port);
+    let connect = tokio::net::TcpStream::connect(address.as_str());
+    let Ok(Ok(tcp)) = tokio::time::timeout(settings.command_timeout, connect).await else {
+        return Ok(());
+    };
+    let name = rustls::pki_types::ServerName::try_from(server.host.to_string())
+        .map_err(|e| RouterError::Url(format!("{} is no TLS server name: {e}", server.host)))?;
+    let handshake = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp);
+    match tokio::time::timeout(settings.command_timeout, handshake).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(error)) => Err(RouterError::Tls {
+            server: address,
+            reason: error.to_string(),
+        }),
+        Err(_) => Err(RouterError::Tls {
+            server: address,
+            reason: "timed out (is that port TLS?)".into(),
+        }),
+    }
 }
 
 /// Builds a client with the settings every router client shares: bounded command time, endless reconnects with
 /// backoff, and a large pub/sub buffer.
 pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, RouterError> {
-    let config = Config::from_url(&settings.url)?;
+    let config = fred_config(settings)?;
     let mut builder = Builder::from_config(config);
     builder
         .with_performance_config(|perf| {
@@ -70,6 +151,7 @@ pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, RouterError> 
 
 /// Connects a command client, retrying the first connection for up to five command timeouts.
 pub async fn connect(settings: &RedisSettings) -> Result<Client, RouterError> {
+    check_tls(&fred_config(settings)?, settings).await?;
     let client = builder(settings)?.build()?;
     init_with_retry(&client, settings).await?;
     Ok(client)

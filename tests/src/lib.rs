@@ -13,7 +13,9 @@ pub mod probe;
 pub mod procs;
 pub mod proxy;
 pub mod resp;
+pub mod s3;
 pub mod tls;
+pub mod tls_backends;
 pub mod traffic;
 
 pub use client::TestClient;

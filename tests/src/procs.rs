@@ -27,7 +27,7 @@ fn is_root() -> bool {
 }
 
 /// The uid/gid of the `postgres` system user, when running as root (Postgres refuses to run as root).
-fn postgres_ids() -> Option<(u32, u32)> {
+pub(crate) fn postgres_ids() -> Option<(u32, u32)> {
     if !is_root() {
         return None;
     }
@@ -61,7 +61,7 @@ pub(crate) fn harden(command: &mut Command, ids: Option<(u32, u32)>) {
     }
 }
 
-fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("IM_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
@@ -176,7 +176,11 @@ impl Postgres {
 }
 
 /// Runs initdb in `dir/data` (as the `postgres` user when root) and returns the data directory.
-fn init_data_dir(bin: &Path, dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+pub(crate) fn init_data_dir(
+    bin: &Path,
+    dir: &Path,
+    ids: Option<(u32, u32)>,
+) -> anyhow::Result<PathBuf> {
     let data = dir.join("data");
     if let Some((uid, gid)) = ids {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
@@ -196,7 +200,7 @@ fn init_data_dir(bin: &Path, dir: &Path, ids: Option<(u32, u32)>) -> anyhow::Res
 }
 
 /// The `postgres` server command for `data` on `port`, logging to `dir/postgres.log`.
-fn postgres_command(
+pub(crate) fn postgres_command(
     bin: &Path,
     data: &Path,
     port: u16,
@@ -327,7 +331,7 @@ impl Drop for PrivatePostgres {
     }
 }
 
-fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -437,7 +441,7 @@ pub struct RedisCluster {
 }
 
 /// A port whose cluster bus port (+10000) is free too.
-fn free_cluster_port() -> u16 {
+pub(crate) fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
         if port > 1024 && port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
@@ -563,7 +567,7 @@ pub fn redis_cluster_mode() -> bool {
 }
 
 /// Path of the node binary, built once per test process.
-fn node_binary() -> anyhow::Result<PathBuf> {
+pub fn node_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
         .get_or_init(|| {
@@ -599,6 +603,8 @@ pub struct NodeProc {
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<(String, String)>,
+    /// Environment variables besides `PATH` (secrets that have no flag).
+    env: Vec<(String, String)>,
 }
 
 impl NodeProc {
@@ -606,7 +612,8 @@ impl NodeProc {
         let mut command = Command::new(node_binary()?);
         command
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         for (key, value) in &self.args {
             // An empty value is a switch (`--conformance-echo`).
             command.arg(format!("--{key}"));
@@ -624,6 +631,30 @@ impl NodeProc {
         harden(&mut command, None);
         self.child = Some(command.spawn().context("starting a node")?);
         Ok(())
+    }
+
+    /// Runs the node binary once with this node's settings (not its listeners) followed by `subcommand` (e.g.
+    /// `media import --from …`), and returns what it printed and its exit status.
+    pub fn run_command(&self, subcommand: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut command = Command::new(node_binary()?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        for (key, value) in &self.args {
+            command.arg(format!("--{key}"));
+            if !value.is_empty() {
+                command.arg(value);
+            }
+        }
+        command.args(["--log-format", "text"]).args(subcommand);
+        Ok(command.output()?)
+    }
+
+    /// Sets an environment variable for the next (re)start of this node.
+    pub fn set_env(&mut self, key: &str, value: impl ToString) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Sets a node option for the next (re)start of this node.
@@ -708,6 +739,10 @@ pub struct ClusterOptions {
     pub redis_cluster: bool,
     /// Run the single Redis with these persistence settings (implies `single_redis`).
     pub redis_persistence: Option<Vec<String>>,
+    /// Environment variables of every node.
+    pub node_env: Vec<(String, String)>,
+    /// Start an S3-compatible server (`Cluster::s3`) and store media there (`--media-store s3`).
+    pub s3_media: bool,
 }
 
 impl ClusterOptions {
@@ -737,6 +772,18 @@ impl ClusterOptions {
         self.node_args.push((key.to_string(), value.to_string()));
         self
     }
+
+    /// An environment variable for every node.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.node_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Media in a throwaway S3-compatible server (`Cluster::s3`) instead of the default store.
+    pub fn s3_media(mut self) -> Self {
+        self.s3_media = true;
+        self
+    }
 }
 
 /// A registered user with a valid token.
@@ -760,6 +807,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub secret: String,
     pub dir: PathBuf,
+    /// The object store of `ClusterOptions::s3_media`.
+    pub s3: Option<crate::s3::S3Server>,
 }
 
 static USER_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -803,7 +852,17 @@ impl Cluster {
             nodes: Vec::new(),
             secret,
             dir,
+            s3: None,
         };
+        let mut node_args = options.node_args.clone();
+        let mut node_env = options.node_env.clone();
+        if options.s3_media {
+            let server = crate::s3::S3Server::start()?;
+            // The test's own settings (say, a part size) win over these.
+            node_args.splice(0..0, server.node_args());
+            node_env.push(server.secret_env());
+            cluster.s3 = Some(server);
+        }
         // Pages served by one node may open WebSockets on the others (a browser failing over).
         let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let origins: Vec<String> = ports
@@ -844,7 +903,7 @@ impl Cluster {
                 ),
                 ("allowed-origins".to_string(), origins.join(",")),
             ];
-            for (key, value) in &options.node_args {
+            for (key, value) in &node_args {
                 match args.iter_mut().find(|(k, _)| k == key) {
                     Some(existing) => existing.1 = value.clone(),
                     None => args.push((key.clone(), value.clone())),
@@ -857,6 +916,7 @@ impl Cluster {
                 child: None,
                 log: cluster.dir.join(format!("node{index}.log")),
                 args,
+                env: node_env.clone(),
             };
             cluster.nodes.push(node);
         }

@@ -5,9 +5,10 @@
 //
 // Started by tests/tests/suite/web.rs, which owns the cluster: this script prints `@@kill N` / `@@start N` and
 // waits for `ok` on stdin. Exits non-zero on the first failed expectation. Screenshots go to IM_E2E_SCREENSHOTS
-// (default e2e/screenshots).
+// (default e2e/screenshots; the Rust test puts them under target/).
 
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
@@ -113,6 +114,19 @@ const shot = async (page, name) => {
   await page.screenshot({ path: `${shots}/${name}.png` });
   step(`screenshot ${name}.png`);
 };
+// axe-core in the page: no serious or critical WCAG 2 A/AA violation on the screen as it is.
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+async function axe(page, screen) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.addScriptTag({ content: axeSource });
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+    return result.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(" | ")}`);
+  });
+  if (violations.length) throw new Error(`axe on ${screen}:\n  ${violations.join("\n  ")}`);
+  step(`axe: no serious or critical violations on ${screen}`);
+}
 const expect = async (what, condition) => {
   const begun = Date.now();
   try {
@@ -138,6 +152,12 @@ async function register(page, name) {
   await page.getByTestId("login-submit").click();
   await hasText(page.getByTestId("me"), name, `${name} is logged in`);
   await visible(page.locator("[data-testid=online-dot].on"), `${name} is online`);
+}
+async function logIn(page, name) {
+  await page.locator("input[name=username]").fill(name);
+  await page.locator("input[name=password]").fill("correct horse battery");
+  await page.getByTestId("login-submit").click();
+  await hasText(page.getByTestId("me"), name, `${name} is logged in`);
 }
 async function say(page, text) {
   await page.getByTestId("composer").fill(text);
@@ -178,6 +198,18 @@ try {
   const b1 = await open(ctxB, `${n2}/${nodesParam(n2, n1)}`, "bob#1");
   await visible(a.getByTestId("login-form"), "login screen");
   await shot(a, "01-login");
+  await axe(a, "the login screen");
+  // The node serves the build's precompressed files (brotli or gzip), so the app's code travels compressed.
+  const sizes = await a.evaluate(() =>
+    performance
+      .getEntriesByType("resource")
+      .filter((e) => /\/assets\/.*\.js$/.test(e.name))
+      .map((e) => [e.encodedBodySize, e.decodedBodySize]),
+  );
+  if (!sizes.length || sizes.some(([encoded, decoded]) => !(encoded > 0 && encoded < decoded / 2))) {
+    throw new Error(`the app's code is not served compressed: ${JSON.stringify(sizes)}`);
+  }
+  step(`app code served compressed: ${sizes.map(([e, d]) => `${Math.round(e / 1024)} KB for ${Math.round(d / 1024)} KB`).join(", ")}`);
   await register(a, alice);
   await register(b1, bob);
 
@@ -216,8 +248,16 @@ try {
   await b1.getByTestId("composer").press("Enter");
   await visible(message(a, "Hi Alice 👋"), "alice gets bob's reply");
   await hasText(b1.getByTestId("receipt"), "Read", "bob sees alice read his reply");
+  step("the emoji picker (emoji-picker-element): search, pick, send");
   await a.getByTestId("emoji-button").click();
-  await a.locator("[data-testid=emoji]", { hasText: "🎉" }).click();
+  const picker = a.locator("emoji-picker");
+  await picker.locator("#search").fill("party popper");
+  await picker.getByRole("option", { name: /🎉/ }).first().click();
+  await expect("the emoji is in the composer", () => a.waitForFunction(() => document.querySelector("[data-testid=composer]").value.includes("🎉"), null, { timeout: WAIT }));
+  await shot(a, "04b-emoji-picker");
+  await picker.locator("#search").press("Escape");
+  await gone(picker, "Escape closes the emoji picker");
+  await a.getByTestId("composer").press("Enter");
   await visible(message(b1, "🎉"), "bob gets the emoji");
 
   step("alice sends an image with a throttled upload; bob sees the thumbnail");
@@ -243,8 +283,9 @@ try {
   step("alice recalls a message");
   await say(a, "oops, wrong chat");
   await visible(message(b1, "oops, wrong chat"), "bob sees the message before the recall");
-  await message(a, "oops, wrong chat").locator(".bubble").click();
-  await a.getByTestId("recall").click();
+  // Recall is a visible action of the message (reachable by Tab), not hidden behind a click on the bubble.
+  await message(a, "oops, wrong chat").getByTestId("recall").focus();
+  await a.keyboard.press("Enter");
   await gone(message(b1, "oops, wrong chat"), "the recalled text disappears for bob");
   await visible(b1.getByTestId("recalled"), "bob sees that alice recalled a message");
   await visible(b2.getByTestId("tab-chats"), "second tab alive");
@@ -366,6 +407,216 @@ try {
     c.waitForFunction(([g, want]) => want.every((s) => window.imStore.sortedMessages(g).some((m) => m.seq === s)), [group, groupSeqs], { timeout: WAIT }),
   );
   await shot(a, "13-group-after-recovery");
+
+  step("a 100,000-character paste is refused before sending, keeps the text, and nothing is stuck behind it");
+  await convItem(a, bob).click();
+  await a.getByTestId("composer").fill("x".repeat(100_000));
+  await a.getByTestId("composer").press("Enter");
+  await hasText(a.getByTestId("composer-error"), "too long", "a clear message about the length");
+  if ((await a.getByTestId("composer").inputValue()).length !== 100_000) throw new Error("the long text was not kept");
+  if (await a.getByTestId("pending").count()) throw new Error("the long message was queued");
+  await shot(a, "14-too-long");
+  await a.getByTestId("composer").fill("after the long one");
+  await a.getByTestId("composer").press("Enter");
+  await visible(message(b1, "after the long one"), "the next message goes through");
+
+  step("multi-line (Shift+Enter breaks, Enter sends) and safe links");
+  await a.getByTestId("composer").fill("line one");
+  await a.getByTestId("composer").press("Shift+Enter");
+  await a.getByTestId("composer").pressSequentially("line two https://example.com/path. javascript:alert(1)");
+  await a.getByTestId("composer").press("Enter");
+  const multi = "line one\nline two https://example.com/path. javascript:alert(1)";
+  await expect("bob gets the two-line message", () =>
+    b1.waitForFunction((body) => window.imStore.sortedMessages(window.imStore.open.conv).some((m) => m.body === body), multi, { timeout: WAIT }),
+  );
+  const link = b1.locator('[data-testid=link][href="https://example.com/path"]');
+  await visible(link, "the URL is a link");
+  if ((await link.first().getAttribute("rel")) !== "noopener noreferrer") throw new Error("links must open without access to the page");
+  if (await b1.locator('a[href^="javascript:"]').count()) throw new Error("a javascript: link was made");
+
+  step("an image pasted into the composer is uploaded and sent");
+  const thumbsBefore = await b1.locator("img[data-testid=thumb]").count();
+  const pasted = await a.evaluateHandle((bytes) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(bytes)], "pasted.png", { type: "image/png" }));
+    return dt;
+  }, [...png(40, 30)]);
+  await a.getByTestId("composer").evaluate((el, dt) => el.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true })), pasted);
+  await expect("bob gets the pasted image", () =>
+    b1.waitForFunction((n) => [...document.querySelectorAll("img[data-testid=thumb]")].filter((img) => img.naturalWidth > 0).length > n, thumbsBefore, { timeout: WAIT }),
+  );
+  if (/node/i.test(await a.locator(".me-node").innerText())) throw new Error("users are shown internal node names");
+
+  step("a file dropped on the chat is uploaded and sent; bob downloads it");
+  const dataTransfer = await a.evaluateHandle(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(["hello from a dropped file\n"], "notes.txt", { type: "text/plain" }));
+    return dt;
+  });
+  await a.dispatchEvent("[data-testid=chat]", "dragover", { dataTransfer });
+  await a.dispatchEvent("[data-testid=chat]", "drop", { dataTransfer });
+  const fileMessage = b1.locator("[data-testid=file]", { hasText: "notes.txt" });
+  await visible(fileMessage, "bob gets the file message");
+  const [download] = await Promise.all([b1.waitForEvent("download", { timeout: WAIT }), fileMessage.first().getByTestId("download").click()]);
+  if (download.suggestedFilename() !== "notes.txt") throw new Error(`downloaded as ${download.suggestedFilename()}`);
+  if (readFileSync(await download.path(), "utf8") !== "hello from a dropped file\n") throw new Error("the downloaded file differs");
+  await shot(b1, "15-file-message");
+
+  step("keyboard: a thumbnail opens with Enter; the viewer closes with its button and with Escape");
+  await a.getByTestId("open-image").last().focus();
+  await a.keyboard.press("Enter");
+  await visible(a.getByTestId("full-image"), "the viewer opens from the keyboard");
+  await shot(a, "16-image-viewer");
+  await a.getByTestId("viewer-close").click();
+  await gone(a.getByTestId("full-image"), "the close button closes the viewer");
+  await a.getByTestId("open-image").last().focus();
+  await a.keyboard.press("Enter");
+  await visible(a.getByTestId("full-image"), "the viewer opens again");
+  await a.keyboard.press("Escape");
+  await gone(a.getByTestId("full-image"), "Escape closes the viewer");
+  await axe(a, "a chat (desktop)");
+  await shot(a, "17-chat-desktop");
+
+  step("an unsent message survives a reload (IndexedDB); the reload reopens the chat");
+  await ctxA.addInitScript(() => {
+    if (localStorage.getItem("e2e.blockWs")) {
+      window.WebSocket = class {
+        constructor() {
+          throw new Error("WebSocket blocked by the test");
+        }
+      };
+    }
+  });
+  await a.evaluate(() => localStorage.setItem("e2e.blockWs", "1"));
+  await a.reload();
+  await hasText(a.getByTestId("chat-title"), bob, "the reload reopens the chat with bob");
+  await visible(a.locator("[data-testid=status][data-status=offline]"), "alice is offline (WebSocket blocked)");
+  await a.getByTestId("composer").fill("written before a reload");
+  await a.getByTestId("composer").press("Enter");
+  const waiting = a.locator('[data-testid=pending][data-body="written before a reload"]');
+  await visible(waiting, "the message waits");
+  await a.reload();
+  await visible(waiting, "the unsent message is still there after a reload");
+  await hasText(a.getByTestId("chat-title"), bob, "in the chat it was written in");
+  await shot(a, "18-unsent-after-reload");
+  await a.evaluate(() => localStorage.removeItem("e2e.blockWs"));
+  await a.reload();
+  await visible(message(a, "written before a reload"), "it is sent once the connection is back");
+  await visible(message(b1, "written before a reload"), "bob gets it");
+  await gone(waiting, "nothing is left waiting");
+  if ((await message(b1, "written before a reload").count()) !== 1) throw new Error("the message arrived twice");
+
+  step("groups: roles, rename, remove, invite by consent, join, read receipts, leave; events are not unread");
+  await hasText(unreadOf(b1, "Lunch crew"), "1", "bob has carol's offline message unread in the group");
+  await convItem(a, "Lunch crew").click();
+  await a.getByTestId("group-info").click();
+  await visible(a.locator(`[data-testid=member][data-role=owner][data-name="${alice}"]`), "members listed with roles");
+  await axe(a, "the group info dialog");
+  await shot(a, "19-group-info");
+  await a.getByTestId("group-rename-input").fill("Dinner crew");
+  await a.getByTestId("group-rename").click();
+  await hasText(a.getByTestId("chat-title"), "Dinner crew", "the group is renamed");
+  await visible(convItem(b1, "Dinner crew"), "bob sees the new name live");
+  await b1.waitForTimeout(300);
+  await hasText(unreadOf(b1, "Dinner crew"), "1", "the rename is shown but not counted as unread");
+  await a.locator(`[data-testid=member][data-name="${carol}"]`).getByTestId("remove-member").click();
+  await gone(a.locator(`[data-testid=member][data-name="${carol}"]`), "carol is removed");
+  await a.keyboard.press("Escape");
+  await gone(a.getByTestId("dialog"), "Escape closes the dialog");
+  await hasText(a.getByTestId("messages"), `removed ${carol}`, "the timeline shows the removal");
+  // Carol still has the group open: what she sends now is refused (not a member), shown failed with Retry and
+  // Delete, and survives a reload until she deletes it.
+  await c.getByTestId("composer").fill("am I still in?");
+  await c.getByTestId("composer").press("Enter");
+  const refused = c.locator('[data-testid=pending][data-failed=true][data-body="am I still in?"]');
+  await visible(refused, "carol's message is shown as not sent");
+  await hasText(refused, "not in this group", "with the reason");
+  await visible(refused.getByTestId("retry"), "and a Retry button");
+  await shot(c, "19b-failed-send");
+  await c.reload();
+  await c.getByTestId("tab-chats").click();
+  await visible(refused, "the failed message survives a reload");
+  await refused.getByTestId("retry").click();
+  await c.waitForTimeout(700);
+  await visible(refused, "a retry that the server refuses again shows it failed again");
+  await refused.getByTestId("delete-unsent").click();
+  await gone(refused, "Delete removes it");
+  await convItem(b1, "Dinner crew").click();
+  await b1.getByTestId("group-info").click();
+  await b1.getByTestId("group-invite-input").fill(carol);
+  await b1.getByTestId("group-invite").click();
+  await hasText(b1.getByTestId("toast"), "invited", "bob (not carol's friend) invites her instead of adding her");
+  await b1.keyboard.press("Escape");
+  await c.getByTestId("tab-contacts").click();
+  const invitation = c.locator('[data-testid=invitation][data-title="Dinner crew"]');
+  await visible(invitation, "carol sees the invitation");
+  await shot(c, "20-group-invitation");
+  await invitation.getByTestId("accept-invitation").click();
+  await hasText(c.getByTestId("chat-title"), "Dinner crew", "carol joined and the group opens");
+  await hasText(a.getByTestId("messages"), `${carol} joined`, "alice's timeline says carol joined");
+  await say(a, "who read this?");
+  await visible(message(b1, "who read this?"), "bob sees the question");
+  await visible(message(c, "who read this?"), "carol sees the question");
+  await hasText(a.getByTestId("group-receipt"), "Read by 2 of 2", "group read receipts count the readers");
+  await a.getByTestId("group-receipt").click();
+  await hasText(a.getByTestId("read-by"), bob, "the list names who read it");
+  await shot(a, "21-read-by");
+  await a.keyboard.press("Escape");
+  c.once("dialog", (d) => void d.accept());
+  await c.getByTestId("group-info").click();
+  await c.getByTestId("group-leave").click();
+  await gone(convItem(c, "Dinner crew"), "carol left the group");
+  await hasText(a.getByTestId("messages"), `${carol} left`, "alice sees that carol left");
+  await c.getByTestId("tab-contacts").click();
+  await axe(c, "the contacts screen");
+
+  step("devices: bob's phone lists his browser and logs it out; a newer phone login moves the older phone out");
+  const phoneCtx = {
+    viewport: { width: 390, height: 780 },
+    userAgent: "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Mobile Safari/537.36",
+  };
+  const ctxP = await browser.newContext(phoneCtx);
+  const p1 = await open(ctxP, `${n1}/${nodesParam(n1, n2)}`, "bob-phone1");
+  await shot(p1, "22-phone-login");
+  await logIn(p1, bob);
+  await visible(convItem(p1, alice), "the phone lists bob's chats");
+  await axe(p1, "the chat list (phone)");
+  await shot(p1, "23-phone-chats");
+  await convItem(p1, "Dinner crew").click();
+  await visible(message(p1, "who read this?"), "the phone shows the group");
+  await axe(p1, "a group chat (phone)");
+  await shot(p1, "24-phone-group");
+  await p1.getByTestId("group-info").click();
+  await shot(p1, "25-phone-group-info");
+  await p1.keyboard.press("Escape");
+  await p1.getByRole("button", { name: "Back to the list" }).click();
+  await p1.getByTestId("tab-devices").click();
+  const b1Device = await b1.evaluate(() => window.imStore.client.device);
+  const browserRow = p1.locator(`[data-testid=device][data-device="${b1Device}"]`);
+  await visible(browserRow, "the phone lists bob's browser");
+  await visible(p1.locator("[data-testid=device][data-platform=android]"), "and itself, as Android");
+  await axe(p1, "the devices screen (phone)");
+  await shot(p1, "26-phone-devices");
+  await browserRow.getByTestId("revoke-device").click();
+  await visible(b1.getByTestId("login-form"), "bob's browser is logged out");
+  await visible(b2.getByTestId("login-form"), "and its other tab (the same login)");
+  await gone(browserRow, "the browser is no longer listed");
+  await shot(b1, "27-logged-out-from-phone");
+  const ctxQ = await browser.newContext(phoneCtx);
+  const p2 = await open(ctxQ, `${n2}/${nodesParam(n2, n1)}`, "bob-phone2");
+  await logIn(p2, bob);
+  await visible(p1.locator("[data-testid=status][data-status=replaced]"), "the older phone is moved out (kick replaced)");
+  await shot(p1, "28-phone-moved-out");
+  await p2.getByTestId("tab-devices").click();
+  await visible(p2.locator("[data-testid=device][data-platform=android]"), "the new phone is listed");
+  await p2.waitForTimeout(300);
+  const androids = await p2.locator("[data-testid=device][data-platform=android]").count();
+  if (androids !== 1) throw new Error(`one Android login expected, ${androids} listed`);
+  await shot(p2, "29-phone-devices-after-policy");
+  await a.getByTestId("tab-devices").click();
+  await visible(a.locator("[data-testid=device]"), "alice's devices");
+  await axe(a, "the devices screen (desktop)");
+  await shot(a, "30-devices-desktop");
 
   if (failures.length) throw new Error(failures.join("\n"));
   step("all good");

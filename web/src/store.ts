@@ -1,8 +1,9 @@
 // The app's state: session, contacts, conversations and their messages, fed by REST and the ChatClient.
 
 import { Api, ApiError, type ConversationRow, type FriendRequest, type Profile } from "./api";
-import { ChatClient, type StatusEvent } from "./lib/client";
-import type { Attrs, Message, NoticeFrame, SendFrame } from "./lib/frames";
+import { ChatClient, checkSend, type StatusEvent } from "./lib/client";
+import type { Attrs, KickFrame, Message, NoticeFrame, SendFrame } from "./lib/frames";
+import { deletePending, loadPending, savePending } from "./lib/pending";
 
 export interface Session {
   token: string;
@@ -30,6 +31,24 @@ export interface Outgoing {
   attrs?: Attrs;
   ts: number;
   failed?: string;
+  /** Why it failed, in words. */
+  reason?: string;
+}
+
+/** One of my devices (`GET /v1/devices`). */
+export interface DeviceRow {
+  device: string;
+  platform: string;
+  first_seen_ms: number;
+  last_seen_ms: number;
+  online: boolean;
+  this_login: boolean;
+}
+
+export interface DevicePolicy {
+  one_session_per_platform: boolean | null;
+  server_platforms: string[];
+  platforms: string[];
 }
 
 export interface Upload {
@@ -83,6 +102,33 @@ export function configuredNodes(): string[] {
   return [location.origin];
 }
 
+/** The platform this browser reports (`platform=` on connect): a phone's browser counts as that phone. */
+export function platform(): string {
+  const ua = navigator.userAgent;
+  if (/Android/i.test(ua)) return "android";
+  if (/iPhone|iPad|iPod/i.test(ua)) return "ios";
+  return "web";
+}
+
+/** Words for an error code the server or the client gave a send. */
+function failureText(code: string, msg?: string): string {
+  switch (code) {
+    case "too_large":
+    case "limit_exceeded":
+      return msg && code === "too_large" ? msg : "Too long to send";
+    case "not_friends":
+      return "You are no longer friends";
+    case "blocked":
+      return "This conversation is closed";
+    case "not_member":
+      return "You are not in this group any more";
+    case "unknown_media":
+      return "The attachment is no longer available";
+    default:
+      return "Not sent";
+  }
+}
+
 function deviceId(): string {
   let id = sessionStorage.getItem("im.device");
   if (!id) {
@@ -102,6 +148,8 @@ export class Store {
   friends: Profile[] = [];
   incoming: FriendRequest[] = [];
   outgoing: FriendRequest[] = [];
+  /** Pending invitations to groups (from people who are not my friends). */
+  invitations: { group: number; title: string; from: number; created_ms: number }[] = [];
   presence = new Map<number, boolean>();
   convs = new Map<number, ConvView>();
   messages = new Map<number, Map<number, Message>>();
@@ -110,8 +158,14 @@ export class Store {
   uploads: Upload[] = [];
   typing = new Map<number, Map<number, number>>();
   groupMembers = new Map<number, { user: number; role: string; username: string }[]>();
+  /** Group read receipts of my latest message per group. */
+  groupReads = new Map<number, { seq: number; read: number[]; unread: number[] }>();
   open: Open = null;
-  tab: "chats" | "contacts" = "chats";
+  tab: "chats" | "contacts" | "devices" = "chats";
+  devices: DeviceRow[] = [];
+  devicePolicy: DevicePolicy | null = null;
+  /** The last kick, for the status bar (replaced: moved out by another login or device). */
+  kick: KickFrame | null = null;
   toast: string | null = null;
   private listeners = new Set<() => void>();
   private scheduled = false;
@@ -199,6 +253,7 @@ export class Store {
       nodes: this.nodes,
       token: session.token,
       device: deviceId(),
+      platform: platform(),
       // A device new to a conversation fetches only its latest page; older ones come with scroll-back.
       initialCursor: (c) => Math.max(0, c.last_seq - PAGE),
       checkAuth: async () => {
@@ -233,22 +288,48 @@ export class Store {
     client.on("notice", (notice) => void this.onNotice(notice));
     client.on("sendFailed", (failure) => {
       const out = this.outbox.get(failure.cid);
-      if (out) out.failed = failure.code;
+      if (out) {
+        out.failed = failure.code;
+        out.reason = failureText(failure.code, failure.msg);
+        this.persist(out);
+      }
       this.changed();
     });
+    client.on("kick", (kick) => {
+      this.kick = kick;
+      this.changed();
+    });
+    // Messages that were not sent before the last reload: queued again with their cid (stored at most once).
+    for (const entry of await loadPending(session.userId)) {
+      const out: Outgoing = { ...entry, kind: entry.kind as SendFrame["kind"], attrs: entry.attrs as Attrs | undefined };
+      this.outbox.set(out.cid, out);
+      if (!out.failed) this.transmit(out);
+    }
+    const reopen = sessionStorage.getItem("im.open");
+    if (reopen) {
+      try {
+        this.open = JSON.parse(reopen) as Open;
+      } catch {
+        /* ignore */
+      }
+    }
     client.start();
     this.changed();
     await this.refresh();
+    // A chat reopened after a reload loads its history and receipts like one opened by hand.
+    if (this.open) this.openConv(this.open);
   }
 
   /** Reloads everything REST knows (after login and after every reconnect). */
   async refresh(): Promise<void> {
     try {
-      const [friends, requests, conversations] = await Promise.all([
+      const [friends, requests, conversations, invitations] = await Promise.all([
         this.api.request<{ friends: Profile[] }>("GET", "/v1/friends"),
         this.api.request<{ incoming: FriendRequest[]; outgoing: FriendRequest[] }>("GET", "/v1/friends/requests"),
         this.api.request<{ conversations: ConversationRow[]; total_unread: number }>("GET", "/v1/conversations"),
+        this.api.request<{ invitations: Store["invitations"] }>("GET", "/v1/invitations"),
       ]);
+      this.invitations = invitations.invitations;
       this.friends = friends.friends;
       for (const friend of friends.friends) this.profiles.set(friend.id, friend);
       this.incoming = requests.incoming.filter((r) => r.status === "pending");
@@ -256,6 +337,7 @@ export class Store {
       for (const row of conversations.conversations) this.noteConversation(row);
       const unknown = new Set<number>();
       for (const r of [...this.incoming, ...this.outgoing]) unknown.add(r.from === this.session?.userId ? r.to : r.from);
+      for (const i of this.invitations) unknown.add(i.from);
       for (const c of this.convs.values()) if (c.peer) unknown.add(c.peer);
       await Promise.all([...unknown].map((id) => this.profile(id)));
       if (this.friends.length) {
@@ -325,7 +407,15 @@ export class Store {
     const outgoing = this.outbox.get(msg.cid);
     if (outgoing && msg.from === this.session?.userId) {
       this.outbox.delete(msg.cid);
-      if (this.open && "peer" in this.open && outgoing.to === this.open.peer) this.open = { conv: msg.conv };
+      void deletePending(msg.cid);
+      if (this.open && "peer" in this.open && outgoing.to === this.open.peer) {
+        this.open = { conv: msg.conv };
+        sessionStorage.setItem("im.open", JSON.stringify(this.open));
+        // Until the next refresh lists it, the new 1:1 conversation is known from here (no blank header).
+        if (!this.convs.has(msg.conv)) {
+          this.convs.set(msg.conv, { id: msg.conv, kind: "direct", title: "", peer: outgoing.to, lastMessage: msg, lastActivity: msg.ts });
+        }
+      }
     }
     this.typing.get(msg.conv)?.delete(msg.from);
     const conv = this.convs.get(msg.conv);
@@ -335,7 +425,9 @@ export class Store {
       conv.lastMessage = pickLater(conv.lastMessage, msg);
       conv.lastActivity = Math.max(conv.lastActivity, msg.ts);
       if (msg.kind === "system") {
-        this.groupMembers.delete(msg.conv);
+        // Membership or roles may have changed: the open group reloads its members, others forget them.
+        if (this.open && "conv" in this.open && this.open.conv === msg.conv) void this.loadMembers(msg.conv);
+        else this.groupMembers.delete(msg.conv);
         if (msg.attrs?.event === "renamed" && typeof msg.attrs.title === "string") conv.title = msg.attrs.title;
       }
     }
@@ -353,6 +445,7 @@ export class Store {
     await this.profile(notice.user);
     if (notice.kind === "friend_request") this.notify(`${this.name(notice.user)} wants to be your friend`);
     if (notice.kind === "friend_accepted") this.notify(`${this.name(notice.user)} accepted your friend request`);
+    if (notice.kind === "group_invitation") this.notify(`${this.name(notice.user)} invited you to a group`);
     await this.refresh();
   }
 
@@ -383,10 +476,13 @@ export class Store {
       if (existing) open = { conv: existing.id };
     }
     this.open = open;
+    sessionStorage.setItem("im.open", JSON.stringify(open));
     if (open && "conv" in open) {
       const conv = this.convs.get(open.conv);
-      if ((this.messages.get(open.conv)?.size ?? 0) < PAGE) void this.loadOlder(open.conv);
-      if (conv?.kind === "direct") void this.loadPeerRead(open.conv);
+      const id = open.conv;
+      // Receipts are asked once my messages are loaded, so scrolling back on a new device shows ✓✓ where due.
+      const loaded = (this.messages.get(id)?.size ?? 0) < PAGE ? this.loadOlder(id) : Promise.resolve();
+      if (conv?.kind === "direct") void loaded.then(() => this.loadPeerRead(id));
       if (conv?.kind === "group") void this.loadMembers(open.conv);
     }
     this.markOpenRead();
@@ -405,8 +501,18 @@ export class Store {
     return [...(this.messages.get(conv)?.values() ?? [])].sort((a, b) => a.seq - b.seq);
   }
 
+  /** Unread messages of `conv`: events (a group created, renamed, a member added; recalls) are not counted. */
   unread(conv: number): number {
-    return this.client?.unread(conv) ?? 0;
+    const client = this.client;
+    if (!client) return 0;
+    const unread = client.unread(conv);
+    if (!unread) return 0;
+    const readSeq = client.conversation(conv)?.readSeq ?? 0;
+    let events = 0;
+    for (const msg of this.messages.get(conv)?.values() ?? []) {
+      if (msg.seq > readSeq && (msg.kind === "system" || msg.kind === "recall")) events += 1;
+    }
+    return Math.max(0, unread - events);
   }
 
   totalUnread(): number {
@@ -480,12 +586,22 @@ export class Store {
 
   // ---- actions ----
 
-  send(kind: SendFrame["kind"], body: string, attrs?: Attrs, open: Open = this.open): void {
+  /**
+   * Sends a message to the open chat. Returns why it cannot be sent (over the node's limits) without queueing it —
+   * the caller keeps what the user wrote — or null once it is queued (kept in IndexedDB until acknowledged).
+   */
+  send(kind: SendFrame["kind"], body: string, attrs?: Attrs, open: Open = this.open): string | null {
     const client = this.client;
-    if (!client || !open) return;
+    const session = this.session;
+    if (!client || !open || !session) return "Not connected";
+    const cid = client.newCid();
     const target = "conv" in open ? { conv: open.conv } : { to: open.peer };
-    const { cid, done } = client.send(target, kind, body, attrs);
-    this.outbox.set(cid, {
+    const limits = client.limits;
+    if (limits) {
+      const problem = checkSend({ t: "send", cid, kind, body, ...target, ...(attrs ? { attrs } : {}) }, limits);
+      if (problem) return problem;
+    }
+    const out: Outgoing = {
       cid,
       conv: "conv" in open ? open.conv : null,
       to: "peer" in open ? open.peer : null,
@@ -493,8 +609,43 @@ export class Store {
       body,
       attrs,
       ts: Date.now(),
-    });
-    done.catch(() => undefined);
+    };
+    this.outbox.set(cid, out);
+    this.persist(out);
+    this.transmit(out);
+    this.changed();
+    return null;
+  }
+
+  /** Hands a queued message to the client (same cid every time). */
+  private transmit(out: Outgoing): void {
+    const target = out.conv != null ? { conv: out.conv } : { to: out.to ?? 0 };
+    this.client?.send(target, out.kind, out.body, out.attrs, out.cid).done.catch(() => undefined);
+  }
+
+  private persist(out: Outgoing): void {
+    const user = this.session?.userId;
+    if (user == null) return;
+    void savePending({ ...out, user, attrs: out.attrs as Record<string, unknown> | undefined });
+  }
+
+  /** Sends a failed message again (same cid: if it was stored after all, it is not stored twice). */
+  retryFailed(cid: string): void {
+    const out = this.outbox.get(cid);
+    if (!out) return;
+    const limits = this.client?.limits;
+    if (limits) {
+      const target = out.conv != null ? { conv: out.conv } : { to: out.to ?? 0 };
+      const problem = checkSend({ t: "send", cid, kind: out.kind, body: out.body, ...target, ...(out.attrs ? { attrs: out.attrs } : {}) }, limits);
+      if (problem) {
+        this.notify(problem);
+        return;
+      }
+    }
+    out.failed = undefined;
+    out.reason = undefined;
+    this.persist(out);
+    this.transmit(out);
     this.changed();
   }
 
@@ -503,30 +654,90 @@ export class Store {
     return [...this.outbox.values()].filter((o) => ("conv" in open ? o.conv === open.conv : o.to === open.peer));
   }
 
+  /** Deletes an unsent message for good. */
   dismissFailed(cid: string): void {
     this.outbox.delete(cid);
+    void deletePending(cid);
     this.changed();
   }
 
-  async sendImage(file: File): Promise<void> {
+  // ---- devices ----
+
+  async loadDevices(): Promise<void> {
+    try {
+      const answer = await this.api.request<{ devices: DeviceRow[]; policy: DevicePolicy }>("GET", "/v1/devices");
+      this.devices = answer.devices;
+      this.devicePolicy = answer.policy;
+    } catch (error) {
+      if (!isOffline(error)) this.showError(error);
+    }
+    this.changed();
+  }
+
+  /** Logs one of my devices out (its whole login: the tabs of that browser too). */
+  async revokeDevice(device: string): Promise<void> {
+    await this.api.request("DELETE", `/v1/devices/${encodeURIComponent(device)}`);
+    await this.loadDevices();
+  }
+
+  async setDevicePolicy(choice: boolean | null): Promise<void> {
+    const answer = await this.api.request<{ policy: DevicePolicy }>("PUT", "/v1/devices/policy", { one_session_per_platform: choice });
+    this.devicePolicy = answer.policy;
+    this.changed();
+  }
+
+  /**
+   * Uploads a file (with progress) and sends it: PNG, JPEG, GIF and WebP as an image message, anything else as a
+   * file message with its name. Refused before uploading when larger than the node's limit.
+   */
+  async sendFile(file: File): Promise<void> {
     const open = this.open;
     if (!open) return;
-    const upload: Upload = { id: ++this.uploadCounter, key: openKey(open), name: file.name, progress: 0 };
+    const limit = this.client?.limits?.media_bytes;
+    const upload: Upload = { id: ++this.uploadCounter, key: openKey(open), name: file.name || "file", progress: 0 };
     this.uploads = [...this.uploads, upload];
     this.changed();
+    if (limit && file.size > limit) {
+      upload.error = `${upload.name} is ${megabytes(file.size)}; files can be at most ${megabytes(limit)}.`;
+      this.uploads = [...this.uploads];
+      this.changed();
+      return;
+    }
+    const image = IMAGE_TYPES.includes(file.type);
+    const type = image || UPLOAD_TYPES.includes(file.type) ? file.type : "application/octet-stream";
     try {
-      const result = await this.api.upload(file, (fraction) => {
+      const result = await this.api.upload(file.type === type ? file : new Blob([file], { type }), (fraction) => {
         upload.progress = fraction;
         this.uploads = [...this.uploads];
         this.changed();
       });
-      this.send("image", "", { media: result.hash }, open);
+      const problem = image
+        ? this.send("image", "", { media: result.hash }, open)
+        : this.send("file", "", { media: result.hash, name: (file.name || "file").slice(0, 200) }, open);
+      if (problem) throw new Error(problem);
       this.uploads = this.uploads.filter((u) => u !== upload);
     } catch (error) {
       upload.error = error instanceof Error ? error.message : String(error);
       this.uploads = [...this.uploads];
     }
     this.changed();
+  }
+
+  /** Downloads a file message's medium and hands it to the browser as a download named like the original. */
+  async download(hash: string, name: string): Promise<void> {
+    try {
+      const blob = await this.api.blob(`/v1/media/${hash}`);
+      const url = URL.createObjectURL(blob);
+      const a = document.createElement("a");
+      a.href = url;
+      a.download = name || "download";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (error) {
+      this.showError(error);
+    }
   }
 
   dismissUpload(id: number): void {
@@ -550,6 +761,12 @@ export class Store {
     await this.refresh();
   }
 
+  async answerInvitation(group: number, action: "accept" | "decline"): Promise<void> {
+    await this.api.request("POST", `/v1/invitations/${group}/${action}`);
+    await this.refresh();
+    if (action === "accept") this.openConv({ conv: group });
+  }
+
   async answer(request: number, action: "accept" | "reject"): Promise<void> {
     await this.api.request("POST", `/v1/friends/requests/${request}/${action}`);
     await this.refresh();
@@ -562,10 +779,59 @@ export class Store {
     this.openConv({ conv: group.id });
   }
 
-  async addMembers(conv: number, users: number[]): Promise<void> {
-    await this.api.request("POST", `/v1/groups/${conv}/members`, { users });
+  /** Adds friends and invites everyone else (consent rules); says how many were invited. */
+  async addMembers(conv: number, users: number[]): Promise<{ added: number[]; invited: number[] }> {
+    const answer = await this.api.request<{ added: number[]; invited: number[] }>("POST", `/v1/groups/${conv}/members`, { users });
+    await this.loadMembers(conv);
+    return answer;
+  }
+
+  /** Finds a user by exact username (for inviting someone who is not a friend). */
+  async findUser(username: string): Promise<Profile> {
+    const found = await this.api.request<{ users: Profile[] }>("GET", `/v1/users?username=${encodeURIComponent(username)}`);
+    const user = found.users[0];
+    if (!user) throw new Error(`No one is called “${username}”`);
+    this.profiles.set(user.id, user);
+    return user;
+  }
+
+  async renameGroup(conv: number, title: string): Promise<void> {
+    await this.api.request("PATCH", `/v1/groups/${conv}`, { title });
+    const view = this.convs.get(conv);
+    if (view) view.title = title;
+    this.changed();
+  }
+
+  async removeMember(conv: number, user: number): Promise<void> {
+    await this.api.request("DELETE", `/v1/groups/${conv}/members/${user}`);
     await this.loadMembers(conv);
   }
+
+  async leaveGroup(conv: number): Promise<void> {
+    await this.api.request("POST", `/v1/groups/${conv}/leave`);
+    this.convs.delete(conv);
+    this.openConv(null);
+  }
+
+  /** Group read receipts for my message `seq`: who read it and who has not (members only). */
+  async loadReads(conv: number, seq: number): Promise<void> {
+    try {
+      const answer = await this.api.request<{ read: number[]; unread: number[] }>("GET", `/v1/conversations/${conv}/reads?seq=${seq}`);
+      this.groupReads.set(conv, { seq, read: answer.read, unread: answer.unread });
+      for (const u of [...answer.read, ...answer.unread]) void this.profile(u);
+      this.changed();
+    } catch {
+      /* receipts are best effort */
+    }
+  }
+}
+
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+/** Non-image types the server stores as declared (docs/openapi.yaml, POST /v1/media); others go as octet-stream. */
+const UPLOAD_TYPES = ["application/pdf", "application/zip", "text/plain", "audio/mpeg", "audio/ogg", "video/mp4"];
+
+function megabytes(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
 }
 
 function isOffline(error: unknown): boolean {

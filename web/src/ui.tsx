@@ -1,9 +1,14 @@
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import type { ComponentChildren } from "preact";
+import { Picker } from "emoji-picker-element";
+import emojiData from "emoji-picker-element-data/en/emojibase/data.json?url";
 import type { Message } from "./lib/frames";
 import { openKey, type ConvView, type Outgoing, type Store } from "./store";
+import { Modal } from "./modal";
+import { Linkified } from "./text";
+import { Devices } from "./devices";
+import { GroupInfo, ReadBy } from "./group";
 
-const EMOJI = ["👍", "😂", "❤️", "🎉", "😮", "😢", "🙏", "🔥", "👋", "😀", "🤔", "👌", "🍕", "☕", "🚀", "✅"];
 const RECALL_WINDOW_MS = 120_000;
 
 function useStore(store: Store): Store {
@@ -20,7 +25,7 @@ function Avatar({ name, group }: { name: string; group?: boolean }) {
   let hue = 0;
   for (const ch of name) hue = (hue * 31 + ch.charCodeAt(0)) % 360;
   return (
-    <span class={`avatar${group ? " group" : ""}`} style={{ background: `hsl(${hue} 55% 52%)` }}>
+    <span class={`avatar${group ? " group" : ""}`} style={{ background: `hsl(${hue} 50% 27%)` }} aria-hidden="true">
       {group ? "#" : initials(name)}
     </span>
   );
@@ -60,6 +65,29 @@ function Empty() {
   );
 }
 
+/** What to tell a person whose login or registration failed (not the server's wording). */
+function loginError(error: unknown): string {
+  const code = (error as { code?: string }).code;
+  switch (code) {
+    case "bad_username":
+      return "Pick a username of 3 to 32 characters: lowercase letters, digits, dots, dashes or underscores.";
+    case "bad_password":
+      return "Pick a password of at least 8 characters.";
+    case "username_taken":
+      return "That username is taken. Try another one.";
+    case "invalid_credentials":
+      return "Wrong username or password.";
+    case "too_many_attempts":
+    case "rate_limited":
+      return "Too many attempts. Wait a minute and try again.";
+    case "offline":
+    case "unavailable":
+      return "The server cannot be reached right now. Try again in a moment.";
+    default:
+      return error instanceof Error ? error.message : String(error);
+  }
+}
+
 function Login({ store }: { store: Store }) {
   const [mode, setMode] = useState<"login" | "register">("login");
   const [username, setUsername] = useState("");
@@ -74,7 +102,7 @@ function Login({ store }: { store: Store }) {
       if (mode === "register") await store.register(username.trim(), password);
       else await store.login(username.trim(), password);
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(loginError(e));
     } finally {
       setBusy(false);
     }
@@ -131,7 +159,9 @@ function StatusBar({ store }: { store: Store }) {
     cls += " error";
     text = (
       <>
-        This tab was signed in again elsewhere.{" "}
+        {store.kick?.reason === "replaced"
+          ? "You logged in on another device of this kind, so this one was logged out (or this tab was opened again elsewhere)."
+          : "This tab was signed in again elsewhere."}{" "}
         <button class="link" onClick={() => location.reload()}>
           Reconnect
         </button>
@@ -152,7 +182,7 @@ function StatusBar({ store }: { store: Store }) {
 
 function Sidebar({ store }: { store: Store }) {
   const total = store.totalUnread();
-  const requests = store.incoming.length;
+  const requests = store.incoming.length + store.invitations.length;
   const me = store.session!;
   return (
     <aside class="sidebar">
@@ -163,8 +193,8 @@ function Sidebar({ store }: { store: Store }) {
             {me.username}
           </div>
           <div class="me-node">
-            <span class={`dot${store.client?.isOnline ? " on" : ""}`} data-testid="online-dot" />
-            {store.client?.isOnline ? `online · ${store.client.nodeName}` : "not connected"}
+            <span class={`dot${store.client?.isOnline ? " on" : ""}`} data-testid="online-dot" aria-hidden="true" />
+            {store.client?.isOnline ? "online" : "not connected"}
           </div>
         </div>
         <button class="ghost" onClick={() => void store.logout()} title="Log out">
@@ -172,7 +202,7 @@ function Sidebar({ store }: { store: Store }) {
         </button>
       </header>
       <StatusBar store={store} />
-      <nav class="tabs">
+      <nav class="tabs" aria-label="Sections">
         <button
           class={store.tab === "chats" ? "on" : ""}
           onClick={() => {
@@ -203,8 +233,18 @@ function Sidebar({ store }: { store: Store }) {
             </span>
           )}
         </button>
+        <button
+          class={store.tab === "devices" ? "on" : ""}
+          onClick={() => {
+            store.tab = "devices";
+            store.changed();
+          }}
+          data-testid="tab-devices"
+        >
+          Devices
+        </button>
       </nav>
-      {store.tab === "chats" ? <ChatList store={store} /> : <Contacts store={store} />}
+      {store.tab === "chats" ? <ChatList store={store} /> : store.tab === "contacts" ? <Contacts store={store} /> : <Devices store={store} />}
     </aside>
   );
 }
@@ -308,6 +348,24 @@ function Contacts({ store }: { store: Store }) {
           </span>
         </div>
       ))}
+      {store.invitations.length > 0 && <h3>Group invitations</h3>}
+      {store.invitations.map((i) => (
+        <div class="item static" key={i.group} data-testid="invitation" data-title={i.title}>
+          <Avatar name={i.title} group />
+          <span class="item-main">
+            <span class="item-title">{i.title}</span>
+            <span class="item-sub">{store.name(i.from)} invited you</span>
+          </span>
+          <span class="req-actions">
+            <button class="primary small" onClick={() => store.answerInvitation(i.group, "accept").catch((e) => store.showError(e))} data-testid="accept-invitation">
+              Join
+            </button>
+            <button class="secondary small" onClick={() => store.answerInvitation(i.group, "decline").catch((e) => store.showError(e))}>
+              Decline
+            </button>
+          </span>
+        </div>
+      ))}
       {store.outgoing.length > 0 && <h3>Sent requests</h3>}
       {store.outgoing.map((r) => (
         <div class="item static" key={r.id} data-testid="outgoing-request">
@@ -330,17 +388,6 @@ function Contacts({ store }: { store: Store }) {
           <span class={`dot${store.presence.get(f.id) ? " on" : ""}`} />
         </button>
       ))}
-    </div>
-  );
-}
-
-function Modal({ title, onClose, children }: { title: string; onClose: () => void; children: ComponentChildren }) {
-  return (
-    <div class="modal-back" onClick={onClose}>
-      <div class="modal" onClick={(e) => e.stopPropagation()} role="dialog" aria-label={title}>
-        <h2>{title}</h2>
-        {children}
-      </div>
     </div>
   );
 }
@@ -432,7 +479,8 @@ function systemText(store: Store, msg: Message): string {
     case "created":
       return `${who} created the group “${msg.attrs?.title ?? ""}”`;
     case "members_added":
-      return `${who} added ${users}`;
+      // Accepting an invitation records the invitee adding themselves: they joined.
+      return msg.attrs?.users?.length === 1 && msg.attrs.users[0] === msg.from ? `${who} joined` : `${who} added ${users}`;
     case "member_removed":
       return `${who} removed ${users}`;
     case "member_left":
@@ -477,6 +525,32 @@ function Thumb({ store, hash, full }: { store: Store; hash: string; full?: boole
   return <img class={full ? "full" : "thumb"} src={url} alt="image" data-testid={full ? "full-image" : "thumb"} />;
 }
 
+
+/** The emoji picker of the `emoji-picker-element` package (its data served with the app, not from a CDN). */
+function EmojiPicker({ onPick, onClose }: { onPick: (emoji: string) => void; onClose: () => void }) {
+  const host = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    const picker = new Picker({ dataSource: emojiData });
+    picker.setAttribute("data-testid", "emoji-picker");
+    const onClick = (event: Event) => {
+      const unicode = (event as CustomEvent<{ unicode?: string }>).detail?.unicode;
+      if (unicode) onPick(unicode);
+    };
+    const onKey = (event: Event) => {
+      if ((event as KeyboardEvent).key === "Escape") onClose();
+    };
+    picker.addEventListener("emoji-click", onClick);
+    picker.addEventListener("keydown", onKey);
+    host.current?.appendChild(picker);
+    return () => {
+      picker.removeEventListener("emoji-click", onClick);
+      picker.removeEventListener("keydown", onKey);
+      picker.remove();
+    };
+  }, []);
+  return <div class="emoji-pop" ref={host} />;
+}
+
 function Chat({ store }: { store: Store }) {
   const open = store.open!;
   const conv: ConvView | undefined = "conv" in open ? store.convs.get(open.conv) : undefined;
@@ -491,15 +565,23 @@ function Chat({ store }: { store: Store }) {
   const uploads = store.uploads.filter((u) => u.key === openKey(open));
   const typing = convId != null ? store.typingIn(convId) : [];
   const [text, setText] = useState("");
+  const [problem, setProblem] = useState<string | null>(null);
   const [emoji, setEmoji] = useState(false);
   const [adding, setAdding] = useState(false);
+  const [groupInfo, setGroupInfo] = useState(false);
+  const [readBy, setReadBy] = useState(false);
+  const [dragging, setDragging] = useState(false);
   const [menu, setMenu] = useState<number | null>(null);
   const [viewing, setViewing] = useState<string | null>(null);
   const scroller = useRef<HTMLDivElement>(null);
+  const composer = useRef<HTMLTextAreaElement>(null);
   const stick = useRef(true);
   const lastTyping = useRef(0);
   const fileInput = useRef<HTMLInputElement>(null);
   const prevHeight = useRef<{ height: number; first: number } | null>(null);
+  const lastMine = [...messages].reverse().find((m) => m.from === me && m.kind !== "recall" && m.kind !== "system");
+  const members = convId != null ? store.groupMembers.get(convId) : undefined;
+  const reads = convId != null ? store.groupReads.get(convId) : undefined;
 
   // Keep the view at the bottom for new messages, and in place when older ones are prepended.
   useLayoutEffect(() => {
@@ -514,6 +596,22 @@ function Chat({ store }: { store: Store }) {
     prevHeight.current = { height: el.scrollHeight, first };
   });
 
+  // The composer grows with its text, up to a few lines.
+  useLayoutEffect(() => {
+    const el = composer.current;
+    if (!el) return;
+    el.style.height = "auto";
+    el.style.height = `${Math.min(el.scrollHeight, 160)}px`;
+  }, [text]);
+
+  // Group read receipts of my latest message: groups get no live read frames, so they are polled while open.
+  useEffect(() => {
+    if (!isGroup || convId == null || !lastMine) return;
+    void store.loadReads(convId, lastMine.seq);
+    const timer = setInterval(() => void store.loadReads(convId, lastMine.seq), 3000);
+    return () => clearInterval(timer);
+  }, [isGroup, convId, lastMine?.seq]);
+
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
@@ -523,60 +621,95 @@ function Chat({ store }: { store: Store }) {
     }
   };
 
-  const submit = (event: Event) => {
-    event.preventDefault();
+  const submit = (event?: Event) => {
+    event?.preventDefault();
     const body = text.trim();
     if (!body) return;
     stick.current = true;
-    store.send("text", body);
+    const refused = store.send("text", body);
+    // Refused before sending (too long): the text stays, with the reason.
+    if (refused) {
+      setProblem(refused);
+      return;
+    }
+    setProblem(null);
     setText("");
   };
   const onInput = (value: string) => {
     setText(value);
+    if (problem) setProblem(null);
     if (convId != null && Date.now() - lastTyping.current > 2000) {
       lastTyping.current = Date.now();
       store.client?.typing(convId);
     }
   };
+  const sendFiles = (files: FileList | File[] | null | undefined) => {
+    const list = [...(files ?? [])];
+    if (!list.length) return false;
+    stick.current = true;
+    for (const file of list) void store.sendFile(file);
+    return true;
+  };
   const pickFile = (event: Event) => {
     const input = event.currentTarget as HTMLInputElement;
-    const file = input.files?.[0];
+    const files = [...(input.files ?? [])];
     input.value = "";
-    if (file) {
-      stick.current = true;
-      void store.sendImage(file);
-    }
+    sendFiles(files);
   };
-  const lastMine = [...messages].reverse().find((m) => m.from === me && m.kind !== "recall" && m.kind !== "system");
   const online = store.client?.isOnline;
 
   return (
-    <section class="chat" data-testid="chat" data-title={title}>
+    <section
+      class={`chat${dragging ? " dragging" : ""}`}
+      data-testid="chat"
+      data-title={title}
+      aria-label={`Chat with ${title}`}
+      onDragOver={(e) => {
+        if (e.dataTransfer?.types.includes("Files")) {
+          e.preventDefault();
+          setDragging(true);
+        }
+      }}
+      onDragLeave={() => setDragging(false)}
+      onDrop={(e) => {
+        setDragging(false);
+        if (sendFiles(e.dataTransfer?.files)) e.preventDefault();
+      }}
+    >
       <header class="chat-head">
-        <button class="ghost back" onClick={() => store.openConv(null)} aria-label="Back">
+        <button class="ghost back" onClick={() => store.openConv(null)} aria-label="Back to the list">
           ‹
         </button>
-        <Avatar name={title} group={isGroup} />
+        <Avatar name={title || "?"} group={isGroup} />
         <div class="chat-title">
-          <div data-testid="chat-title">{title}</div>
+          <h1 class="chat-name" data-testid="chat-title">
+            {title}
+          </h1>
           <div class="chat-sub" data-testid="chat-sub">
             {typing.length
               ? `${typing.map((u) => store.name(u)).join(", ")} ${typing.length > 1 ? "are" : "is"} typing…`
               : isGroup
-                ? `${store.groupMembers.get(convId!)?.length ?? "…"} members`
+                ? `${members?.length ?? "…"} members`
                 : peer != null && store.presence.get(peer)
                   ? "online"
                   : ""}
           </div>
         </div>
         {isGroup && (
-          <button class="secondary small" onClick={() => setAdding(true)} data-testid="add-member">
-            Add member
-          </button>
+          <>
+            <button class="secondary small" onClick={() => setAdding(true)} data-testid="add-member">
+              Add member
+            </button>
+            <button class="secondary small" onClick={() => setGroupInfo(true)} data-testid="group-info">
+              Info
+            </button>
+          </>
         )}
       </header>
       {adding && convId != null && <AddMemberDialog store={store} conv={convId} onClose={() => setAdding(false)} />}
-      <div class="messages" ref={scroller} onScroll={onScroll} data-testid="messages">
+      {groupInfo && convId != null && <GroupInfo store={store} conv={convId} onClose={() => setGroupInfo(false)} />}
+      {readBy && convId != null && <ReadBy store={store} conv={convId} onClose={() => setReadBy(false)} />}
+      <div class="messages" ref={scroller} onScroll={onScroll} data-testid="messages" role="log" tabIndex={0} aria-label="Messages">
         {convId != null && store.hasOlder.get(convId) && (
           <button class="link older" onClick={() => void store.loadOlder(convId)} data-testid="load-older">
             Load earlier messages
@@ -593,54 +726,101 @@ function Chat({ store }: { store: Store }) {
           const mine = msg.from === me;
           const recallable = mine && !msg.recalled && Date.now() - msg.ts < RECALL_WINDOW_MS;
           const read = info && info.peerReadSeq >= msg.seq;
+          const media = msg.attrs?.media ? String(msg.attrs.media) : null;
           return (
-            <div class={`row${mine ? " mine" : ""}`} key={msg.seq} data-testid="message" data-seq={msg.seq} data-body={msg.recalled ? "" : msg.body}>
-              <div
-                class={`bubble kind-${msg.kind}${msg.recalled ? " recalled" : ""}`}
-                onClick={() => setMenu(menu === msg.seq ? null : msg.seq)}
-              >
+            <div class={`row${mine ? " mine" : ""}${menu === msg.seq ? " menu-open" : ""}`} key={msg.seq} data-testid="message" data-seq={msg.seq} data-body={msg.recalled ? "" : msg.body}>
+              <div class={`bubble kind-${msg.kind}${msg.recalled ? " recalled" : ""}`} onClick={() => setMenu(menu === msg.seq ? null : msg.seq)}>
                 {isGroup && !mine && <div class="sender">{store.name(msg.from)}</div>}
                 {msg.recalled ? (
                   <em data-testid="recalled">{mine ? "You recalled a message" : `${store.name(msg.from)} recalled a message`}</em>
-                ) : msg.kind === "image" && msg.attrs?.media ? (
-                  <span onClick={(e) => { e.stopPropagation(); setViewing(String(msg.attrs!.media)); }}>
-                    <Thumb store={store} hash={String(msg.attrs.media)} />
+                ) : msg.kind === "image" && media ? (
+                  <>
+                    <button
+                      class="thumb-button"
+                      aria-label="Open the image"
+                      data-testid="open-image"
+                      onClick={(e) => {
+                        e.stopPropagation();
+                        setViewing(media);
+                      }}
+                    >
+                      <Thumb store={store} hash={media} />
+                    </button>
                     {msg.body && <div>{msg.body}</div>}
-                  </span>
+                  </>
                 ) : msg.kind === "file" ? (
-                  <span>📎 {String(msg.attrs?.name ?? "file")}</span>
+                  <span class="file" data-testid="file">
+                    <span aria-hidden="true">📎 </span>
+                    <span class="file-name">{String(msg.attrs?.name ?? "file")}</span>
+                    {typeof msg.attrs?.size === "number" && <span class="file-size"> · {Math.max(1, Math.round(msg.attrs.size / 1024))} KB</span>}
+                    {media && (
+                      <button
+                        class={`download${mine ? " on-mine" : ""}`}
+                        onClick={(e) => {
+                          e.stopPropagation();
+                          void store.download(media, String(msg.attrs?.name ?? "file"));
+                        }}
+                        data-testid="download"
+                      >
+                        Download
+                      </button>
+                    )}
+                  </span>
                 ) : (
-                  <span class="text">{msg.body}</span>
+                  <span class="text">
+                    <Linkified text={msg.body} />
+                  </span>
                 )}
                 <span class="meta">
                   {time(msg.ts)}
-                  {mine && !isGroup && !msg.recalled && <span class={`tick${read ? " read" : ""}`}>{read ? " ✓✓" : " ✓"}</span>}
+                  {mine && !isGroup && !msg.recalled && (
+                    <span class={`tick${read ? " read" : ""}`} aria-label={read ? "read" : "delivered"}>
+                      {read ? " ✓✓" : " ✓"}
+                    </span>
+                  )}
                 </span>
               </div>
-              {menu === msg.seq && recallable && (
-                <button class="menu" onClick={() => { setMenu(null); store.recall(msg.conv, msg.seq); }} data-testid="recall">
-                  Recall
-                </button>
+              {recallable && (
+                <div class="actions">
+                  <button
+                    class="menu"
+                    onClick={() => {
+                      setMenu(null);
+                      store.recall(msg.conv, msg.seq);
+                    }}
+                    data-testid="recall"
+                  >
+                    Recall
+                  </button>
+                </div>
               )}
               {mine && !isGroup && lastMine && lastMine.seq === msg.seq && (
                 <div class="receipt" data-testid="receipt">
                   {read ? "Read" : "Delivered"}
                 </div>
               )}
+              {mine && isGroup && lastMine && lastMine.seq === msg.seq && reads && reads.seq === msg.seq && (
+                <button class="receipt link" onClick={() => setReadBy(true)} data-testid="group-receipt">
+                  Read by {reads.read.length} of {reads.read.length + reads.unread.length}
+                </button>
+              )}
             </div>
           );
         })}
         {pending.map((out: Outgoing) => (
-          <div class="row mine" key={out.cid} data-testid="pending" data-body={out.body}>
+          <div class="row mine" key={out.cid} data-testid="pending" data-body={out.body} data-failed={out.failed ? "true" : "false"}>
             <div class={`bubble pending kind-${out.kind}${out.failed ? " failed" : ""}`}>
-              <span class="text">{out.kind === "image" ? "📷 Photo" : out.body}</span>
+              <span class="text">{out.kind === "image" ? "📷 Photo" : out.kind === "file" ? `📎 ${String(out.attrs?.name ?? "file")}` : out.body}</span>
               <span class="meta">{out.failed ? "" : online ? " sending…" : " waiting for connection"}</span>
             </div>
             {out.failed && (
-              <div class="receipt failed">
-                Not sent ({out.failed.replace(/_/g, " ")}).{" "}
-                <button class="link" onClick={() => store.dismissFailed(out.cid)}>
-                  Dismiss
+              <div class="receipt failed" role="alert">
+                Not sent: {out.reason ?? out.failed.replace(/_/g, " ")}.{" "}
+                <button class="link" onClick={() => store.retryFailed(out.cid)} data-testid="retry">
+                  Retry
+                </button>{" "}
+                <button class="link" onClick={() => store.dismissFailed(out.cid)} data-testid="delete-unsent">
+                  Delete
                 </button>
               </div>
             )}
@@ -649,55 +829,77 @@ function Chat({ store }: { store: Store }) {
         {uploads.map((u) => (
           <div class="row mine" key={u.id} data-testid="upload">
             <div class="bubble upload">
-              <div class="upload-name">📷 {u.name}</div>
+              <div class="upload-name">📎 {u.name}</div>
               {u.error ? (
-                <div class="receipt failed">
+                <div class="receipt failed" role="alert">
                   {u.error}{" "}
                   <button class="link" onClick={() => store.dismissUpload(u.id)}>
                     Dismiss
                   </button>
                 </div>
               ) : (
-                <progress max={1} value={u.progress} data-testid="upload-progress" />
+                <progress max={1} value={u.progress} data-testid="upload-progress" aria-label={`Uploading ${u.name}`} />
               )}
             </div>
           </div>
         ))}
       </div>
       {emoji && (
-        <div class="emoji-grid" data-testid="emoji-grid">
-          {EMOJI.map((e) => (
-            <button
-              key={e}
-              onClick={() => {
-                stick.current = true;
-                store.send("emoji", e);
-                setEmoji(false);
-              }}
-              data-testid="emoji"
-            >
-              {e}
-            </button>
-          ))}
+        <EmojiPicker
+          onPick={(e) => {
+            setText((t) => t + e);
+            composer.current?.focus();
+          }}
+          onClose={() => {
+            setEmoji(false);
+            composer.current?.focus();
+          }}
+        />
+      )}
+      {problem && (
+        <div class="composer-error" role="alert" data-testid="composer-error">
+          {problem}
         </div>
       )}
       <form class="composer" onSubmit={submit}>
-        <button type="button" class="icon" onClick={() => setEmoji(!emoji)} aria-label="Emoji" data-testid="emoji-button">
+        <button type="button" class="icon" onClick={() => setEmoji(!emoji)} aria-label="Emoji" aria-expanded={emoji} data-testid="emoji-button">
           😊
         </button>
-        <button type="button" class="icon" onClick={() => fileInput.current?.click()} aria-label="Send an image" data-testid="image-button">
-          🖼️
+        <button type="button" class="icon" onClick={() => fileInput.current?.click()} aria-label="Attach a photo or file" data-testid="image-button">
+          📎
         </button>
-        <input ref={fileInput} type="file" accept="image/png,image/jpeg,image/gif,image/webp" hidden onChange={pickFile} data-testid="file-input" />
-        <input class="text-input" placeholder={online ? "Message" : "Message (will send when back online)"} value={text} onInput={(e) => onInput(e.currentTarget.value)} data-testid="composer" />
+        <input ref={fileInput} type="file" multiple hidden onChange={pickFile} data-testid="file-input" />
+        <textarea
+          ref={composer}
+          class="text-input"
+          rows={1}
+          aria-label="Message"
+          placeholder={online ? "Message" : "Message (will send when back online)"}
+          value={text}
+          onInput={(e) => onInput(e.currentTarget.value)}
+          onKeyDown={(e) => {
+            // Enter sends, Shift+Enter starts a new line (and Enter while composing with an IME is left to it).
+            if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+              e.preventDefault();
+              submit();
+            }
+          }}
+          onPaste={(e) => {
+            if (sendFiles(e.clipboardData?.files)) e.preventDefault();
+          }}
+          data-testid="composer"
+        />
         <button class="primary send" type="submit" disabled={!text.trim()} data-testid="send">
           Send
         </button>
       </form>
       {viewing && (
-        <div class="modal-back" onClick={() => setViewing(null)}>
+        <Modal title="Image" onClose={() => setViewing(null)} bare>
+          <button class="viewer-close" onClick={() => setViewing(null)} aria-label="Close the image" data-testid="viewer-close">
+            ✕
+          </button>
           <Thumb store={store} hash={viewing} full />
-        </div>
+        </Modal>
       )}
     </section>
   );

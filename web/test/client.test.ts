@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { decode, encode } from "@msgpack/msgpack";
 import { decodeFrame, encodeFrame, FrameError } from "../src/lib/codec";
 import { ChatClient, type MessageEvent, type SocketLike, type StatusEvent } from "../src/lib/client";
-import type { ClientFrame, Message, ServerFrame } from "../src/lib/frames";
+import type { ClientFrame, Limits, Message, ServerFrame } from "../src/lib/frames";
 
 const hex = (s: string) => Uint8Array.from(s.replace(/\s+/g, "").match(/../g)!.map((b) => parseInt(b, 16)));
 
@@ -98,9 +98,9 @@ function setup(options: Partial<ConstructorParameters<typeof ChatClient>[0]> = {
   client.on("message", (m) => messages.push(m));
   client.on("status", (s) => statuses.push(s));
   const last = () => sockets[sockets.length - 1];
-  const hello = (convs: { conv: number; last_seq: number; read_seq: number; peer?: number }[] = []) => {
+  const hello = (convs: { conv: number; last_seq: number; read_seq: number; peer?: number }[] = [], limits?: Limits) => {
     last().open();
-    last().push({ t: "hello", user: 1, device: "web-1", node: "n", ping: 20, idle: 60, convs });
+    last().push({ t: "hello", user: 1, device: "web-1", node: "n", ping: 20, idle: 60, convs, ...(limits ? { limits } : {}) });
   };
   return { client, sockets, messages, statuses, last, hello };
 }
@@ -180,6 +180,36 @@ describe("ChatClient", () => {
     expect(messages.map((e) => e.msg.seq)).toEqual([1, 3]);
     expect(client.cursor(6)).toBe(3);
     expect(last().sentOf("sync")).toHaveLength(1);
+  });
+
+  it("never writes a send over the node's limits, and never resends a frame the server closed over (1009)", async () => {
+    const limits: Limits = { message_bytes: 2000, body_bytes: 1000, caption_bytes: 100, emoji_bytes: 16, media_bytes: 1 << 20 };
+    const { client, last, hello } = setup();
+    const failed: string[] = [];
+    client.on("sendFailed", (f) => failed.push(`${f.cid}:${f.code}`));
+    client.start();
+    // Queued before any hello: checked when the limits arrive.
+    const early = client.send({ to: 2 }, "text", "é".repeat(501));
+    early.done.catch(() => undefined);
+    hello([], limits);
+    expect(failed).toEqual([`${early.cid}:too_large`]);
+    expect(last().sentOf("send")).toHaveLength(0);
+    // After hello: refused at once, nothing written; a later message goes out.
+    const big = client.send({ to: 2 }, "text", "x".repeat(1001));
+    await expect(big.done).rejects.toMatchObject({ code: "too_large" });
+    const ok = client.send({ to: 2 }, "text", "fine");
+    expect(last().sentOf("send").map((f) => f.cid)).toEqual([ok.cid]);
+    // Without limits (an older node), a frame the server closes over with 1009 fails instead of being resent.
+    const old = setup();
+    old.client.start();
+    old.hello();
+    const huge = old.client.send({ to: 2 }, "text", "y".repeat(5000));
+    huge.done.catch(() => undefined);
+    old.last().drop(1009);
+    vi.advanceTimersByTime(60_000);
+    old.hello();
+    expect(old.last().sentOf("send")).toHaveLength(0);
+    await expect(huge.done).rejects.toMatchObject({ code: "too_large" });
   });
 
   it("queues sends while offline and resends unanswered ones with the same cid", async () => {

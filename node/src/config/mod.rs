@@ -5,7 +5,12 @@
 
 use std::net::SocketAddr;
 
+mod backend_tls;
+mod s3;
 mod validate;
+
+pub use backend_tls::BackendTlsArgs;
+pub use s3::S3Settings;
 
 use clap::Parser;
 
@@ -34,7 +39,8 @@ pub struct Config {
     #[arg(long, env = "IM_NODE_NAME", default_value = "node")]
     pub node_name: String,
 
-    /// Redis URL (redis://[user:pass@]host:port/db).
+    /// Redis URL (redis://[user:pass@]host:port/db); `rediss://` for TLS (see `--redis-ca-file`), and
+    /// `redis-cluster://` / `rediss-cluster://` for a Redis Cluster.
     #[arg(
         long,
         env = "IM_REDIS_URL",
@@ -43,7 +49,9 @@ pub struct Config {
     )]
     pub redis_url: String,
 
-    /// Postgres connection string (key=value or postgres:// URL).
+    /// Postgres connection string (key=value or postgres:// URL). Its `sslmode` (`disable`, `prefer` (default),
+    /// `require`, `verify-ca`, `verify-full`) says whether TLS is used and what is checked; see
+    /// `--postgres-ca-file`.
     #[arg(
         long,
         env = "IM_POSTGRES_URL",
@@ -194,6 +202,10 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// TLS to Postgres, Redis and the push webhook: CA files and client certificates.
+    #[command(flatten)]
+    pub backend_tls: BackendTlsArgs,
+
     /// Proxies whose word on the client's address is believed, comma-separated IP addresses or CIDR networks (e.g.
     /// `10.0.0.0/8,192.0.2.7`): their `X-Forwarded-For` (walked from the right, up to the first untrusted hop),
     /// their PROXY v2 header (with `--proxy-protocol`) and their `X-Request-Id`. Empty: every peer is a client.
@@ -240,6 +252,18 @@ pub struct Config {
     /// Messages waiting for the writer before senders are slowed down.
     #[arg(long, env = "IM_WRITER_QUEUE", default_value_t = 20_000)]
     pub writer_queue: usize,
+
+    /// Platforms on which a user keeps one login at a time ("one session per platform"): a device connecting with
+    /// a new login moves the user's devices of an older login on the same platform out (`kick{replaced}`, and that
+    /// login's token is revoked). Comma-separated among web, desktop, android, ios, other; empty: off. Each user
+    /// may override it (`PUT /v1/devices/policy`).
+    #[arg(
+        long,
+        env = "IM_ONE_SESSION_PLATFORMS",
+        value_delimiter = ',',
+        default_value = "android,ios"
+    )]
+    pub one_session_platforms: Vec<String>,
 
     /// Most conversations listed in the `hello` frame.
     #[arg(long, env = "IM_HELLO_CONVERSATIONS", default_value_t = 1000)]
@@ -298,7 +322,8 @@ pub struct Config {
     pub group_member_cap: i64,
 
     /// Where media bytes are stored: `postgres` (chunks in the database every node uses, so any node serves any
-    /// medium) or `local` (the folder `--media-dir`, right only for one node or a folder all nodes share).
+    /// medium), `s3` (an S3-compatible object store, the `--s3-*` settings) or `local` (the folder `--media-dir`,
+    /// right only for one node or a folder all nodes share).
     #[arg(long, env = "IM_MEDIA_STORE", value_enum, default_value_t = MediaStoreKind::Postgres)]
     pub media_store: MediaStoreKind,
 
@@ -310,6 +335,9 @@ pub struct Config {
     #[arg(long, env = "IM_MEDIA_DIR", default_value = "data/media")]
     pub media_dir: std::path::PathBuf,
 
+    #[command(flatten)]
+    pub s3: S3Settings,
+
     /// Largest accepted upload, in bytes.
     #[arg(long, env = "IM_MAX_MEDIA_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_media_bytes: usize,
@@ -318,8 +346,9 @@ pub struct Config {
     #[arg(long, env = "IM_THUMBNAIL_CONCURRENCY", default_value_t = 2)]
     pub thumbnail_concurrency: usize,
 
-    /// Offline push webhook (http://…): called with batches of JSON when a recipient has no online device. Off
-    /// when empty.
+    /// Offline push webhook (`https://…`, checked against `--push-ca-file` or the system's trust store; `http://`
+    /// works but sends message previews in the clear, and is warned about at start): called with batches of JSON
+    /// when a recipient has no online device. Off when empty.
     #[arg(
         long,
         env = "IM_PUSH_WEBHOOK_URL",
@@ -356,12 +385,28 @@ pub struct Config {
 }
 
 /// What the binary does besides serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Apply pending database migrations (under `--migration-lock-timeout-secs` and
     /// `--migration-statement-timeout-secs`) and exit: 0 when the schema is current. Reads the same `IM_*`
     /// settings as the node; only `IM_POSTGRES_URL` matters.
     Migrate,
+    /// Media maintenance.
+    #[command(subcommand)]
+    Media(MediaCommand),
+}
+
+/// `node media …`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum MediaCommand {
+    /// Copy the media of an old `local` media folder into the configured store (`--media-store` and its
+    /// settings, read like the node's), checking each file's SHA-256 and size against Postgres' record of it.
+    /// Idempotent: what the store already holds is skipped. Prints the counts; exits 1 if any file did not match.
+    Import {
+        /// The `local` store's folder (`<dir>/<2 hex digits>/<hash>`, thumbnails as `<hash>.thumb.png`).
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
 }
 
 /// Where media bytes live (`--media-store`).
@@ -369,4 +414,5 @@ pub enum Command {
 pub enum MediaStoreKind {
     Postgres,
     Local,
+    S3,
 }

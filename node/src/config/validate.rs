@@ -8,11 +8,25 @@ use super::Config;
 impl Config {
     /// Checks the settings `node migrate` uses.
     pub fn validate_migrate(&self) -> Result<(), String> {
+        self.backend_tls.problems()?;
         if self.migration_lock_timeout_secs == 0 || self.migration_statement_timeout_secs == 0 {
             return Err(
                 "--migration-lock-timeout-secs and --migration-statement-timeout-secs must be positive"
                     .into(),
             );
+        }
+        Ok(())
+    }
+
+    /// Checks the settings of the media store (the node's and `node media import`'s).
+    pub fn validate_media(&self) -> Result<(), String> {
+        if self.max_media_bytes == 0 || self.media_chunk_bytes < 1024 {
+            return Err(
+                "--max-media-bytes must be positive and --media-chunk-bytes at least 1024".into(),
+            );
+        }
+        if self.media_store == super::MediaStoreKind::S3 {
+            self.s3.problems()?;
         }
         Ok(())
     }
@@ -51,6 +65,16 @@ impl Config {
         if self.node_name.is_empty() || !common::ids::is_valid_device_id(&self.node_name) {
             return Err("--node-name must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
+        if let Some(bad) = self
+            .one_session_platforms
+            .iter()
+            .find(|p| !p.is_empty() && !common::ids::PLATFORMS.contains(&p.as_str()))
+        {
+            return Err(format!(
+                "--one-session-platforms: unknown platform {bad:?} (known: {})",
+                common::ids::PLATFORMS.join(", ")
+            ));
+        }
         if self.lease_ttl_ms < 1_000 {
             return Err("--lease-ttl-ms must be at least 1000".into());
         }
@@ -79,9 +103,20 @@ impl Config {
         if self.send_strikes == 0 || self.send_strike_window_secs == 0 {
             return Err("--send-strikes and --send-strike-window-secs must be positive".into());
         }
-        if !self.push_webhook_url.is_empty() && !self.push_webhook_url.starts_with("http://") {
+        if !self.push_webhook_url.is_empty()
+            && !self.push_webhook_url.starts_with("http://")
+            && !self.push_webhook_url.starts_with("https://")
+        {
+            return Err("--push-webhook-url must be an https:// (or http://) URL".into());
+        }
+        let redis_tls = self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("rediss-cluster://");
+        let redis_files = &self.backend_tls;
+        if !redis_tls
+            && (redis_files.redis_ca_file.is_some() || redis_files.redis_client_cert.is_some())
+        {
             return Err(
-                "--push-webhook-url must be an http:// URL (put a TLS-terminating proxy in front)"
+                "--redis-ca-file / --redis-client-cert need a rediss:// (or rediss-cluster://) --redis-url"
                     .into(),
             );
         }
@@ -124,6 +159,7 @@ impl Config {
         if self.admin_listen == self.listen {
             return Err("--admin-listen must differ from --listen".into());
         }
+        self.validate_media()?;
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err(
                 "--proxy-protocol needs --trusted-proxies (the peers that send the header)".into(),
@@ -162,6 +198,27 @@ impl Config {
         }
     }
 
+    /// Whether a platform keeps one login per user, given the user's own choice (`None`: this server's setting;
+    /// `Some(true)`: every platform but `web`, whose tabs come and go; `Some(false)`: none).
+    pub fn one_session_on(&self, platform: &str, user_choice: Option<bool>) -> bool {
+        match user_choice {
+            None => self.one_session_platforms.iter().any(|p| p == platform),
+            Some(true) => platform != "web",
+            Some(false) => false,
+        }
+    }
+
+    /// The size limits clients are told in `hello`.
+    pub fn client_limits(&self) -> common::frame::ClientLimits {
+        common::frame::ClientLimits {
+            message_bytes: self.max_message_bytes as u64,
+            body_bytes: self.max_body_bytes as u64,
+            caption_bytes: crate::chat::content::MAX_CAPTION_BYTES as u64,
+            emoji_bytes: crate::chat::content::MAX_EMOJI_BYTES as u64,
+            media_bytes: self.max_media_bytes as u64,
+        }
+    }
+
     pub fn send_limits(&self) -> crate::chat::rate_limit::SendLimits {
         crate::chat::rate_limit::SendLimits {
             rate: self.send_rate,
@@ -196,6 +253,33 @@ mod tests {
         assert!(config.validate().is_err());
         let stuck = Config::parse_from(["node", "--migration-lock-timeout-secs", "0", "migrate"]);
         assert!(stuck.validate_migrate().is_err());
+    }
+
+    #[test]
+    fn backend_tls_settings_are_checked() {
+        let secret = "s".repeat(32);
+        let with = |extra: &[&str]| {
+            let mut args = vec!["node", "--token-secret", &secret];
+            args.extend_from_slice(extra);
+            Config::parse_from(args).validate()
+        };
+        assert!(with(&["--push-webhook-url", "https://push.example/hook"]).is_ok());
+        assert!(with(&["--push-webhook-url", "ftp://push.example/hook"]).is_err());
+        assert!(
+            with(&["--redis-ca-file", "ca.pem"]).is_err(),
+            "CA file with redis://"
+        );
+        assert!(with(&[
+            "--redis-url",
+            "rediss://r:6379",
+            "--redis-ca-file",
+            "ca.pem"
+        ])
+        .is_ok());
+        assert!(
+            with(&["--postgres-client-cert", "c.pem"]).is_err(),
+            "cert without key"
+        );
     }
 
     #[test]

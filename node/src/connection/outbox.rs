@@ -192,7 +192,9 @@ impl Outbox {
     pub fn kick_frame(reason: KickReason) -> ServerFrame {
         let msg = match reason {
             KickReason::Draining => "node shutting down: reconnect to any node and sync",
-            KickReason::Replaced => "this device connected again elsewhere",
+            KickReason::Replaced => {
+                "replaced: this device connected again elsewhere, or a newer login on the same platform moved it out"
+            }
             KickReason::SlowConsumer => "outbound queue full: reconnect and sync",
             KickReason::IdleTimeout => "nothing received within the idle timeout",
             KickReason::LeaseLost => "node lost its cluster lease: reconnect and sync",

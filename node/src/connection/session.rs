@@ -100,6 +100,15 @@ pub(crate) struct CloseInstruction {
 /// Removes the device from this node and, if the registry still points here, from Redis.
 pub async fn unregister(state: &NodeState, user: UserId, device: &str, conn_id: u64) {
     if state.sessions.remove(user, device, conn_id) {
+        // "Last seen" for the device list; best effort, off the connection's path.
+        let pool = state.pool.clone();
+        let device_id = device.to_string();
+        tokio::spawn(async move {
+            let now = i64::try_from(crate::identity::auth::unix_now_ms()).unwrap_or(i64::MAX);
+            if let Err(error) = crate::storage::devices::touch(&pool, user, &device_id, now).await {
+                debug!(%error, "could not note when the device was last seen");
+            }
+        });
         match state
             .locations
             .unregister(user, device, &state.node_id)

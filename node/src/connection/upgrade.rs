@@ -3,7 +3,8 @@
 //! The WebSocket version is checked first (426 unless 13), then `Origin` (403), the token — signature, expiry and
 //! revocation — (401) and the device id (400), then the connection limits per user and per node (429), all
 //! before any upgrade. Then, still before the 101 response, the
-//! device is registered locally and in the Redis location registry, and only after that is the `hello` state read
+//! device is registered locally, in the Redis location registry and in the device list (where "one session per
+//! platform" moves older logins of the same platform out), and only after that is the `hello` state read
 //! from Postgres. That order closes a window: a message committed after the state was read is routed to this
 //! device, and one committed before is counted in `hello`'s `last_seq`, so the client sees it through sync.
 
@@ -25,13 +26,15 @@ use crate::connection::outbox::Outbox;
 use crate::connection::session::{self, SessionContext};
 use crate::error::json_error;
 use crate::fanout::local::{ConnectionLimits, LimitHit};
+use crate::fanout::logouts::{self, MoveOut};
+use crate::identity::auth::{token_id_hex, unix_now_ms, Claims};
 use crate::identity::revocation::{authenticate, Refusal};
 use crate::metrics;
 use crate::peer::PeerAddr;
 use crate::rest::input;
 use crate::rest::token_refused;
 use crate::state::NodeState;
-use crate::storage::queries;
+use crate::storage::{devices, queries};
 
 pub async fn handle(
     State(state): State<Arc<NodeState>>,
@@ -91,6 +94,13 @@ pub async fn handle(
             return rejected.into_response();
         }
     };
+    let platform = match input::platform(params.get("platform").map(String::as_str)) {
+        Ok(platform) => platform,
+        Err(rejected) => {
+            metrics::handshake_refused("bad_platform");
+            return rejected.into_response();
+        }
+    };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(status) => {
@@ -104,7 +114,7 @@ pub async fn handle(
     };
 
     let conn_id = state.next_conn_id();
-    let span = info_span!("conn", conn_id, %peer, user, device = %device);
+    let span = info_span!("conn", conn_id, %peer, user, device = %device, platform);
     async move {
         let device: Arc<str> = Arc::from(device.as_str());
         let (outbox, outbound) = Outbox::new(
@@ -166,6 +176,7 @@ pub async fn handle(
                 warn!(%error, node, "could not tell the previous node to drop this device");
             }
         }
+        record_device(&state, &claims, &device, platform).await;
         let convs =
             match queries::conversation_states(&state.pool, user, state.config.hello_conversations)
                 .await
@@ -189,6 +200,7 @@ pub async fn handle(
             ping: state.config.ping_interval_secs,
             idle: state.config.idle_timeout_secs,
             convs,
+            limits: Some(state.config.client_limits()),
         });
         let hello = match common::encode(&hello, state.config.compress_threshold) {
             Ok(bytes) => Bytes::from(bytes),
@@ -223,6 +235,36 @@ pub async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Notes the device in the device list and applies "one session per platform": the user's devices of an older
+/// login on this platform are moved out (`kick{replaced}`, their login revoked). Failures are logged, never
+/// fatal: the device list is a convenience, and the connection itself is fine.
+async fn record_device(state: &NodeState, claims: &Claims, device: &str, platform: &str) {
+    let token_id = token_id_hex(claims.id);
+    let connected = devices::Connected {
+        user: claims.user,
+        device,
+        platform,
+        token_id: &token_id,
+        token_issued_ms: i64::try_from(claims.issued_ms).unwrap_or(i64::MAX),
+        token_expires: i64::try_from(claims.expires).unwrap_or(i64::MAX),
+        now_ms: i64::try_from(unix_now_ms()).unwrap_or(i64::MAX),
+    };
+    let moved_out = match devices::connected(&state.pool, &connected, |choice| {
+        state.config.one_session_on(platform, choice)
+    })
+    .await
+    {
+        Ok(moved_out) => moved_out,
+        Err(error) => {
+            warn!(%error, "could not record the device");
+            return;
+        }
+    };
+    if let Err(error) = logouts::move_out(state, claims.user, &moved_out, MoveOut::Replaced).await {
+        warn!(%error, "could not move an older login of this platform out");
+    }
 }
 
 /// Seconds a client refused for the per-user limit is told to wait (one of its devices must go first).

@@ -33,13 +33,14 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("im_proxy_protocol_errors_total", Counter, "Connections from trusted proxies closed for a missing or bad PROXY v2 header, by kind."),
     ("im_tls_handshakes_total", Counter, "TLS handshakes on the client listener, by result."),
     ("im_tls_handshake_seconds", Histogram, "Duration of successful TLS handshakes."),
+    ("im_backend_tls_failures_total", Counter, "Server certificates refused on the node's own TLS connections (to Postgres, Redis, the push webhook), by backend."),
     ("im_ws_writer_aborted_total", Counter, "Connection writers aborted because the peer stopped reading past the close deadline."),
     ("im_conformance_echo_connections_total", Counter, "Connections to the conformance echo route (only with --conformance-echo)."),
     ("im_conformance_echo_messages_total", Counter, "Messages echoed by the conformance echo route."),
     // Tokens and revocation.
     ("im_token_checks_total", Counter, "Revocation checks of presented tokens, by where the answer came from."),
     ("im_token_check_seconds", Histogram, "Duration of a revocation check that went to Redis."),
-    ("im_tokens_revoked_total", Counter, "Revocations made on this node (logout, logout-all), by scope."),
+    ("im_tokens_revoked_total", Counter, "Revocations made on this node (logout, logout-all, device logout, platform policy), by scope."),
     ("im_revoked_disconnects_total", Counter, "Connections closed because their token was revoked."),
     ("im_revocation_rechecks_total", Counter, "Periodic re-checks of every live connection's token."),
     ("im_revocation_recheck_seconds", Histogram, "Duration of one periodic revocation re-check."),
@@ -97,6 +98,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("im_media_bytes_total", Counter, "Bytes of newly stored media."),
     ("im_media_downloads_total", Counter, "Media and thumbnails served."),
     ("im_media_thumbnail_seconds", Histogram, "Decoding an uploaded image and making its thumbnail."),
+    ("im_media_store_errors_total", Counter, "Media store operations that failed (answered 503), by store and op."),
     ("im_push_events_total", Counter, "Offline push events posted to the webhook, by result."),
     ("im_push_dropped_total", Counter, "Offline push events dropped because the webhook queue was full."),
 ];

@@ -15,7 +15,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::ids::UserId;
-use router::BusMessage;
 use serde::Deserialize;
 use tracing::{info_span, warn, Instrument};
 
@@ -241,22 +240,23 @@ pub async fn logout_all(
     .await
 }
 
-/// Closes the revoked connections on this node and tells every other node to do the same.
+/// Closes the revoked connections everywhere and forgets the devices of the revoked logins (best effort: the
+/// device list drops expired and revoked logins anyway when it is next read).
 async fn announce(
     state: &NodeState,
     user: UserId,
     token: Option<u128>,
     not_before_ms: Option<u64>,
 ) {
-    crate::fanout::revoked::close_revoked(&state.sessions, user, token, not_before_ms);
-    state
-        .delivery
-        .broadcast(BusMessage::TokensRevoked {
-            user,
-            token: token.map(token_id_hex),
-            not_before_ms,
-        })
-        .await;
+    crate::fanout::logouts::announce_revoked(state, user, token, not_before_ms).await;
+    let token_hex = token.map(token_id_hex);
+    let not_before = not_before_ms.and_then(|ms| i64::try_from(ms).ok());
+    if let Err(error) =
+        crate::storage::devices::forget_revoked(&state.pool, user, token_hex.as_deref(), not_before)
+            .await
+    {
+        warn!(%error, "could not forget the devices of a revoked login");
+    }
 }
 
 fn revocation_unavailable() -> Response {

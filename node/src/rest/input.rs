@@ -59,6 +59,26 @@ pub fn device_id(raw: Option<&str>) -> Result<&str, Rejected> {
     }
 }
 
+/// The `platform` of a WebSocket upgrade: one of `common::ids::PLATFORMS`; `other` when absent.
+pub fn platform(raw: Option<&str>) -> Result<&'static str, Rejected> {
+    let Some(raw) = raw else {
+        return Ok("other");
+    };
+    common::ids::PLATFORMS
+        .iter()
+        .find(|p| **p == raw)
+        .copied()
+        .ok_or_else(|| {
+            Rejected::bad_request(
+                "bad_platform",
+                format!(
+                    "query parameter `platform` must be one of {}",
+                    common::ids::PLATFORMS.join(", ")
+                ),
+            )
+        })
+}
+
 /// The media type of an upload from its `Content-Type` (parameters dropped, case folded), if it is one we accept.
 pub fn upload_media_type(content_type: Option<&[u8]>) -> Result<&'static str, Rejected> {
     let declared = content_type
@@ -156,6 +176,16 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_are_from_the_list() {
+        assert_eq!(platform(None), Ok("other"));
+        assert_eq!(platform(Some("android")), Ok("android"));
+        assert_eq!(platform(Some("web")), Ok("web"));
+        for bad in ["", "Android", "toaster", "web ", "ios\0"] {
+            assert_eq!(platform(Some(bad)).map_err(|r| r.code), Err("bad_platform"));
+        }
+    }
 
     #[test]
     fn headers_and_segments() {

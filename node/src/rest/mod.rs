@@ -1,10 +1,11 @@
-//! The REST API of the chat features: profiles, friends, groups, conversations and media.
+//! The REST API of the chat features: profiles, friends, groups, conversations, media and devices.
 //!
 //! Every route needs `Authorization: Bearer <token>` (`AuthUser`). Every error is JSON
 //! `{"error": code, "message": text}`; the routes and their shapes are in `docs/openapi.yaml`.
 
 pub mod accounts;
 pub mod conversations;
+pub mod devices;
 pub mod friends;
 pub mod groups;
 pub mod input;

@@ -50,6 +50,9 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/auth/logout", post(accounts::logout))
         .route("/v1/auth/logout-all", post(accounts::logout_all))
+        .route("/v1/devices", get(rest::devices::list))
+        .route("/v1/devices/policy", put(rest::devices::set_policy))
+        .route("/v1/devices/{device}", delete(rest::devices::revoke))
         .route("/v1/friends", get(rest::friends::list))
         .route("/v1/friends/{user}", delete(rest::friends::remove))
         .route(
@@ -115,7 +118,9 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/healthz", any(on_the_admin_listener))
         .route("/readyz", any(on_the_admin_listener))
         .route("/metrics", any(on_the_admin_listener))
-        .fallback(move |method, uri| crate::server::web::fallback(web_root.clone(), method, uri))
+        .fallback(move |method, uri, headers| {
+            crate::server::web::fallback(web_root.clone(), method, uri, headers)
+        })
         .layer(axum::middleware::from_fn(crate::server::web::cors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

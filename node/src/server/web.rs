@@ -5,6 +5,10 @@
 //! checked segment by segment (no `..`, no hidden names, no backslashes) and the resolved file must still lie inside
 //! the canonical web folder, so neither `..` nor a symlink can reach outside it.
 //!
+//! Compression: the build writes `name.br` and `name.gz` next to each compressible file; a client that accepts
+//! them (`Accept-Encoding`) gets the precompressed bytes with `Content-Encoding` (brotli first), and every answer
+//! names `Vary: Accept-Encoding`. Nothing is compressed at request time.
+//!
 //! CORS: the app may talk to several nodes (failover to a node that did not serve the page), so `/v1/` answers
 //! carry `Access-Control-Allow-Origin: *` and preflights are answered. Authentication is a bearer token in a
 //! header, never a cookie, so a foreign origin gains nothing it could not do without a browser.
@@ -12,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::info;
@@ -64,8 +68,59 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
+/// Whether an `Accept-Encoding` value accepts `coding` (listed, and not with `q=0`).
+fn accepts(accept_encoding: &str, coding: &str) -> bool {
+    accept_encoding.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        parts
+            .next()
+            .is_some_and(|name| name.eq_ignore_ascii_case(coding))
+            && !parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
+}
+
+/// The precompressed sibling of `file` the client accepts, if the build made one: (its bytes, the coding).
+async fn precompressed(
+    root: &Path,
+    file: &Path,
+    headers: &HeaderMap,
+) -> Option<(Vec<u8>, &'static str)> {
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    for (coding, suffix) in [("br", "br"), ("gzip", "gz")] {
+        if !accepts(accept, coding) {
+            continue;
+        }
+        let mut name = file.as_os_str().to_owned();
+        name.push(".");
+        name.push(suffix);
+        // The sibling must resolve inside the web folder too.
+        let Ok(sibling) = tokio::fs::canonicalize(PathBuf::from(name)).await else {
+            continue;
+        };
+        if !sibling.starts_with(root) {
+            continue;
+        }
+        if let Ok(bytes) = tokio::fs::read(&sibling).await {
+            return Some((bytes, coding));
+        }
+    }
+    None
+}
+
 /// The router's fallback: static files for GET/HEAD outside `/v1/`, the JSON 404 for everything else.
-pub async fn fallback(root: Option<PathBuf>, method: Method, uri: axum::http::Uri) -> Response {
+pub async fn fallback(
+    root: Option<PathBuf>,
+    method: Method,
+    uri: axum::http::Uri,
+    request_headers: HeaderMap,
+) -> Response {
     let not_found = || json_error(StatusCode::NOT_FOUND, "not_found", "no such route");
     let path = uri.path();
     let (Some(root), true, false) = (
@@ -89,8 +144,12 @@ pub async fn fallback(root: Option<PathBuf>, method: Method, uri: axum::http::Ur
     if !file.starts_with(&root) {
         return not_found();
     }
-    let Ok(bytes) = tokio::fs::read(&file).await else {
-        return not_found();
+    let (bytes, coding) = match precompressed(&root, &file, &request_headers).await {
+        Some((bytes, coding)) => (bytes, Some(coding)),
+        None => match tokio::fs::read(&file).await {
+            Ok(bytes) => (bytes, None),
+            Err(_) => return not_found(),
+        },
     };
     // Vite puts content-hashed names under assets/: cache them for good; everything else is revalidated.
     let cache = if relative.starts_with("assets") {
@@ -102,11 +161,19 @@ pub async fn fallback(root: Option<PathBuf>, method: Method, uri: axum::http::Ur
         (header::CONTENT_TYPE, content_type(&file)),
         (header::CACHE_CONTROL, cache),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::VARY, "Accept-Encoding"),
     ];
-    if method == Method::HEAD {
-        return (headers, [(header::CONTENT_LENGTH, bytes.len().to_string())]).into_response();
+    let mut response = if method == Method::HEAD {
+        (headers, [(header::CONTENT_LENGTH, bytes.len().to_string())]).into_response()
+    } else {
+        (headers, bytes).into_response()
+    };
+    if let Some(coding) = coding {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
     }
-    (headers, bytes).into_response()
+    response
 }
 
 /// Middleware: CORS for `/v1/` (see the module comment).
@@ -166,7 +233,14 @@ mod tests {
         std::fs::write(dir.with_extension("secret"), "no").unwrap();
         let root = web_root(&dir);
         assert!(root.is_some());
-        let get = |path: &str| fallback(root.clone(), Method::GET, path.parse().unwrap());
+        let get = |path: &str| {
+            fallback(
+                root.clone(),
+                Method::GET,
+                path.parse().unwrap(),
+                HeaderMap::new(),
+            )
+        };
         assert_eq!(get("/").await.status(), StatusCode::OK);
         let js = get("/assets/a.js").await;
         assert_eq!(
@@ -180,13 +254,62 @@ mod tests {
         let name = dir.with_extension("secret");
         let escape = format!("/../{}", name.file_name().unwrap().to_string_lossy());
         assert_eq!(get(&escape).await.status(), StatusCode::NOT_FOUND);
-        let post = fallback(root.clone(), Method::POST, "/".parse().unwrap()).await;
+        let post = fallback(
+            root.clone(),
+            Method::POST,
+            "/".parse().unwrap(),
+            HeaderMap::new(),
+        )
+        .await;
         assert_eq!(post.status(), StatusCode::NOT_FOUND);
-        assert!(fallback(None, Method::GET, "/".parse().unwrap())
-            .await
-            .status()
-            .is_client_error());
+        assert!(
+            fallback(None, Method::GET, "/".parse().unwrap(), HeaderMap::new())
+                .await
+                .status()
+                .is_client_error()
+        );
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(name);
+    }
+
+    #[tokio::test]
+    async fn precompressed_files_are_served_to_clients_that_accept_them() {
+        let dir = std::env::temp_dir().join(format!("im-web-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(dir.join("assets")).unwrap();
+        std::fs::write(dir.join("index.html"), "<!doctype html>app").unwrap();
+        std::fs::write(dir.join("assets/a.js"), "plain").unwrap();
+        std::fs::write(dir.join("assets/a.js.gz"), "gzip bytes").unwrap();
+        std::fs::write(dir.join("assets/a.js.br"), "brotli bytes").unwrap();
+        let root = web_root(&dir);
+        let get = |accept: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(accept));
+            fallback(
+                root.clone(),
+                Method::GET,
+                "/assets/a.js".parse().unwrap(),
+                headers,
+            )
+        };
+        let body = |response: Response| async {
+            axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap()
+        };
+        let br = get("gzip, deflate, br").await;
+        assert_eq!(br.headers()[header::CONTENT_ENCODING], "br");
+        assert_eq!(br.headers()[header::VARY], "Accept-Encoding");
+        assert_eq!(
+            br.headers()[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(&body(br).await[..], b"brotli bytes");
+        let gzip = get("gzip, br;q=0").await;
+        assert_eq!(gzip.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(&body(gzip).await[..], b"gzip bytes");
+        let plain = get("identity").await;
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(&body(plain).await[..], b"plain");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -99,3 +99,35 @@ pub async fn accessible_media(
     row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .transpose()
 }
+
+/// A stored medium as `node media import` walks them.
+#[derive(Debug, Clone)]
+pub struct ListedMedium {
+    pub hash: String,
+    pub size: i64,
+    pub has_thumb: bool,
+}
+
+/// Up to `limit` media whose hash sorts after `after`, in hash order (a keyset page over every medium).
+pub async fn media_after(
+    pool: &Pool,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<ListedMedium>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT hash, size, has_thumb FROM media WHERE hash > $1 ORDER BY hash LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&after, &limit]).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ListedMedium {
+                hash: row.try_get(0)?,
+                size: row.try_get(1)?,
+                has_thumb: row.try_get(2)?,
+            })
+        })
+        .collect()
+}

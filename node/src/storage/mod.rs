@@ -10,12 +10,13 @@
 //! Files: `schema.rs` (migrations), `writer/` (the only code that inserts messages), `queries.rs` (accounts, the
 //! `hello` list, `sync`), `chat.rs` (read cursors, recall targets), `relations.rs` (the facts the chat policy
 //! decides on), `members.rs` (who is in a conversation), `conversations.rs` (REST list, history, read receipts),
-//! `groups.rs`, `invitations.rs`, `friends.rs` (requests, friendships, blocks), `profiles.rs`, `media_meta.rs`
+//! `devices.rs` (where each user is logged in), `groups.rs`, `invitations.rs`, `friends.rs` (requests, friendships, blocks), `profiles.rs`, `media_meta.rs`
 //! (what Postgres knows about media) and `media/` (the bytes: chunks in Postgres or a local folder),
-//! `pair_cache.rs` (allowed 1:1 pairs the writer found).
+//! `pair_cache.rs` (allowed 1:1 pairs the writer found), `tls.rs` (`sslmode` and the TLS connector).
 
 pub mod chat;
 pub mod conversations;
+pub mod devices;
 pub mod friends;
 pub mod groups;
 pub mod invitations;
@@ -27,6 +28,7 @@ pub mod profiles;
 pub mod queries;
 pub mod relations;
 pub mod schema;
+pub mod tls;
 pub mod writer;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -42,16 +44,27 @@ pub enum StoreError {
     Invalid(String),
 }
 
-/// Builds the connection pool (connections are opened lazily).
-pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
-    let config: tokio_postgres::Config = url.parse()?;
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
+/// Builds the connection pool (connections are opened lazily), with TLS as the URL's `sslmode` and `tls` say
+/// (`tls.rs`).
+pub fn pool(
+    url: &str,
+    size: usize,
+    tls: &crate::backend_tls::TlsFiles,
+) -> Result<Pool, StoreError> {
+    let (config, mode, connector) = tls::settings(url, tls)?;
+    tracing::info!(
+        sslmode = ?mode,
+        ca_file = tls.ca.is_some(),
+        client_cert = tls.cert.is_some(),
+        "postgres connection settings"
     );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match connector {
+        Some(connector) => Manager::from_config(config, connector, manager_config),
+        None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(std::time::Duration::from_secs(5)))

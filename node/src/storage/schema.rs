@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0004_group_invitations.sql"),
     ),
     (5, include_str!("../../migrations/0005_media_chunks.sql")),
+    (6, include_str!("../../migrations/0006_devices.sql")),
 ];
 
 /// Limits of every migration transaction (`SET LOCAL`, so pooled connections keep their defaults afterwards).

@@ -813,8 +813,13 @@ fn help_shows_no_secret_values() {
             "IM_TOKEN_KEYS",
             "k2:token-key-two-4c2e,k1:token-key-one-8d1a",
         ),
+        ("IM_S3_SECRET_ACCESS_KEY", "s3-secret-key-0b7e91d4"),
     ];
-    for args in [&["--help"][..], &["migrate", "--help"][..]] {
+    for args in [
+        &["--help"][..],
+        &["migrate", "--help"][..],
+        &["media", "import", "--help"][..],
+    ] {
         let output = Command::new(&binary)
             .args(args)
             .env_clear()

@@ -123,7 +123,9 @@ async fn the_web_app_works_in_a_real_browser_across_node_loss() {
         2,
         ClusterOptions::default()
             .arg("web-dir", dist.display())
-            .arg("require-friendship", "true"),
+            .arg("require-friendship", "true")
+            // As a default server: strangers are invited to groups, not added.
+            .arg("group-consent", "true"),
     )
     .await
     .unwrap();
@@ -153,7 +155,8 @@ async fn the_web_app_works_in_a_real_browser_across_node_loss() {
     let urls: Vec<String> = (0..2)
         .map(|i| format!("http://{}", cluster.addr(i)))
         .collect();
-    let screenshots = workspace().join("web/e2e/screenshots");
+    // Under target/ (ignored by git), desktop- and phone-sized, one per screen.
+    let screenshots = workspace().join("target/web-e2e-screenshots");
     let mut driver = Command::new("node")
         .arg("e2e/run.mjs")
         .args(&urls)
@@ -193,9 +196,9 @@ async fn the_web_app_works_in_a_real_browser_across_node_loss() {
         }
         anyhow::Ok(driver.wait().await?)
     };
-    let status = tokio::time::timeout(Duration::from_secs(240), run)
+    let status = tokio::time::timeout(Duration::from_secs(480), run)
         .await
-        .expect("the browser scenario took more than 240 s")
+        .expect("the browser scenario took more than 480 s")
         .unwrap();
     assert!(
         status.success(),

@@ -8,7 +8,10 @@
 // - drops duplicates by id and by seq;
 // - keeps every send (and recall) in an outbox until its `ack` or a final error, resending it with the same `cid`
 //   after a timeout, a retryable error or a reconnect;
-// - keeps read cursors and re-sends a read that could not go out while offline.
+// - keeps read cursors and re-sends a read that could not go out while offline;
+// - checks every send against the node's limits (`hello.limits`) before it goes out: a message over them fails at
+//   once (`too_large`) and is never written, and a frame the server closed the connection over (1009) is failed,
+//   never resent as it is.
 
 import { encodeFrame, decodeFrame } from "./codec";
 import type {
@@ -19,6 +22,7 @@ import type {
   ErrorFrame,
   HelloFrame,
   KickFrame,
+  Limits,
   Message,
   MsgFrame,
   NoticeFrame,
@@ -123,6 +127,8 @@ export interface ClientOptions {
   nodes: string[];
   token: string;
   device: string;
+  /** What the device is (`platform=` of docs/protocol.md §2: web, desktop, android, ios, other). */
+  platform?: string;
   /** Where to start syncing a conversation this client has never seen (default 0: everything). */
   initialCursor?: (conv: ConvState) => number;
   /** Resolves false when the token is no longer valid (asked after repeated connection failures). */
@@ -150,8 +156,8 @@ export class ChatClient {
   currentNode: string;
   nodeName = "";
 
-  private opts: Required<Omit<ClientOptions, "checkAuth" | "initialCursor">> &
-    Pick<ClientOptions, "checkAuth" | "initialCursor">;
+  private opts: Required<Omit<ClientOptions, "checkAuth" | "initialCursor" | "platform">> &
+    Pick<ClientOptions, "checkAuth" | "initialCursor" | "platform">;
   private listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private convs = new Map<number, ConvTrack>();
   private outbox = new Map<string, Outgoing>();
@@ -166,6 +172,10 @@ export class ChatClient {
   private syncRids = new Map<number, number>();
   private cidCounter = 0;
   private cidPrefix: string;
+  /** The node's limits from the last `hello` (null until one came). */
+  limits: Limits | null = null;
+  /** The cid of the last send or recall written to the socket (failed if the server closes over its size). */
+  private lastWritten: string | null = null;
 
   constructor(options: ClientOptions) {
     if (options.nodes.length === 0) throw new Error("no nodes");
@@ -239,6 +249,7 @@ export class ChatClient {
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("device", this.device);
     url.searchParams.set("token", this.opts.token);
+    if (this.opts.platform) url.searchParams.set("platform", this.opts.platform);
     let socket: SocketLike;
     try {
       socket = this.opts.createSocket(url.toString());
@@ -277,13 +288,23 @@ export class ChatClient {
 
   private connectionLost(reason: string, code?: number): void {
     clearTimeout(this.connectTimer);
+    if (code === 1009 && this.lastWritten) {
+      // The server refused a frame as too big: resending it as it is would only close the connection again.
+      this.fail(this.lastWritten, "too_large", "The message is larger than the server accepts");
+    }
+    this.lastWritten = null;
     const wasOnline = this.online;
     this.online = false;
     this.socket = null;
     this.syncRids.clear();
     for (const track of this.convs.values()) track.syncing = false;
     for (const out of this.outbox.values()) clearTimeout(out.timer);
-    if (this.stopped || this.status === "replaced") return;
+    if (this.stopped) return;
+    if (this.status === "replaced") {
+      // The kick came first; tell listeners the connection is now gone too.
+      this.setStatus("replaced", { reason });
+      return;
+    }
     if (code === 4001) {
       this.setStatus("replaced", { reason });
       return;
@@ -383,6 +404,7 @@ export class ChatClient {
     this.failures = 0;
     this.userId = hello.user;
     this.nodeName = hello.node;
+    if (hello.limits) this.limits = hello.limits;
     this.emit("hello", hello);
     this.setStatus("online");
     for (const state of hello.convs) {
@@ -513,6 +535,7 @@ export class ChatClient {
   }
 
   private onAck(ack: AckFrame): void {
+    if (this.lastWritten === ack.cid) this.lastWritten = null;
     const out = this.outbox.get(ack.cid);
     if (!out) return;
     clearTimeout(out.timer);
@@ -548,8 +571,16 @@ export class ChatClient {
       out.timer = setTimeout(() => this.transmit(out), delay);
       return;
     }
-    this.outbox.delete(error.cid);
-    const failure = { cid: error.cid, code: error.code, msg: error.msg };
+    this.fail(error.cid, error.code, error.msg);
+  }
+
+  /** Drops a send from the outbox for good and tells its caller and listeners. */
+  private fail(cid: string, code: string, msg: string): void {
+    const out = this.outbox.get(cid);
+    if (!out) return;
+    clearTimeout(out.timer);
+    this.outbox.delete(cid);
+    const failure = { cid, code, msg };
     out.reject(failure);
     this.emit("sendFailed", failure);
   }
@@ -599,7 +630,15 @@ export class ChatClient {
   private transmit(out: Outgoing): void {
     clearTimeout(out.timer);
     if (!this.outbox.has(out.frame.cid)) return;
+    if (this.limits) {
+      const problem = out.frame.t === "send" ? checkSend(out.frame, this.limits) : null;
+      if (problem) {
+        this.fail(out.frame.cid, "too_large", problem);
+        return;
+      }
+    }
     if (!this.write(out.frame)) return; // goes out after the next hello
+    this.lastWritten = out.frame.cid;
     out.attempts += 1;
     out.timer = setTimeout(() => this.transmit(out), this.opts.sendTimeoutMs);
   }
@@ -671,4 +710,30 @@ export class ChatClient {
   cursor(conv: number): number {
     return this.convs.get(conv)?.cursor ?? 0;
   }
+}
+
+const utf8 = new TextEncoder();
+
+/** Bytes of `text` in UTF-8 (what the server's limits count). */
+export function utf8Length(text: string): number {
+  return utf8.encode(text).length;
+}
+
+/**
+ * Why `frame` would be refused for size by a node with `limits` (a sentence for the user), or null if it fits.
+ * The encoded frame is checked too, so nothing that would close the connection (1009) is ever written.
+ */
+export function checkSend(frame: SendFrame, limits: Limits): string | null {
+  const bytes = utf8Length(frame.body);
+  const cap =
+    frame.kind === "emoji" ? limits.emoji_bytes : frame.kind === "image" || frame.kind === "file" ? limits.caption_bytes : limits.body_bytes;
+  if (bytes > cap) {
+    const what = frame.kind === "image" || frame.kind === "file" ? "caption" : "message";
+    return `This ${what} is too long: ${bytes.toLocaleString("en")} bytes, and the server accepts at most ${cap.toLocaleString("en")}. Shorten it, or send it as a file.`;
+  }
+  const size = encodeFrame(frame).length;
+  if (size > limits.message_bytes) {
+    return `This message is too large to send (${size.toLocaleString("en")} bytes; at most ${limits.message_bytes.toLocaleString("en")}).`;
+  }
+  return null;
 }

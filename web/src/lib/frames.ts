@@ -44,6 +44,17 @@ export interface HelloFrame {
   ping: number;
   idle: number;
   convs: ConvState[];
+  /** The node's size limits (absent from older nodes). */
+  limits?: Limits | null;
+}
+
+/** `hello.limits`: sizes a client checks before sending (docs/protocol.md §5). */
+export interface Limits {
+  message_bytes: number;
+  body_bytes: number;
+  caption_bytes: number;
+  emoji_bytes: number;
+  media_bytes: number;
 }
 export interface AckFrame {
   t: "ack";
@@ -69,7 +80,7 @@ export interface TypingFrame {
 }
 export interface NoticeFrame {
   t: "notice";
-  kind: "friend_request" | "friend_accepted" | "friend_rejected" | "friend_removed" | "presence";
+  kind: "friend_request" | "friend_accepted" | "friend_rejected" | "friend_removed" | "presence" | "group_invitation";
   user: number;
   request?: number | null;
   note?: string | null;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::ByteStream;
 
@@ -37,8 +37,32 @@ impl LocalMediaStore {
 }
 
 impl LocalMediaStore {
-    pub async fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.write(hash, "", bytes).await
+    /// Copies the reader to a temporary file, renamed into place only once the reader is exhausted without error.
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        hash: &str,
+        mut reader: R,
+    ) -> std::io::Result<()> {
+        let path = self.path(hash, "");
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let temporary = path.with_extension(format!("tmp{}", rand::random::<u32>()));
+        let copied = async {
+            let mut file = tokio::fs::File::create(&temporary).await?;
+            tokio::io::copy(&mut reader, &mut file).await?;
+            file.flush().await
+        }
+        .await;
+        if let Err(error) = copied {
+            let _ = tokio::fs::remove_file(&temporary).await;
+            return Err(error);
+        }
+        tokio::fs::rename(&temporary, &path).await
+    }
+
+    pub async fn exists(&self, hash: &str) -> std::io::Result<bool> {
+        tokio::fs::try_exists(self.path(hash, "")).await
     }
 
     pub async fn put_thumb(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {

@@ -1,16 +1,25 @@
 //! Media bytes: stored once per SHA-256 wherever `--media-store` says (`postgres.rs`: chunks in Postgres, the
-//! default, so any node serves any medium; `local.rs`: a folder), read back as a stream of chunks; and thumbnails
-//! for images. What Postgres knows about a medium (size, type, who may use it) is `media_meta.rs`'s.
+//! default, so any node serves any medium; `s3.rs`: an S3-compatible object store; `local.rs`: a folder), written
+//! from a reader part by part and read back as a stream of chunks; and thumbnails for images. `import.rs` copies an
+//! old local folder into the configured store. What Postgres knows about a medium (size, type, who may use it) is
+//! `media_meta.rs`'s.
+//!
+//! A store's failure (other than a missing object) is counted in `im_media_store_errors_total{store,op}` and logged
+//! here, once; callers answer it as retryable (503).
 
 use std::io::Cursor;
 
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
+pub mod import;
 mod local;
 mod postgres;
+mod s3;
 
 pub use local::LocalMediaStore;
 pub use postgres::PostgresMedia;
+pub use s3::{S3Media, S3Target};
 
 /// Longest edge of a thumbnail, in pixels.
 pub const THUMB_EDGE: u32 = 256;
@@ -35,44 +44,104 @@ pub const ALLOWED_TYPES: &[&str] = &[
 /// A medium's bytes as a stream of chunks, for a response body that never holds the whole file.
 pub type ByteStream = futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
 
-/// Where media bytes live (`--media-store`): Postgres by default, so every node serves every medium; a local folder
-/// for a single node or a shared filesystem.
+/// Where media bytes live (`--media-store`): Postgres by default, so every node serves every medium; an
+/// S3-compatible object store; a local folder for a single node or a shared filesystem.
 #[derive(Clone)]
 pub enum MediaBytes {
     Postgres(PostgresMedia),
     Local(LocalMediaStore),
+    S3(S3Media),
 }
 
 impl MediaBytes {
-    /// Stores a medium's bytes under its hash; storing the same hash again is a no-op.
-    pub async fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
+    /// The store's name in metrics and logs.
+    pub fn name(&self) -> &'static str {
         match self {
-            MediaBytes::Postgres(store) => store.put(hash, bytes).await,
-            MediaBytes::Local(store) => store.put(hash, bytes).await,
+            MediaBytes::Postgres(_) => "postgres",
+            MediaBytes::Local(_) => "local",
+            MediaBytes::S3(_) => "s3",
         }
     }
 
+    /// Counts and logs a failure of the store; a missing object (`NotFound`) or bytes that failed their check
+    /// (`InvalidData`, from the reader) are not the store's failures.
+    fn observed<T>(&self, op: &'static str, result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(error) = &result {
+            if !matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+            ) {
+                let store = self.name();
+                ::metrics::counter!("im_media_store_errors_total", "store" => store, "op" => op)
+                    .increment(1);
+                tracing::warn!(store, op, %error, "media store failed");
+            }
+        }
+        result
+    }
+
+    /// Stores what `reader` yields under its hash, part by part; storing the same hash again stores the same bytes.
+    /// If the reader fails, nothing is stored under the hash.
+    pub async fn put<R: AsyncRead + Unpin + Send>(
+        &self,
+        hash: &str,
+        reader: R,
+    ) -> std::io::Result<()> {
+        let result = match self {
+            MediaBytes::Postgres(store) => store.put(hash, reader).await,
+            MediaBytes::Local(store) => store.put(hash, reader).await,
+            MediaBytes::S3(store) => store.put(hash, reader).await,
+        };
+        self.observed("put", result)
+    }
+
     pub async fn put_thumb(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
+        let result = match self {
             MediaBytes::Postgres(store) => store.put_thumb(hash, bytes).await,
             MediaBytes::Local(store) => store.put_thumb(hash, bytes).await,
-        }
+            MediaBytes::S3(store) => store.put_thumb(hash, bytes).await,
+        };
+        self.observed("put_thumb", result)
+    }
+
+    /// Whether the medium's bytes are stored.
+    pub async fn exists(&self, hash: &str) -> std::io::Result<bool> {
+        let result = match self {
+            MediaBytes::Postgres(store) => store.exists(hash).await,
+            MediaBytes::Local(store) => store.exists(hash).await,
+            MediaBytes::S3(store) => store.exists(hash).await,
+        };
+        self.observed("exists", result)
     }
 
     /// The medium's bytes as a stream; `NotFound` if none are stored.
     pub async fn stream(&self, hash: &str) -> std::io::Result<ByteStream> {
-        match self {
+        let result = match self {
             MediaBytes::Postgres(store) => store.stream(hash).await,
             MediaBytes::Local(store) => store.stream(hash).await,
-        }
+            MediaBytes::S3(store) => store.stream(hash).await,
+        };
+        self.observed("get", result)
     }
 
     pub async fn get_thumb(&self, hash: &str) -> std::io::Result<Vec<u8>> {
-        match self {
+        let result = match self {
             MediaBytes::Postgres(store) => store.get_thumb(hash).await,
             MediaBytes::Local(store) => store.get_thumb(hash).await,
-        }
+            MediaBytes::S3(store) => store.get_thumb(hash).await,
+        };
+        self.observed("get_thumb", result)
     }
+}
+
+/// The next at most `limit` bytes of `reader` (fewer only at its end; empty once it is exhausted).
+pub(crate) async fn read_part<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::io::Result<bytes::Bytes> {
+    let mut buffer = Vec::with_capacity(limit.min(1024 * 1024));
+    reader.take(limit as u64).read_to_end(&mut buffer).await?;
+    Ok(buffer.into())
 }
 
 /// Lowercase hex SHA-256.

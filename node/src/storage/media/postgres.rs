@@ -6,8 +6,9 @@
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
+use tokio::io::AsyncRead;
 
-use super::ByteStream;
+use super::{read_part, ByteStream};
 
 #[derive(Clone)]
 pub struct PostgresMedia {
@@ -34,7 +35,12 @@ impl PostgresMedia {
         }
     }
 
-    pub async fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
+    /// Reads and inserts one chunk at a time, all in one transaction: a failing reader rolls it back.
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        hash: &str,
+        mut reader: R,
+    ) -> std::io::Result<()> {
         let mut client = self.pool.get().await.map_err(io_error)?;
         let tx = client.transaction().await.map_err(io_error)?;
         let statement = tx
@@ -43,13 +49,35 @@ impl PostgresMedia {
             )
             .await
             .map_err(io_error)?;
-        for (part, chunk) in bytes.chunks(self.chunk_bytes).enumerate() {
-            let part = part as i32;
-            tx.execute(&statement, &[&hash, &part, &chunk])
+        let mut part: i32 = 0;
+        loop {
+            let chunk = read_part(&mut reader, self.chunk_bytes).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            tx.execute(&statement, &[&hash, &part, &chunk.as_ref()])
                 .await
                 .map_err(io_error)?;
+            part = part
+                .checked_add(1)
+                .ok_or_else(|| io_error("too many chunks"))?;
         }
         tx.commit().await.map_err(io_error)
+    }
+
+    /// Whether the medium has stored chunks.
+    pub async fn exists(&self, hash: &str) -> std::io::Result<bool> {
+        let client = self.pool.get().await.map_err(io_error)?;
+        let statement = client
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM media_chunks WHERE hash = $1)")
+            .await
+            .map_err(io_error)?;
+        client
+            .query_one(&statement, &[&hash])
+            .await
+            .map_err(io_error)?
+            .try_get(0)
+            .map_err(io_error)
     }
 
     pub async fn put_thumb(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
