@@ -67,11 +67,20 @@ impl PostgresMedia {
 
     /// Whether the medium has stored chunks.
     pub async fn exists(&self, hash: &str) -> std::io::Result<bool> {
+        self.one_value(
+            "SELECT EXISTS (SELECT 1 FROM media_chunks WHERE hash = $1)",
+            hash,
+        )
+        .await
+    }
+
+    /// The one value a one-row query about `hash` answers.
+    async fn one_value<T>(&self, sql: &str, hash: &str) -> std::io::Result<T>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
         let client = self.pool.get().await.map_err(io_error)?;
-        let statement = client
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM media_chunks WHERE hash = $1)")
-            .await
-            .map_err(io_error)?;
+        let statement = client.prepare_cached(sql).await.map_err(io_error)?;
         client
             .query_one(&statement, &[&hash])
             .await
@@ -113,19 +122,9 @@ impl PostgresMedia {
 
     /// The chunks in order, each read by its own query as the stream is polled.
     pub async fn stream(&self, hash: &str) -> std::io::Result<ByteStream> {
-        let parts: i64 = {
-            let client = self.pool.get().await.map_err(io_error)?;
-            let statement = client
-                .prepare_cached("SELECT count(*) FROM media_chunks WHERE hash = $1")
-                .await
-                .map_err(io_error)?;
-            client
-                .query_one(&statement, &[&hash])
-                .await
-                .map_err(io_error)?
-                .try_get(0)
-                .map_err(io_error)?
-        };
+        let parts: i64 = self
+            .one_value("SELECT count(*) FROM media_chunks WHERE hash = $1", hash)
+            .await?;
         if parts == 0 {
             return Err(not_found());
         }
