@@ -1,24 +1,27 @@
 //! Uploads and downloads of media.
 //!
-//! `POST /v1/media` takes the raw bytes with their `Content-Type`. The SHA-256 of the bytes names the medium: a
-//! second upload of the same bytes stores nothing and answers at once. `GET /v1/media/{hash}/info` describes a
+//! `POST /v1/media` takes the raw bytes with their `Content-Type`, spooled to a temporary file as they arrive
+//! (`spool.rs`), never whole in memory (images excepted: the thumbnail decoder needs all of it). The SHA-256 of the
+//! bytes names the medium: a second upload of the same bytes stores nothing. `GET /v1/media/{hash}/info` describes a
 //! medium the caller may use. Info and downloads (`/v1/media/{hash}`, `/thumb`) are allowed to the uploader and
 //! to members of a conversation where the medium was sent.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use tracing::warn;
 
 use super::{bad_request, not_found, unavailable, AuthUser};
 use crate::error::json_error;
 use crate::rest::input::ApiPath;
+use crate::rest::spool::{SpoolError, Spooled};
 use crate::state::NodeState;
-use crate::storage::media::{sha256_hex, thumbnail};
+use crate::storage::media::thumbnail;
 use crate::storage::media_meta::{self, MediumInfo};
 use crate::storage::StoreError;
 
@@ -26,7 +29,7 @@ pub async fn upload(
     State(state): State<Arc<NodeState>>,
     AuthUser(me): AuthUser,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
     let mime = match crate::rest::input::upload_media_type(content_type) {
@@ -36,20 +39,45 @@ pub async fn upload(
             return rejected.into_response();
         }
     };
-    if body.is_empty() {
+    // The body goes to a temporary file as it arrives (hashed on the way), never whole into memory.
+    let spooled = match Spooled::from_body(body, state.config.max_media_bytes).await {
+        Ok(spooled) => spooled,
+        Err(SpoolError::TooLarge) => {
+            ::metrics::counter!("im_media_rejected_total", "why" => "too_large").increment(1);
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "larger than the upload limit",
+            );
+        }
+        Err(SpoolError::Body) => return bad_request("bad_body", "the upload's body broke off"),
+        Err(SpoolError::Io(error)) => {
+            warn!(%error, "could not spool an upload to the temporary directory");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "media storage unavailable",
+            );
+        }
+    };
+    if spooled.size == 0 {
         return bad_request("empty", "an upload needs a body");
     }
-    let hash = sha256_hex(&body);
+    let hash = spooled.hash.clone();
     // Decoding may take up to the decoder's allocation cap (256 MiB) and seconds of CPU: no database connection is
     // held meanwhile, and at most `--thumbnail-concurrency` decodes run at once, so a burst of crafted images can
     // neither exhaust memory nor starve the pool. It runs for every upload, stored before or not: the declared type
     // is checked against the bytes every time, and the answer cannot tell whether someone else uploaded them.
+    // Images are the one kind read whole into memory: decoding needs all of it.
     let thumb = if mime.starts_with("image/") {
         let Ok(_permit) = state.thumbnail_permits.acquire().await else {
             return unavailable(StoreError::Invalid("thumbnailing stopped".into()));
         };
+        let bytes = match spooled.bytes().await {
+            Ok(bytes) => bytes,
+            Err(error) => return unavailable(StoreError::Invalid(error.to_string())),
+        };
         let started = std::time::Instant::now();
-        let bytes = body.clone();
         let thumb = tokio::task::spawn_blocking(move || thumbnail(&bytes))
             .await
             .ok()
@@ -77,8 +105,15 @@ pub async fn upload(
         ::metrics::counter!("im_media_uploads_total", "result" => "deduplicated").increment(1);
         return uploaded(&hash, known.size, &known.mime, known.has_thumb);
     }
-    // The store counts and logs its failures.
-    if state.media.put(&hash, &body[..]).await.is_err() {
+    // The store reads the file part by part, and counts and logs its failures.
+    let stored = match spooled.reader().await {
+        Ok(reader) => state.media.put(&hash, reader).await.is_ok(),
+        Err(error) => {
+            warn!(%error, "could not reopen a spooled upload");
+            false
+        }
+    };
+    if !stored {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -90,7 +125,7 @@ pub async fn upload(
         let _ = state.media.put_thumb(&hash, thumb).await;
     }
     let info = MediumInfo {
-        size: body.len() as i64,
+        size: spooled.size as i64,
         mime: mime.to_string(),
         has_thumb: thumb.is_some(),
     };
@@ -98,7 +133,7 @@ pub async fn upload(
         return unavailable(error);
     }
     ::metrics::counter!("im_media_uploads_total", "result" => "stored").increment(1);
-    ::metrics::counter!("im_media_bytes_total").increment(body.len() as u64);
+    ::metrics::counter!("im_media_bytes_total").increment(spooled.size);
     uploaded(&hash, info.size, &info.mime, info.has_thumb)
 }
 

@@ -12,6 +12,7 @@ pub mod input;
 pub mod invitations;
 pub mod media;
 pub mod profiles;
+pub mod spool;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

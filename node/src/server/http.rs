@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{any, delete, get, patch, post, put};
@@ -30,7 +29,6 @@ use crate::state::NodeState;
 use crate::{connection, rest};
 
 pub fn routes(state: Arc<NodeState>) -> Router {
-    let media_limit = state.config.max_media_bytes;
     let web_root = crate::server::web::web_root(&state.config.web_dir);
     let mut router = Router::new();
     if state.config.conformance_echo {
@@ -105,10 +103,8 @@ pub fn routes(state: Arc<NodeState>) -> Router {
             "/v1/conversations/{id}/reads",
             get(rest::conversations::reads),
         )
-        .route(
-            "/v1/media",
-            post(rest::media::upload).layer(DefaultBodyLimit::max(media_limit)),
-        )
+        // The upload streams its body to a temporary file and enforces --max-media-bytes itself (rest/spool.rs).
+        .route("/v1/media", post(rest::media::upload))
         .route("/v1/media/{hash}", get(rest::media::get))
         .route("/v1/media/{hash}/thumb", get(rest::media::get_thumb))
         .route("/v1/media/{hash}/info", get(rest::media::info))

@@ -405,3 +405,65 @@ async fn local_media_are_imported_into_postgres() {
 async fn local_media_are_imported_into_s3() {
     local_media_are_imported_into(Store::S3).await;
 }
+
+/// An upload goes to a temporary file as it arrives (never whole into memory): it is stored byte for byte, one past
+/// `--max-media-bytes` is refused with 413 `too_large` and stores nothing, and no temporary file outlives its
+/// request — whether it was stored, deduplicated, refused for size or refused as an undecodable image.
+#[tokio::test]
+async fn uploads_are_spooled_refused_past_the_limit_and_leave_no_temporary_file() {
+    let spool = std::env::temp_dir().join(format!("im-spool-test-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&spool).unwrap();
+    let limit = 1024 * 1024;
+    let options = ClusterOptions::default()
+        .env("TMPDIR", spool.display())
+        .arg("max-media-bytes", limit);
+    let cluster = Cluster::start_with(1, options).await.unwrap();
+    let alice = cluster.user("spoola").await.unwrap();
+
+    let fits = document(limit);
+    let hash = upload(&cluster, 0, &alice, "application/pdf", fits.clone()).await;
+    let (status, body) = download(&cluster, 0, &alice, &format!("/v1/media/{hash}")).await;
+    assert_eq!((status, body[..] == fits[..]), (200, true));
+    // The same bytes again: deduplicated, the same answer.
+    assert_eq!(
+        upload(&cluster, 0, &alice, "application/pdf", fits).await,
+        hash
+    );
+
+    let (status, body) = call(
+        &cluster,
+        0,
+        &alice,
+        "POST",
+        "/v1/media",
+        "application/pdf",
+        document(limit + 1),
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (413, Some("too_large")),
+        "{answer}"
+    );
+    let (status, _) = call(
+        &cluster,
+        0,
+        &alice,
+        "POST",
+        "/v1/media",
+        "image/png",
+        b"not a png at all".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    upload(&cluster, 0, &alice, "image/png", png(40, 30)).await;
+
+    assert_eq!(
+        files_under(&spool),
+        0,
+        "temporary upload files left behind: {:?}",
+        std::fs::read_dir(&spool).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+}
