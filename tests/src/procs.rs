@@ -717,6 +717,20 @@ impl NodeProc {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Whether the node stopped because its admin port was taken (its last log line says so).
+    fn lost_its_admin_port(&mut self) -> bool {
+        !self.is_running()
+            && self
+                .logs()
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .is_some_and(|last| {
+                    last.contains("binding the admin listener")
+                        && last.contains("Address already in use")
+                })
+    }
 }
 
 impl Drop for NodeProc {
@@ -929,9 +943,22 @@ impl Cluster {
     }
 
     /// (Re)starts node `index` and waits until it is ready.
+    ///
+    /// The admin port was picked free when the cluster was made, but a concurrent test may take it before the node
+    /// binds it: then the node exits naming it, and it is started again on another free admin port (the client port
+    /// never changes: clients and proxies of the test know it).
     pub async fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
-        self.nodes[index].spawn()?;
-        self.wait_ready(index, Duration::from_secs(30)).await
+        let mut attempts = 0;
+        loop {
+            self.nodes[index].spawn()?;
+            match self.wait_ready(index, Duration::from_secs(30)).await {
+                Err(_) if attempts < 3 && self.nodes[index].lost_its_admin_port() => {
+                    attempts += 1;
+                    self.nodes[index].admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Waits until node `index` answers `/readyz` with 200 on its admin listener (plain HTTP, also when the client
