@@ -247,35 +247,42 @@ pub struct TlsRedis {
     child: Option<Child>,
 }
 
+/// A `redis-server` that speaks only TLS on `port` (no plaintext port), with the test PKI's server certificate,
+/// client certificates required, and nothing persisted.
+fn tls_redis_server(pki: &TestPki, port: u16) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&pki.server_cert)
+        .arg("--tls-key-file")
+        .arg(&pki.server_key)
+        .arg("--tls-ca-cert-file")
+        .arg(&pki.ca)
+        .args([
+            "--tls-auth-clients",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 impl TlsRedis {
     pub fn start(pki: &TestPki) -> anyhow::Result<TlsRedis> {
         let port = free_port();
-        let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--tls-cert-file")
-            .arg(&pki.server_cert)
-            .arg("--tls-key-file")
-            .arg(&pki.server_key)
-            .arg("--tls-ca-cert-file")
-            .arg(&pki.ca)
-            .args([
-                "--tls-auth-clients",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut command = tls_redis_server(pki, port);
         harden(&mut command, None);
         let child = command.spawn().context(
             "starting redis-server with --tls-port (Debian's redis-server has TLS built in)",
@@ -318,31 +325,14 @@ impl TlsRedisCluster {
             children: Vec::new(),
         };
         for port in &ports {
-            let mut command = Command::new("redis-server");
+            let mut command = tls_redis_server(pki, *port);
             command
-                .args([
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                ])
                 .args(["--tls-cluster", "yes", "--cluster-enabled", "yes"])
                 .args(["--cluster-node-timeout", "2000"])
                 .arg("--cluster-config-file")
                 .arg(dir.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
-                .arg(&dir)
-                .arg("--tls-cert-file")
-                .arg(&pki.server_cert)
-                .arg("--tls-key-file")
-                .arg(&pki.server_key)
-                .arg("--tls-ca-cert-file")
-                .arg(&pki.ca)
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .arg(&dir);
             harden(&mut command, None);
             cluster.children.push(
                 command

@@ -224,6 +224,11 @@ async fn a_node_that_does_not_trust_a_backend_stops_at_once_naming_it() {
 
 /// Starts one node that must refuse to start within 15 s; returns the error it gave.
 async fn refused_start(options: ClusterOptions) -> String {
+    // The harness may still have to build the node binary: not part of the node's start.
+    tokio::task::spawn_blocking(tests::procs::node_binary)
+        .await
+        .unwrap()
+        .unwrap();
     let started = Instant::now();
     let error = Cluster::start_with(1, options)
         .await
