@@ -65,22 +65,27 @@ pub async fn connected(
 ) -> Result<Vec<DeviceRow>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let choice: Option<bool> = match tx
-        .query_opt(
+    // Prepared once per pooled connection: this runs on every WebSocket connect.
+    let lock = tx
+        .prepare_cached(
             "SELECT one_session_per_platform FROM users WHERE id = $1 FOR NO KEY UPDATE",
-            &[&device.user],
         )
-        .await?
-    {
+        .await?;
+    let record = tx
+        .prepare_cached(
+            "INSERT INTO devices (user_id, device, platform, token_id, token_issued_ms, token_expires, first_seen_ms, \
+             last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (user_id, device) DO UPDATE SET platform = EXCLUDED.platform, token_id = EXCLUDED.token_id, \
+             token_issued_ms = EXCLUDED.token_issued_ms, token_expires = EXCLUDED.token_expires, \
+             last_seen_ms = EXCLUDED.last_seen_ms",
+        )
+        .await?;
+    let choice: Option<bool> = match tx.query_opt(&lock, &[&device.user]).await? {
         Some(row) => row.try_get(0)?,
         None => return Err(StoreError::Invalid(format!("no user {}", device.user))),
     };
     tx.execute(
-        "INSERT INTO devices (user_id, device, platform, token_id, token_issued_ms, token_expires, first_seen_ms, \
-         last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-         ON CONFLICT (user_id, device) DO UPDATE SET platform = EXCLUDED.platform, token_id = EXCLUDED.token_id, \
-         token_issued_ms = EXCLUDED.token_issued_ms, token_expires = EXCLUDED.token_expires, \
-         last_seen_ms = EXCLUDED.last_seen_ms",
+        &record,
         &[
             &device.user,
             &device.device,
@@ -111,11 +116,13 @@ pub async fn connected(
 /// Notes that a device was seen now (it disconnected).
 pub async fn touch(pool: &Pool, user: UserId, device: &str, now_ms: i64) -> Result<(), StoreError> {
     let client = pool.get().await?;
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE devices SET last_seen_ms = GREATEST(last_seen_ms, $3) WHERE user_id = $1 AND device = $2",
-            &[&user, &device, &now_ms],
         )
+        .await?;
+    client
+        .execute(&statement, &[&user, &device, &now_ms])
         .await?;
     Ok(())
 }
